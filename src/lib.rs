@@ -1,0 +1,4 @@
+pub mod engine;
+pub mod fixtures;
+pub mod input;
+pub mod model;

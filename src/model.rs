@@ -1,0 +1,320 @@
+//! The snapshot: the Namespaces, Pods and NetworkPolicies one run reasons about.
+//!
+//! Built once from whatever a backend or a file provided, then immutable. It applies the few
+//! things the API server would have done to objects written by hand (the namespace name label,
+//! the `default` namespace) and sets aside what cannot take part in traffic (terminated pods),
+//! each with a [`Note`] so nothing is dropped silently.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The label the control plane sets on every namespace (immutable, value = the name).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Index of a pod in [`Snapshot::pods`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodId(pub u32);
+
+/// Index of a namespace in [`Snapshot::namespaces`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamespaceId(pub u32);
+
+/// Index of a policy in [`Snapshot::policies`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId(pub u32);
+
+/// `namespace/name` of a namespaced object, as every output spells it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// Parses `namespace/name`; `None` when either half is missing.
+    pub fn parse(text: &str) -> Option<ObjectKey> {
+        let (namespace, name) = text.split_once('/')?;
+        (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
+            .then(|| ObjectKey::new(namespace, name))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Something worth telling the user about the input, that does not stop the run.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Note(pub String);
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The cluster objects of one run, sorted by namespace and name, with lookups by key.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    namespaces: Vec<Namespace>,
+    pods: Vec<Pod>,
+    policies: Vec<NetworkPolicy>,
+    terminated: Vec<Pod>,
+    namespace_index: HashMap<String, NamespaceId>,
+    pod_index: HashMap<ObjectKey, PodId>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot. Objects without a name are skipped; pods and policies without a
+    /// namespace go to `default` (as `kubectl apply` would place them); namespaces that pods or
+    /// policies refer to but the input lacks are assumed to exist with only their name label;
+    /// pods that have terminated (phase `Succeeded` or `Failed`) are set aside: they have no
+    /// network, and their IP may already belong to another pod.
+    pub fn new(
+        namespaces: Vec<Namespace>,
+        pods: Vec<Pod>,
+        policies: Vec<NetworkPolicy>,
+    ) -> (Snapshot, Vec<Note>) {
+        let mut notes = Vec::new();
+        let mut by_name: BTreeMap<String, Namespace> = BTreeMap::new();
+        for mut ns in namespaces {
+            let Some(name) = ns.metadata.name.clone() else {
+                notes.push(Note("skipped a Namespace without metadata.name".into()));
+                continue;
+            };
+            ns.metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+            by_name.insert(name, ns);
+        }
+
+        let mut live = Vec::new();
+        let mut terminated = Vec::new();
+        for mut pod in pods {
+            if !place_in_namespace(&mut pod.metadata, "Pod", &mut notes) {
+                continue;
+            }
+            match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some(phase @ ("Succeeded" | "Failed")) => {
+                    notes.push(Note(format!(
+                        "pod {} has terminated (phase {phase}): it has no network and is left out",
+                        key_of(&pod.metadata)
+                    )));
+                    terminated.push(pod);
+                }
+                _ => live.push(pod),
+            }
+        }
+        let mut kept_policies = Vec::new();
+        for mut policy in policies {
+            if place_in_namespace(&mut policy.metadata, "NetworkPolicy", &mut notes) {
+                kept_policies.push(policy);
+            }
+        }
+
+        let referenced = live
+            .iter()
+            .map(|p| &p.metadata)
+            .chain(kept_policies.iter().map(|p| &p.metadata))
+            .filter_map(|m| m.namespace.clone());
+        for namespace in referenced.collect::<Vec<_>>() {
+            if by_name.contains_key(&namespace) {
+                continue;
+            }
+            notes.push(Note(format!(
+                "namespace {namespace} is referenced but not in the input: assuming it has only \
+                 the label {NAMESPACE_NAME_LABEL}={namespace}, so namespaceSelector verdicts \
+                 involving it may be wrong (include Namespaces: kubectl get ns,pods,netpol -A -o yaml)"
+            )));
+            by_name.insert(namespace.clone(), synthesized_namespace(&namespace));
+        }
+
+        live.sort_by_key(|p| key_of(&p.metadata));
+        kept_policies.sort_by_key(|p| key_of(&p.metadata));
+        let namespaces: Vec<Namespace> = by_name.into_values().collect();
+        let namespace_index = namespaces
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| (name_of(&ns.metadata).to_string(), NamespaceId(i as u32)))
+            .collect();
+        let pod_index =
+            live.iter().enumerate().map(|(i, p)| (key_of(&p.metadata), PodId(i as u32))).collect();
+        let snapshot = Snapshot {
+            namespaces,
+            pods: live,
+            policies: kept_policies,
+            terminated,
+            namespace_index,
+            pod_index,
+        };
+        (snapshot, notes)
+    }
+
+    /// Namespaces, sorted by name.
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    /// Pods that can take part in traffic, sorted by `namespace/name`.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// NetworkPolicies, sorted by `namespace/name`.
+    pub fn policies(&self) -> &[NetworkPolicy] {
+        &self.policies
+    }
+
+    /// Pods left out because they have terminated.
+    pub fn terminated_pods(&self) -> &[Pod] {
+        &self.terminated
+    }
+
+    pub fn pod(&self, id: PodId) -> &Pod {
+        &self.pods[id.0 as usize]
+    }
+
+    pub fn pod_key(&self, id: PodId) -> ObjectKey {
+        key_of(&self.pod(id).metadata)
+    }
+
+    pub fn policy_key(&self, id: PolicyId) -> ObjectKey {
+        key_of(&self.policies[id.0 as usize].metadata)
+    }
+
+    pub fn pod_ids(&self) -> impl ExactSizeIterator<Item = PodId> + use<> {
+        (0..self.pods.len() as u32).map(PodId)
+    }
+
+    pub fn find_pod(&self, key: &ObjectKey) -> Option<PodId> {
+        self.pod_index.get(key).copied()
+    }
+
+    pub fn find_namespace(&self, name: &str) -> Option<NamespaceId> {
+        self.namespace_index.get(name).copied()
+    }
+
+    /// Whether `key` names a pod that was left out because it terminated.
+    pub fn is_terminated(&self, key: &ObjectKey) -> bool {
+        self.terminated.iter().any(|p| key_of(&p.metadata) == *key)
+    }
+}
+
+/// `namespace/name` of an object's metadata (empty halves when absent).
+pub fn key_of(meta: &ObjectMeta) -> ObjectKey {
+    ObjectKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+/// An object's name, or `""` when it has none.
+pub fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+fn place_in_namespace(meta: &mut ObjectMeta, kind: &str, notes: &mut Vec<Note>) -> bool {
+    let Some(name) = meta.name.as_deref() else {
+        notes.push(Note(format!("skipped a {kind} without metadata.name")));
+        return false;
+    };
+    if meta.namespace.as_deref().is_none_or(str::is_empty) {
+        notes.push(Note(format!(
+            "{kind} {name} has no metadata.namespace: placed in `default`, as kubectl apply would"
+        )));
+        meta.namespace = Some("default".into());
+    }
+    true
+}
+
+fn synthesized_namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([(NAMESPACE_NAME_LABEL.into(), name.into())])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    fn meta(namespace: Option<&str>, name: &str) -> ObjectMeta {
+        ObjectMeta { name: Some(name.into()), namespace: namespace.map(Into::into), ..ObjectMeta::default() }
+    }
+
+    fn pod(namespace: Option<&str>, name: &str, phase: Option<&str>) -> Pod {
+        Pod {
+            metadata: meta(namespace, name),
+            status: Some(PodStatus { phase: phase.map(Into::into), ..PodStatus::default() }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn namespaces_get_the_name_label_the_control_plane_sets() {
+        let ns = Namespace { metadata: meta(None, "x"), ..Namespace::default() };
+        let (snapshot, notes) = Snapshot::new(vec![ns], vec![], vec![]);
+        assert!(notes.is_empty());
+        let labels = snapshot.namespaces()[0].metadata.labels.as_ref();
+        assert_eq!(labels.and_then(|l| l.get(NAMESPACE_NAME_LABEL)).map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn a_pod_in_a_missing_namespace_is_kept_and_noted() {
+        let (snapshot, notes) = Snapshot::new(vec![], vec![pod(Some("y"), "a", None)], vec![]);
+        assert_eq!(snapshot.pods().len(), 1);
+        assert!(snapshot.find_namespace("y").is_some());
+        assert!(notes.iter().any(|n| n.0.contains("namespace y is referenced")), "{notes:?}");
+    }
+
+    #[test]
+    fn terminated_pods_are_set_aside_with_a_note() {
+        let pods = vec![
+            pod(Some("x"), "done", Some("Succeeded")),
+            pod(Some("x"), "crashed", Some("Failed")),
+            pod(Some("x"), "live", Some("Running")),
+        ];
+        let (snapshot, notes) = Snapshot::new(vec![], pods, vec![]);
+        assert_eq!(snapshot.pods().len(), 1);
+        assert_eq!(snapshot.terminated_pods().len(), 2);
+        assert!(snapshot.is_terminated(&ObjectKey::new("x", "done")));
+        assert_eq!(notes.iter().filter(|n| n.0.contains("terminated")).count(), 2);
+    }
+
+    #[test]
+    fn objects_without_a_namespace_go_to_default() {
+        let (snapshot, notes) = Snapshot::new(vec![], vec![pod(None, "a", None)], vec![]);
+        assert_eq!(snapshot.pod_key(PodId(0)), ObjectKey::new("default", "a"));
+        assert!(notes.iter().any(|n| n.0.contains("placed in `default`")));
+    }
+
+    #[test]
+    fn pods_are_sorted_and_found_by_key() {
+        let pods = vec![pod(Some("y"), "b", None), pod(Some("x"), "c", None), pod(Some("x"), "a", None)];
+        let (snapshot, _) = Snapshot::new(vec![], pods, vec![]);
+        let keys: Vec<String> = snapshot.pod_ids().map(|id| snapshot.pod_key(id).to_string()).collect();
+        assert_eq!(keys, ["x/a", "x/c", "y/b"]);
+        assert_eq!(snapshot.find_pod(&ObjectKey::new("y", "b")), Some(PodId(2)));
+    }
+
+    #[test]
+    fn object_keys_parse_only_namespace_slash_name() {
+        assert_eq!(ObjectKey::parse("x/a"), Some(ObjectKey::new("x", "a")));
+        for bad in ["x", "/a", "x/", "x/a/b", ""] {
+            assert_eq!(ObjectKey::parse(bad), None, "{bad}");
+        }
+    }
+}
