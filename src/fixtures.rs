@@ -5,45 +5,96 @@
 //! serving ports 80 and 81 over TCP, UDP and SCTP under the names `serve-<port>-<protocol>`,
 //! and pod IPs `10.244.<namespace index>.<pod index>` (both 1-based).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// The upstream e2e cluster: namespaces x, y, z × pods a, b, c.
 pub fn upstream_cluster_yaml() -> String {
-    grid_yaml(&["x", "y", "z"], &["a", "b", "c"])
+    Grid::upstream().to_yaml()
 }
 
-/// Every namespace × every pod, in the upstream e2e style. Namespace `i` (1-based) gets the
-/// pod CIDR `10.244.i.0/24`, so at most 255 namespaces and 254 pods per namespace.
+/// Every namespace × every pod, in the upstream e2e style.
 pub fn grid_yaml(namespaces: &[&str], pods: &[&str]) -> String {
-    let mut out = String::new();
-    for ns in namespaces {
-        let _ = write!(
-            out,
-            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    ns: {ns}\n    \
-             kubernetes.io/metadata.name: {ns}\n"
-        );
-    }
-    for (n, ns) in namespaces.iter().enumerate() {
-        for (p, pod) in pods.iter().enumerate() {
-            let ip = format!("10.244.{}.{}", n + 1, p + 1);
-            let _ = write!(
-                out,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  labels:\n    \
-                 pod: {pod}\nspec:\n  containers:\n  - name: cont\n    image: probe\n    ports:\n"
-            );
-            for port in [80, 81] {
-                for protocol in ["TCP", "UDP", "SCTP"] {
-                    let _ = write!(
-                        out,
-                        "    - name: serve-{port}-{}\n      containerPort: {port}\n      protocol: {protocol}\n",
-                        protocol.to_ascii_lowercase()
-                    );
-                }
-            }
-            let _ = write!(out, "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n");
+    Grid::new(namespaces, pods).to_yaml()
+}
+
+/// A grid cluster with optional extra labels. Namespace `i` (1-based) gets the pod CIDR
+/// `10.244.i.0/24`, so at most 255 namespaces and 254 pods per namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Grid {
+    namespaces: Vec<String>,
+    pods: Vec<String>,
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    pod_labels: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Grid {
+    pub fn new(namespaces: &[&str], pods: &[&str]) -> Grid {
+        Grid {
+            namespaces: namespaces.iter().map(ToString::to_string).collect(),
+            pods: pods.iter().map(ToString::to_string).collect(),
+            ..Grid::default()
         }
     }
-    out
+
+    pub fn upstream() -> Grid {
+        Grid::new(&["x", "y", "z"], &["a", "b", "c"])
+    }
+
+    /// Adds a label to a namespace (as upstream's "updated namespace" tests do).
+    pub fn namespace_label(mut self, namespace: &str, key: &str, value: &str) -> Grid {
+        self.namespace_labels.entry(namespace.into()).or_default().insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a label to the pod `namespace/name` (as upstream's "updated pod" tests do).
+    pub fn pod_label(mut self, pod: &str, key: &str, value: &str) -> Grid {
+        self.pod_labels.entry(pod.into()).or_default().insert(key.into(), value.into());
+        self
+    }
+
+    /// `namespace/pod` of every pod, in the order rows and columns of truth tables use.
+    pub fn pod_keys(&self) -> Vec<String> {
+        self.namespaces.iter().flat_map(|ns| self.pods.iter().map(move |p| format!("{ns}/{p}"))).collect()
+    }
+
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        for ns in &self.namespaces {
+            let _ = write!(
+                out,
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    ns: {ns}\n"
+            );
+            let _ = writeln!(out, "    kubernetes.io/metadata.name: {ns}");
+            for (key, value) in self.namespace_labels.get(ns).into_iter().flatten() {
+                let _ = writeln!(out, "    {key}: {value}");
+            }
+        }
+        for (n, ns) in self.namespaces.iter().enumerate() {
+            for (p, pod) in self.pods.iter().enumerate() {
+                let ip = format!("10.244.{}.{}", n + 1, p + 1);
+                let _ = write!(
+                    out,
+                    "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  labels:\n    pod: {pod}\n"
+                );
+                for (key, value) in self.pod_labels.get(&format!("{ns}/{pod}")).into_iter().flatten() {
+                    let _ = writeln!(out, "    {key}: {value}");
+                }
+                out.push_str("spec:\n  containers:\n  - name: cont\n    image: probe\n    ports:\n");
+                for port in [80, 81] {
+                    for protocol in ["TCP", "UDP", "SCTP"] {
+                        let _ = write!(
+                            out,
+                            "    - name: serve-{port}-{}\n      containerPort: {port}\n      protocol: {protocol}\n",
+                            protocol.to_ascii_lowercase()
+                        );
+                    }
+                }
+                let _ = write!(out, "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n");
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -57,5 +108,24 @@ mod tests {
         assert_eq!(loaded.snapshot.pods().len(), 9);
         assert_eq!(loaded.snapshot.namespaces().len(), 3);
         assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
+    }
+
+    #[test]
+    fn extra_labels_land_on_their_objects() {
+        let grid =
+            Grid::upstream().namespace_label("y", "ns2", "updated").pod_label("x/b", "pod2", "updated");
+        let loaded = load(&[Source { name: "grid".into(), text: grid.to_yaml() }]).expect("valid");
+        let s = &loaded.snapshot;
+        let y = &s.namespaces()[1];
+        assert_eq!(
+            y.metadata.labels.as_ref().and_then(|l| l.get("ns2")).map(String::as_str),
+            Some("updated")
+        );
+        let xb = s.pod(s.find_pod(&crate::model::ObjectKey::new("x", "b")).expect("x/b"));
+        assert_eq!(
+            xb.metadata.labels.as_ref().and_then(|l| l.get("pod2")).map(String::as_str),
+            Some("updated")
+        );
+        assert_eq!(grid.pod_keys()[..4], ["x/a", "x/b", "x/c", "y/a"]);
     }
 }

@@ -1,4 +1,23 @@
+//! netpol-verify: proves whether a cluster's network enforces the NetworkPolicies its API
+//! server stores.
+//!
+//! ```text
+//!  discover ──► snapshot ──► engine ──► planner ──► backend ──► judge ──► reports
+//!  (Cluster)    (model)      (engine)   (plan)      (Cluster)   (judge)   (report)
+//!              └──────────── pure: no I/O, deterministic ────────────┘
+//! ```
+//!
+//! Today the pipeline runs offline: [`input`] reads objects from files into a
+//! [`model::Snapshot`], the [`engine`] answers what the stored policies say about any
+//! connection, the [`plan`] lists the probes a run would make, and [`report`] prints them.
+//! The backends (a lab of network namespaces, a real cluster) and the judge come next.
+
+pub mod cli;
+pub mod commands;
 pub mod engine;
+pub mod error;
 pub mod fixtures;
 pub mod input;
 pub mod model;
+pub mod plan;
+pub mod report;

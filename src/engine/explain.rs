@@ -73,7 +73,7 @@ impl<'s> Engine<'s> {
     ) -> Explanation<'_> {
         let (from, to) = (from.into(), to.into());
         let verdict = self.verdict(from, to, port, protocol);
-        let (from_ip, to_ip) = self.addresses(from, to);
+        let (from_ip, to_ip) = self.connection_addresses(from, to);
         let dest_ports = match to {
             Endpoint::Pod(d) => Some(self.pods[d.0 as usize].ports.as_slice()),
             Endpoint::Ip(_) => None,

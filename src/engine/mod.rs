@@ -306,7 +306,7 @@ impl<'s> Engine<'s> {
         protocol: Protocol,
     ) -> Verdict<'_> {
         let (from, to) = (from.into(), to.into());
-        let (src_ip, dst_ip) = self.addresses(from, to);
+        let (src_ip, dst_ip) = self.connection_addresses(from, to);
         let dest_ports = match to {
             Endpoint::Pod(d) => Some(self.pods[d.0 as usize].ports.as_slice()),
             Endpoint::Ip(_) => None,
@@ -348,7 +348,7 @@ impl<'s> Engine<'s> {
 
     /// The addresses a connection uses: the destination's primary IP, and the source's IP of
     /// the same family.
-    fn addresses(&self, from: Endpoint, to: Endpoint) -> (Option<IpAddr>, Option<IpAddr>) {
+    pub fn connection_addresses(&self, from: Endpoint, to: Endpoint) -> (Option<IpAddr>, Option<IpAddr>) {
         let dst = match to {
             Endpoint::Pod(d) => self.pods[d.0 as usize].ips.first().copied(),
             Endpoint::Ip(ip) => Some(ip),

@@ -149,13 +149,13 @@ impl PortRule {
         }
     }
 
-    /// How the rule reads in explanations: `80/TCP`, `8000-8080/TCP`, `serve-80-tcp/TCP`, `any/UDP`.
+    /// How the rule reads in explanations: `80/TCP`, `8000-8080/TCP`, `http/TCP (named)`, `any/UDP`.
     pub(crate) fn describe(&self) -> String {
         match self {
-            PortRule::AnyPort(protocol) => format!("any port/{protocol}"),
+            PortRule::AnyPort(protocol) => format!("any/{protocol}"),
             PortRule::Range { protocol, start, end } if start == end => format!("{start}/{protocol}"),
             PortRule::Range { protocol, start, end } => format!("{start}-{end}/{protocol}"),
-            PortRule::Named { protocol, name } => format!("named port {name}/{protocol}"),
+            PortRule::Named { protocol, name } => format!("{name}/{protocol} (named)"),
         }
     }
 }

@@ -1,0 +1,113 @@
+//! What each subcommand does, with its output streams passed in so tests can drive it.
+
+use std::io::Write;
+
+use crate::cli::{Output, PlanArgs};
+use crate::engine::{Endpoint, Engine, Protocol};
+use crate::error::Error;
+use crate::input::{load, read_sources};
+use crate::model::{Note, ObjectKey, PodId, Snapshot};
+use crate::plan::{self, Probe};
+use crate::report;
+
+/// `netpol-verify plan`.
+pub fn plan(args: &PlanArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
+    let sources = read_sources(&args.from_file)?;
+    let loaded = load(&sources)?;
+    let engine = Engine::new(&loaded.snapshot)?;
+
+    if let Some(explain) = &args.explain {
+        let [from, to, port] = explain.as_slice() else {
+            return Err(Error::Usage("--explain takes FROM TO PORT, e.g. --explain x/a y/b 80/TCP".into()));
+        };
+        let from = find_pod(&loaded.snapshot, from)?;
+        let to = find_pod(&loaded.snapshot, to)?;
+        let (port, protocol, port_name) = parse_port(&engine, to, port)?;
+        print_notes(err, quiet, &loaded.notes)?;
+        match args.output {
+            Output::Table => {
+                let explanation = engine.explain(from, to, port, protocol);
+                out.write_all(report::explain::render(&engine, &explanation).as_bytes())?;
+            }
+            Output::Json => {
+                let probe = Probe { from, to, port, protocol, port_name };
+                let expected =
+                    [plan::Expected { probe: &probe, verdict: engine.verdict(from, to, port, protocol) }];
+                report::json::write_plan(&mut *out, &engine, &expected, &loaded.notes)
+                    .map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            }
+        }
+        return Ok(());
+    }
+
+    let plan = plan::pod_matrix(&engine);
+    let notes: Vec<Note> = loaded.notes.iter().chain(&plan.notes).cloned().collect();
+    print_notes(err, quiet, &notes)?;
+    let expected = plan::expectations(&engine, &plan);
+    match args.output {
+        Output::Table => out.write_all(report::table::render(&engine, &expected).as_bytes())?,
+        Output::Json => {
+            report::json::write_plan(&mut *out, &engine, &expected, &notes).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_notes(err: &mut dyn Write, quiet: bool, notes: &[Note]) -> Result<(), Error> {
+    if !quiet {
+        for note in notes {
+            writeln!(err, "note: {note}")?;
+        }
+    }
+    Ok(())
+}
+
+fn find_pod(snapshot: &Snapshot, text: &str) -> Result<PodId, Error> {
+    let key = ObjectKey::parse(text).ok_or_else(|| {
+        Error::Usage(format!("{text:?} is not a pod reference: write namespace/name, e.g. x/a"))
+    })?;
+    if let Some(id) = snapshot.find_pod(&key) {
+        return Ok(id);
+    }
+    if snapshot.is_terminated(&key) {
+        return Err(Error::Usage(format!("pod {key} has terminated: it has no network to explain")));
+    }
+    let known: Vec<String> = snapshot.pod_ids().take(12).map(|id| snapshot.pod_key(id).to_string()).collect();
+    let more = if snapshot.pods().len() > known.len() { ", ..." } else { "" };
+    Err(Error::Usage(format!("pod {key} is not in the input (pods: {}{more})", known.join(", "))))
+}
+
+/// `80`, `80/TCP`, `53/udp`, or a port name `to` declares.
+fn parse_port(engine: &Engine<'_>, to: PodId, text: &str) -> Result<(u16, Protocol, Option<String>), Error> {
+    let (number, protocol) = match text.split_once('/') {
+        Some((number, protocol)) => (number, protocol.parse::<Protocol>().map_err(Error::Usage)?),
+        None => (text, Protocol::Tcp),
+    };
+    if let Ok(port) = number.parse::<u16>() {
+        if port == 0 {
+            return Err(Error::Usage("port 0 is not a port: use 1-65535".into()));
+        }
+        let name = engine
+            .declared_ports(to)
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)
+            .and_then(|p| p.name.clone());
+        return Ok((port, protocol, name));
+    }
+    let declared = engine.declared_ports(to);
+    match declared.iter().find(|p| p.name.as_deref() == Some(number)) {
+        Some(p) if text.contains('/') && p.protocol != protocol => Err(Error::Usage(format!(
+            "port {number} of {} is {}/{}, not {protocol}",
+            engine.name(Endpoint::Pod(to)),
+            p.port,
+            p.protocol
+        ))),
+        Some(p) => Ok((p.port, p.protocol, p.name.clone())),
+        None => Err(Error::Usage(format!(
+            "{text:?} is neither a port number nor a port name {} declares (write e.g. 80/TCP)",
+            engine.name(Endpoint::Pod(to))
+        ))),
+    }
+}

@@ -1,0 +1,48 @@
+//! The errors that stop a command, and the exit codes every command shares.
+
+use std::process::ExitCode;
+
+use crate::engine::EngineError;
+use crate::input::InputError;
+
+/// Exit statuses, documented in docs/cli.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything passed (or is informational).
+    Pass = 0,
+    /// A `not-enforced`, `over-blocked` or `intent-gap` finding.
+    Findings = 1,
+    /// Could not run: bad input, bad usage, no access.
+    CouldNotRun = 2,
+    /// Only `inconclusive` checks besides passes.
+    Inconclusive = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Why a command could not do its job. Every variant means exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An input file is unreadable or invalid.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// A stored policy fails validation.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The command line names something that does not exist or cannot work.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing the result failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn exit(&self) -> Exit {
+        Exit::CouldNotRun
+    }
+}
