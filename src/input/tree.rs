@@ -298,7 +298,20 @@ pub struct SyntaxError {
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
     // NB: YAML 1.2 core booleans only. Under YAML 1.1 rules `namespace: y` or `name: on` would
     // become booleans; kubectl keeps them as the strings their fields expect.
+    //
+    // The default budget suits config files (1,024 documents, 250,000 nodes); a cluster dump is
+    // far bigger. Every document, node and event costs at least one byte of input, so limits
+    // scaled to the input's size reject nothing honest; the alias limits that stop "billion
+    // laughs" expansion keep their defaults.
+    let room = text.len().saturating_mul(4).saturating_add(4096);
+    let budget = serde_saphyr::budget! {
+        max_documents: room,
+        max_nodes: room,
+        max_events: room,
+        max_total_scalar_bytes: room,
+    };
     let options = serde_saphyr::options! {
+        budget: budget,
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
         strict_booleans: true,
     };
@@ -360,6 +373,22 @@ mod tests {
         let docs = parse("spec:\n  ingress:\n  - from: []\n");
         let node = docs[0].locate(&FieldPath::parse("spec.ingress[0].ports[3]"));
         assert_eq!(node.line, 3);
+    }
+
+    #[test]
+    fn large_streams_are_not_cut_off_by_the_default_budget() {
+        let text = "a: 1\n---\n".repeat(5000);
+        assert_eq!(parse_documents(&text).expect("5,000 documents").len(), 5000);
+    }
+
+    #[test]
+    fn alias_bombs_are_still_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = i - 1;
+            text.push_str(&format!("a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"));
+        }
+        assert!(parse_documents(&text).is_err(), "10^12 expansions must be refused");
     }
 
     #[test]
