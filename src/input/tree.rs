@@ -36,6 +36,15 @@ impl Node {
         Node { line: spanned.referenced.line(), column: spanned.referenced.column(), value: spanned.value }
     }
 
+    fn shift_lines(&mut self, by: u64) {
+        self.line += by;
+        match &mut self.value {
+            Value::Seq(items) => items.iter_mut().for_each(|n| n.shift_lines(by)),
+            Value::Map(entries) => entries.iter_mut().for_each(|(_, n)| n.shift_lines(by)),
+            _ => {}
+        }
+    }
+
     /// The value under `key` when this node is a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.value {
@@ -293,9 +302,21 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Parses every document of a YAML stream (JSON is YAML too). Empty documents are skipped,
-/// as kubectl skips them.
+/// Parses every document of a YAML stream (JSON is YAML too), or a stream of concatenated JSON
+/// values (`jq -c '.items[]'` prints one object per line). Empty documents are skipped, as
+/// kubectl skips them.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    match parse_yaml(text) {
+        Ok(documents) => Ok(documents),
+        // NB: YAML has no place for a second root value without `---`, so a JSON stream fails
+        // as YAML; split it at value boundaries instead (and report JSON's own error if that
+        // fails too: it is the better message for a JSON file).
+        Err(_) if text.trim_start().starts_with(['{', '[']) => parse_json_stream(text),
+        Err(error) => Err(error),
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Vec<Node>, SyntaxError> {
     // NB: YAML 1.2 core booleans only. Under YAML 1.1 rules `namespace: y` or `name: on` would
     // become booleans; kubectl keeps them as the strings their fields expect.
     //
@@ -330,6 +351,29 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
             })
         }
     }
+}
+
+/// Concatenated JSON values: each is cut out at its boundaries and parsed on its own, then its
+/// lines are shifted to where it stood in the file.
+fn parse_json_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+    let mut documents = Vec::new();
+    let mut start = 0;
+    while let Some(item) = stream.next() {
+        item.map_err(|e| SyntaxError {
+            line: e.line() as u64,
+            column: e.column() as u64,
+            message: first_line_without_location(&e.to_string()),
+        })?;
+        let end = stream.byte_offset();
+        let lines_before = text[..start].matches('\n').count() as u64;
+        for mut node in parse_yaml(&text[start..end])? {
+            node.shift_lines(lines_before);
+            documents.push(node);
+        }
+        start = end;
+    }
+    Ok(documents)
 }
 
 /// serde-saphyr appends " at line L column C"; we print the position ourselves.
@@ -402,6 +446,17 @@ mod tests {
         let docs = parse("{\n    \"kind\": \"Pod\",\n    \"spec\": {\"x\": [1, 2]}\n}\n");
         assert_eq!(docs[0].get_str("kind"), Some("Pod"));
         assert_eq!(docs[0].locate(&FieldPath::parse("spec.x[1]")).line, 3);
+    }
+
+    #[test]
+    fn concatenated_json_values_are_documents_with_their_own_lines() {
+        let docs = parse("{\"kind\": \"Namespace\"}\n{\"kind\": \"Pod\",\n \"spec\": {\"x\": 1}}\n");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].get_str("kind"), Some("Pod"));
+        assert_eq!(docs[1].locate(&FieldPath::parse("spec.x")).line, 3);
+        let err = parse_documents("{\"kind\": \"Namespace\"}\n{\"kind\": }\n").expect_err("bad second value");
+        assert_eq!(err.line, 2, "{err:?}");
+        assert!(!err.message.contains(" at line "), "{err:?}");
     }
 
     #[test]
