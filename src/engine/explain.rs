@@ -153,6 +153,7 @@ impl<'s> Engine<'s> {
                 None => (false, format!("{} has no IP, so no ipBlock can match it", self.name(other))),
                 Some(ip) if block.contains(ip) => {
                     let note = match other {
+                        Endpoint::Pod(p) if self.pods[p.0 as usize].host_network => " (the node's IP)",
                         Endpoint::Pod(_) => " (an ipBlock matching a pod IP is implementation-defined)",
                         Endpoint::Ip(_) => "",
                     };

@@ -6,6 +6,7 @@
 
 mod explain;
 mod peer;
+mod pod;
 mod policy;
 mod port;
 mod verdict;
@@ -14,13 +15,15 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use fixedbitset::FixedBitSet;
-use k8s_openapi::api::core::v1::Pod;
+use kube_core::Selector;
 
 use crate::model::{NamespaceId, ObjectKey, PodId, PolicyId, Snapshot, key_of};
 use peer::{NamespaceScope, Peer, selects};
+use pod::{PodFacts, pod_facts};
 use policy::{CompiledPolicy, Rule};
 
 pub use explain::{Explanation, PeerCheck, PolicyCheck, RuleCheck, SideExplanation};
+pub use pod::validate_pod;
 pub use port::{ContainerPort, Protocol};
 pub use verdict::{Direction, DirectionVerdict, ImplementationDefined, Outcome, RuleRef, Verdict};
 
@@ -39,63 +42,12 @@ impl FieldError {
     }
 }
 
-/// Validates one NetworkPolicy as the API server would, without needing a cluster.
-pub fn validate_policy(policy: &k8s_openapi::api::networking::v1::NetworkPolicy) -> Result<(), FieldError> {
-    CompiledPolicy::compile(policy).map(|_| ())
-}
-
-/// Validates the Pod fields the engine reads (IPs, container ports) as the API server would.
-pub fn validate_pod(pod: &Pod) -> Result<(), FieldError> {
-    if let Some(status) = &pod.status {
-        if let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
-            parse_ip(ip, "status.podIP")?;
-        }
-        for (i, ip) in status.pod_ips.iter().flatten().enumerate() {
-            parse_ip(&ip.ip, &format!("status.podIPs[{i}].ip"))?;
-        }
-    }
-    let Some(spec) = &pod.spec else { return Ok(()) };
-    let mut names = std::collections::HashSet::new();
-    let containers = spec.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c));
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
-    for (field, container) in containers.chain(init) {
-        for (j, port) in container.ports.iter().flatten().enumerate() {
-            let here = format!("{field}.ports[{j}]");
-            if !(1..=65535).contains(&port.container_port) {
-                return Err(FieldError::new(
-                    format!("{here}.containerPort"),
-                    format!("{} must be between 1 and 65535, inclusive", port.container_port),
-                ));
-            }
-            if let Some(protocol) = port.protocol.as_deref()
-                && Protocol::from_api(protocol).is_none()
-            {
-                return Err(FieldError::new(
-                    format!("{here}.protocol"),
-                    format!("unsupported value {protocol:?}: must be \"TCP\", \"UDP\" or \"SCTP\""),
-                ));
-            }
-            if let Some(name) = port.name.as_deref() {
-                port::validate_port_name(name, &format!("{here}.name"))?;
-                if !names.insert(name) {
-                    return Err(FieldError::new(
-                        format!("{here}.name"),
-                        format!("duplicate port name {name:?} in this pod"),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn parse_ip(text: &str, field: &str) -> Result<IpAddr, FieldError> {
-    text.parse().map_err(|_| FieldError::new(field, format!("{text:?} is not an IP address")))
+/// Validates one NetworkPolicy as the API server would, without needing a cluster. `Ok` holds
+/// warnings: fields accepted as stored objects may have them, but not in canonical form.
+pub fn validate_policy(
+    policy: &k8s_openapi::api::networking::v1::NetworkPolicy,
+) -> Result<Vec<FieldError>, FieldError> {
+    CompiledPolicy::compile(policy).map(|compiled| compiled.warnings)
 }
 
 /// Why an [`Engine`] could not be built.
@@ -126,25 +78,6 @@ impl From<IpAddr> for Endpoint {
     }
 }
 
-/// What the engine needs to know about a pod.
-#[derive(Debug, Clone)]
-struct PodFacts {
-    namespace: NamespaceId,
-    /// `status.podIPs` (or `status.podIP`), primary first.
-    ips: Vec<IpAddr>,
-    host_network: bool,
-    node: Option<String>,
-    ports: Vec<ContainerPort>,
-}
-
-impl PodFacts {
-    /// The pod's address in `family` (v4 or v6, as `like`), else its primary one.
-    fn ip_like(&self, like: Option<IpAddr>) -> Option<IpAddr> {
-        like.and_then(|like| self.ips.iter().copied().find(|ip| ip.is_ipv4() == like.is_ipv4()))
-            .or_else(|| self.ips.first().copied())
-    }
-}
-
 /// A peer resolved against the snapshot.
 #[derive(Debug, Clone)]
 enum Resolved {
@@ -168,6 +101,87 @@ struct RuleEntry {
 struct Side {
     isolated_by: Vec<PolicyId>,
     rules: Vec<u32>,
+}
+
+/// Resolves pod-selecting peers to bitsets of pods, once per distinct (scope, selector): many
+/// policies repeat the same peers.
+struct PeerSets<'a> {
+    snapshot: &'a Snapshot,
+    /// Pods selectors can match (host-network pods excluded), by namespace.
+    pods_by_namespace: Vec<Vec<PodId>>,
+    namespaces_by_selector: HashMap<String, Vec<NamespaceId>>,
+    set_by_peer: HashMap<(Option<NamespaceId>, String, String), usize>,
+    sets: Vec<FixedBitSet>,
+}
+
+impl<'a> PeerSets<'a> {
+    fn new(snapshot: &'a Snapshot, pods: &[PodFacts]) -> Self {
+        let mut pods_by_namespace = vec![Vec::new(); snapshot.namespaces().len()];
+        for id in snapshot.pod_ids() {
+            let facts = &pods[id.0 as usize];
+            // NB: host-network pods are not matched by pod or namespace selectors (the most
+            // common implementation, per the NetworkPolicy docs); they neither get isolated
+            // nor count as peers, except through ipBlock on their (node) IP.
+            if !facts.host_network {
+                pods_by_namespace[facts.namespace.0 as usize].push(id);
+            }
+        }
+        PeerSets {
+            snapshot,
+            pods_by_namespace,
+            namespaces_by_selector: HashMap::new(),
+            set_by_peer: HashMap::new(),
+            sets: Vec::new(),
+        }
+    }
+
+    fn resolve(&mut self, own: NamespaceId, peer: &Peer) -> Resolved {
+        let Peer::Pods { namespaces, pods } = peer else { return Resolved::IpBlock };
+        let key = match namespaces {
+            NamespaceScope::Own => (Some(own), String::new(), selector_key(pods)),
+            NamespaceScope::Selected(selector) => (None, selector_key(selector), selector_key(pods)),
+        };
+        if let Some(set) = self.set_by_peer.get(&key) {
+            return Resolved::Pods(*set);
+        }
+        let in_scope = match namespaces {
+            NamespaceScope::Own => vec![own],
+            NamespaceScope::Selected(selector) => self.namespaces(selector),
+        };
+        let mut set = FixedBitSet::with_capacity(self.snapshot.pods().len());
+        for namespace in in_scope {
+            for &pod in &self.pods_by_namespace[namespace.0 as usize] {
+                if selects(pods, self.snapshot.pod(pod).metadata.labels.as_ref()) {
+                    set.insert(pod.0 as usize);
+                }
+            }
+        }
+        self.sets.push(set);
+        self.set_by_peer.insert(key, self.sets.len() - 1);
+        Resolved::Pods(self.sets.len() - 1)
+    }
+
+    fn namespaces(&mut self, selector: &Selector) -> Vec<NamespaceId> {
+        let snapshot = self.snapshot;
+        self.namespaces_by_selector
+            .entry(selector_key(selector))
+            .or_insert_with(|| {
+                snapshot
+                    .namespaces()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, ns)| selects(selector, ns.metadata.labels.as_ref()))
+                    .map(|(i, _)| NamespaceId(i as u32))
+                    .collect()
+            })
+            .clone()
+    }
+}
+
+/// A selector's identity for caching. NB: not its label-query text, which is ambiguous
+/// (`{pod: "b,c=d"}` and `{pod: b, c: d}` print alike); the derived Debug form quotes values.
+fn selector_key(selector: &Selector) -> String {
+    format!("{selector:?}")
 }
 
 /// The compiled policies of a [`Snapshot`], ready to answer connection questions.
@@ -210,87 +224,39 @@ impl<'s> Engine<'s> {
     /// Works out which pods each policy isolates and which pods each peer selects.
     fn resolve(&mut self) {
         let snapshot = self.snapshot;
-        let mut pods_by_namespace: Vec<Vec<PodId>> = vec![Vec::new(); snapshot.namespaces().len()];
-        for id in snapshot.pod_ids() {
-            // NB: host-network pods are not matched by pod or namespace selectors (the most
-            // common implementation, per the NetworkPolicy docs); they neither get isolated
-            // nor count as peers, except through ipBlock on their (node) IP.
-            if !self.pods[id.0 as usize].host_network {
-                pods_by_namespace[self.pods[id.0 as usize].namespace.0 as usize].push(id);
-            }
-        }
-        let namespace_labels: Vec<_> =
-            snapshot.namespaces().iter().map(|ns| ns.metadata.labels.as_ref()).collect();
-        let mut namespaces_by_selector: HashMap<String, Vec<NamespaceId>> = HashMap::new();
-        let mut set_by_peer: HashMap<(String, String), usize> = HashMap::new();
-
+        let mut sets = PeerSets::new(snapshot, &self.pods);
         for (p, policy) in self.policies.iter().enumerate() {
             let policy_id = PolicyId(p as u32);
             let meta = &snapshot.policies()[p].metadata;
             let Some(own) = meta.namespace.as_deref().and_then(|ns| snapshot.find_namespace(ns)) else {
                 continue;
             };
+            let selected: Vec<PodId> = sets.pods_by_namespace[own.0 as usize]
+                .iter()
+                .copied()
+                .filter(|pod| selects(&policy.pod_selector, snapshot.pod(*pod).metadata.labels.as_ref()))
+                .collect();
             for direction in [Direction::Ingress, Direction::Egress] {
                 let Some(rules) = policy.rules(direction) else { continue };
                 let first_rule = self.rules.len() as u32;
                 for (index, rule) in rules.iter().enumerate() {
-                    let resolved = rule.peers.as_ref().map(|peers| {
-                        peers
-                            .iter()
-                            .map(|peer| match peer {
-                                Peer::IpBlock(_) => Resolved::IpBlock,
-                                Peer::Pods { namespaces, pods } => {
-                                    let scope = match namespaces {
-                                        NamespaceScope::Own => format!("own:{}", own.0),
-                                        NamespaceScope::Selected(s) => format!("sel:{s}"),
-                                    };
-                                    let key = (scope, pods.to_string());
-                                    if let Some(set) = set_by_peer.get(&key) {
-                                        return Resolved::Pods(*set);
-                                    }
-                                    let in_scope: Vec<NamespaceId> = match namespaces {
-                                        NamespaceScope::Own => vec![own],
-                                        NamespaceScope::Selected(selector) => namespaces_by_selector
-                                            .entry(selector.to_string())
-                                            .or_insert_with(|| {
-                                                (0..namespace_labels.len())
-                                                    .filter(|i| selects(selector, namespace_labels[*i]))
-                                                    .map(|i| NamespaceId(i as u32))
-                                                    .collect()
-                                            })
-                                            .clone(),
-                                    };
-                                    let mut set = FixedBitSet::with_capacity(self.pods.len());
-                                    for ns in in_scope {
-                                        for &pod in &pods_by_namespace[ns.0 as usize] {
-                                            if selects(pods, snapshot.pod(pod).metadata.labels.as_ref()) {
-                                                set.insert(pod.0 as usize);
-                                            }
-                                        }
-                                    }
-                                    self.pod_sets.push(set);
-                                    set_by_peer.insert(key, self.pod_sets.len() - 1);
-                                    Resolved::Pods(self.pod_sets.len() - 1)
-                                }
-                            })
-                            .collect()
-                    });
+                    let resolved = rule
+                        .peers
+                        .as_ref()
+                        .map(|peers| peers.iter().map(|peer| sets.resolve(own, peer)).collect());
                     self.rules.push(RuleEntry { policy: policy_id, direction, index, resolved });
                 }
-                let rule_ids = first_rule..self.rules.len() as u32;
-                for &pod in &pods_by_namespace[own.0 as usize] {
-                    if !selects(&policy.pod_selector, snapshot.pod(pod).metadata.labels.as_ref()) {
-                        continue;
-                    }
+                for &pod in &selected {
                     let side = match direction {
                         Direction::Ingress => &mut self.ingress[pod.0 as usize],
                         Direction::Egress => &mut self.egress[pod.0 as usize],
                     };
                     side.isolated_by.push(policy_id);
-                    side.rules.extend(rule_ids.clone());
+                    side.rules.extend(first_rule..self.rules.len() as u32);
                 }
             }
         }
+        self.pod_sets = sets.sets;
     }
 
     pub fn snapshot(&self) -> &'s Snapshot {
@@ -422,13 +388,14 @@ impl<'s> Engine<'s> {
                             continue;
                         }
                         match peer {
-                            // An ipBlock naming an outside address is exactly what it is for.
-                            Endpoint::Ip(_) => return verdict(Outcome::Allowed(matched(Some(i), false))),
                             // Matching a pod's IP is implementation-defined: keep looking for a
                             // selector that admits it, and fall back to this one.
-                            Endpoint::Pod(_) => {
+                            Endpoint::Pod(p) if !self.pods[p.0 as usize].host_network => {
                                 by_ip_block.get_or_insert(matched(Some(i), true));
                             }
+                            // An ipBlock naming an outside address (or a host-network pod's,
+                            // which is its node's) is exactly what it is for.
+                            _ => return verdict(Outcome::Allowed(matched(Some(i), false))),
                         }
                     }
                     _ => {}
@@ -475,54 +442,6 @@ impl<'s> Engine<'s> {
             Direction::Ingress => &self.ingress[pod.0 as usize].isolated_by,
             Direction::Egress => &self.egress[pod.0 as usize].isolated_by,
         }
-    }
-}
-
-/// Reads what the engine needs from a pod. Unparsable IPs and out-of-range ports are skipped
-/// here; the input layer rejects them with a proper error before this point.
-fn pod_facts(snapshot: &Snapshot, pod: &Pod) -> PodFacts {
-    let namespace = pod
-        .metadata
-        .namespace
-        .as_deref()
-        .and_then(|ns| snapshot.find_namespace(ns))
-        .unwrap_or(NamespaceId(0));
-    let status = pod.status.as_ref();
-    let mut ips: Vec<IpAddr> = status
-        .and_then(|s| s.pod_ips.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip.ip.parse().ok())
-        .collect();
-    if let Some(primary) = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()) {
-        ips.retain(|ip| *ip != primary);
-        ips.insert(0, primary);
-    }
-    let spec = pod.spec.as_ref();
-    let mut ports: Vec<ContainerPort> = spec
-        .into_iter()
-        .flat_map(|s| {
-            let sidecars =
-                s.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
-            s.containers.iter().chain(sidecars)
-        })
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            Some(ContainerPort {
-                port: u16::try_from(p.container_port).ok().filter(|p| *p > 0)?,
-                protocol: Protocol::from_api(p.protocol.as_deref().unwrap_or("TCP"))?,
-                name: p.name.clone(),
-            })
-        })
-        .collect();
-    ports.sort();
-    ports.dedup();
-    PodFacts {
-        namespace,
-        ips,
-        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-        node: spec.and_then(|s| s.node_name.clone()),
-        ports,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube_core::{Selector, SelectorExt};
@@ -54,7 +54,11 @@ impl CidrBlock {
 impl Peer {
     /// Validates and compiles one peer, with the API server's rules: at least one field, and
     /// `ipBlock` alone.
-    pub(crate) fn compile(peer: &NetworkPolicyPeer, field: &str) -> Result<Peer, FieldError> {
+    pub(crate) fn compile(
+        peer: &NetworkPolicyPeer,
+        field: &str,
+        warnings: &mut Vec<FieldError>,
+    ) -> Result<Peer, FieldError> {
         match (&peer.pod_selector, &peer.namespace_selector, &peer.ip_block) {
             (None, None, None) => Err(FieldError::new(
                 field,
@@ -65,7 +69,7 @@ impl Peer {
                 Err(FieldError::new(field, "may not specify both ipBlock and another peer"))
             }
             (None, None, Some(block)) => {
-                Ok(Peer::IpBlock(compile_ip_block(block, &format!("{field}.ipBlock"))?))
+                Ok(Peer::IpBlock(compile_ip_block(block, &format!("{field}.ipBlock"), warnings)?))
             }
             (pods, namespaces, None) => {
                 let pods = match pods {
@@ -121,8 +125,12 @@ pub(crate) fn selects(
 /// Validates a label selector's expressions as the API server does, then compiles it with
 /// kube-core's `Selector` (which implements `matchLabels` and every operator).
 pub(crate) fn compile_selector(selector: &LabelSelector, field: &str) -> Result<Selector, FieldError> {
+    for key in selector.match_labels.iter().flatten().map(|(k, _)| k) {
+        validate_label_key(key, &format!("{field}.matchLabels"))?;
+    }
     for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
         let here = format!("{field}.matchExpressions[{i}]");
+        validate_label_key(&requirement.key, &format!("{here}.key"))?;
         let has_values = requirement.values.as_ref().is_some_and(|v| !v.is_empty());
         match requirement.operator.as_str() {
             "In" | "NotIn" if !has_values => {
@@ -145,20 +153,58 @@ pub(crate) fn compile_selector(selector: &LabelSelector, field: &str) -> Result<
                 ));
             }
         }
-        if requirement.key.is_empty() {
-            return Err(FieldError::new(format!("{here}.key"), "must not be empty"));
-        }
     }
+    // NB: values are not checked: stored objects may hold values later API servers reject
+    // (`AllowInvalidLabelValueInSelector`), and any value has a well-defined meaning.
     Selector::try_from(selector.clone())
         .map_err(|e| FieldError::new(field, format!("invalid label selector: {e}")))
 }
 
-fn compile_ip_block(block: &IPBlock, field: &str) -> Result<CidrBlock, FieldError> {
-    let cidr = parse_cidr(&block.cidr, &format!("{field}.cidr"))?;
+/// A label key is a qualified name: an optional DNS-subdomain prefix and `/`, then a name of
+/// at most 63 characters, alphanumeric at both ends, with `-`, `_`, `.` inside.
+fn validate_label_key(key: &str, field: &str) -> Result<(), FieldError> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|label| {
+                !label.is_empty()
+                    && label.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && label.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    if name_ok && prefix_ok {
+        return Ok(());
+    }
+    let problem = if !prefix_ok {
+        "the prefix must be a lowercase DNS subdomain (e.g. example.com)"
+    } else {
+        "the name part must be 1-63 characters of letters, digits, '-', '_' or '.', starting and ending \
+         with a letter or digit"
+    };
+    Err(FieldError::new(field, format!("invalid label key {key:?}: {problem}")))
+}
+
+fn compile_ip_block(
+    block: &IPBlock,
+    field: &str,
+    warnings: &mut Vec<FieldError>,
+) -> Result<CidrBlock, FieldError> {
+    let cidr = parse_cidr(&block.cidr, &format!("{field}.cidr"), warnings)?;
     let mut except = Vec::new();
     for (i, text) in block.except.iter().flatten().enumerate() {
         let here = format!("{field}.except[{i}]");
-        let net = parse_cidr(text, &here)?;
+        let net = parse_cidr(text, &here, warnings)?;
         // "Except values will be rejected if they are outside the cidr range": the API server
         // requires a strict subset (same family, longer prefix, inside cidr).
         let inside = cidr.contains(&net.network()) && net.prefix_len() > cidr.prefix_len();
@@ -174,18 +220,60 @@ fn compile_ip_block(block: &IPBlock, field: &str) -> Result<CidrBlock, FieldErro
     Ok(CidrBlock { cidr, except })
 }
 
-/// Parses a CIDR the way the API server accepts it: host bits may be set (`10.0.0.1/24` means
-/// `10.0.0.0/24`); a bare address without a prefix length is not a CIDR.
-fn parse_cidr(text: &str, field: &str) -> Result<IpNet, FieldError> {
+/// Parses a CIDR as the API server has accepted it, so stored objects never fail here: host
+/// bits may be set (`10.0.0.7/24` means `10.0.0.0/24`), IPv4 octets may carry leading zeros
+/// (read as decimal), and an IPv4-mapped IPv6 CIDR means its IPv4 range. API servers with
+/// `StrictIPCIDRValidation` (1.33+) reject those forms in new objects, so each one is warned
+/// about. A bare address without a prefix length is not a CIDR.
+fn parse_cidr(text: &str, field: &str, warnings: &mut Vec<FieldError>) -> Result<IpNet, FieldError> {
     if text.is_empty() {
         return Err(FieldError::new(field, "must be specified (a CIDR such as 10.0.0.0/16)"));
     }
-    text.parse::<IpNet>().map(|net| net.trunc()).map_err(|_| {
+    let invalid = || {
         FieldError::new(
             field,
             format!("{text:?} is not a valid CIDR (expected e.g. \"192.168.1.0/24\" or \"2001:db8::/64\")"),
         )
-    })
+    };
+    let parsed = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => without_leading_zeros(text).and_then(|t| t.parse::<IpNet>().ok()).ok_or_else(invalid)?,
+    };
+    let net = match parsed {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|_| invalid())?),
+            None => parsed,
+        },
+        _ => parsed,
+    };
+    let canonical = net.trunc();
+    if canonical.to_string() != text {
+        warnings.push(FieldError::new(
+            field,
+            format!(
+                "{text:?} is not in canonical form: read as {canonical}, as older API servers do \
+                 (1.33+ with StrictIPCIDRValidation rejects it in new objects)"
+            ),
+        ));
+    }
+    Ok(canonical)
+}
+
+/// `010.001.0.0/16` → `10.1.0.0/16`; `None` when the text is not a dotted IPv4 CIDR.
+fn without_leading_zeros(text: &str) -> Option<String> {
+    let (address, prefix) = text.split_once('/')?;
+    let octets: Vec<&str> = address.split('.').collect();
+    if octets.len() != 4
+        || !octets.iter().all(|o| !o.is_empty() && o.len() <= 3 && o.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let octets: Vec<String> = octets
+        .iter()
+        .map(|o| o.trim_start_matches('0'))
+        .map(|o| if o.is_empty() { "0".to_string() } else { o.to_string() })
+        .collect();
+    Some(format!("{}/{prefix}", octets.join(".")))
 }
 
 #[cfg(test)]
@@ -214,7 +302,14 @@ mod tests {
             cidr: cidr.into(),
             except: (!except.is_empty()).then(|| except.iter().map(ToString::to_string).collect()),
         };
-        compile_ip_block(&b, "spec.egress[0].to[0].ipBlock")
+        compile_ip_block(&b, "spec.egress[0].to[0].ipBlock", &mut Vec::new())
+    }
+
+    fn block_warnings(cidr: &str) -> (String, Vec<FieldError>) {
+        let mut warnings = Vec::new();
+        let b = IPBlock { cidr: cidr.into(), except: None };
+        let compiled = compile_ip_block(&b, "f", &mut warnings).expect("accepted");
+        (compiled.cidr.to_string(), warnings)
     }
 
     #[test]
@@ -233,6 +328,17 @@ mod tests {
             let got = [with_a.clone(), with_b.clone(), without.clone()].map(|l| selects(&compiled, Some(&l)));
             assert_eq!(got, want, "{selector:?}");
         }
+    }
+
+    #[test]
+    fn qualified_label_keys_are_accepted() {
+        for key in ["app", "app.kubernetes.io/name", "kubernetes.io/metadata.name", "A_b-c.D", "x"] {
+            assert!(validate_label_key(key, "f").is_ok(), "{key}");
+        }
+        let selector =
+            LabelSelector { match_labels: Some(labels(&[("bad key", "v")])), match_expressions: None };
+        let err = compile_selector(&selector, "s").expect_err("invalid key");
+        assert_eq!(err.field, "s.matchLabels");
     }
 
     #[test]
@@ -258,7 +364,9 @@ mod tests {
             (expr("pod", "Equals", &["a"]), "s.matchExpressions[0].operator", "unknown operator"),
             (expr("pod", "In", &[]), "s.matchExpressions[0].values", "must be specified"),
             (expr("pod", "Exists", &["a"]), "s.matchExpressions[0].values", "may not be specified"),
-            (expr("", "Exists", &[]), "s.matchExpressions[0].key", "must not be empty"),
+            (expr("", "Exists", &[]), "s.matchExpressions[0].key", "invalid label key \"\""),
+            (expr("a b", "Exists", &[]), "s.matchExpressions[0].key", "the name part"),
+            (expr("Example.com/app", "Exists", &[]), "s.matchExpressions[0].key", "the prefix"),
         ];
         for (selector, field, message) in cases {
             let err = compile_selector(&selector, "s").expect_err("invalid");
@@ -277,9 +385,21 @@ mod tests {
     }
 
     #[test]
-    fn host_bits_in_a_cidr_are_accepted_and_cleared() {
+    fn non_canonical_cidrs_stored_by_older_api_servers_are_read_as_they_did_with_a_warning() {
+        for (text, read_as) in [
+            ("10.0.0.7/24", "10.0.0.0/24"),
+            ("010.001.0.0/16", "10.1.0.0/16"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ] {
+            let (cidr, warnings) = block_warnings(text);
+            assert_eq!(cidr, read_as, "{text}");
+            assert_eq!(warnings.len(), 1, "{text}");
+            assert!(warnings[0].message.contains("not in canonical form"), "{:?}", warnings[0]);
+        }
+        let (cidr, warnings) = block_warnings("10.0.0.0/24");
+        assert_eq!(cidr, "10.0.0.0/24");
+        assert!(warnings.is_empty());
         let b = block("10.0.0.7/24", &[]).expect("valid like the API server");
-        assert_eq!(b.cidr.to_string(), "10.0.0.0/24");
         assert!(b.contains("10.0.0.200".parse().expect("ip")));
     }
 
@@ -304,14 +424,14 @@ mod tests {
 
     #[test]
     fn peers_must_name_something_and_ip_block_stands_alone() {
-        let empty = Peer::compile(&NetworkPolicyPeer::default(), "spec.ingress[0].from[0]");
+        let empty = Peer::compile(&NetworkPolicyPeer::default(), "spec.ingress[0].from[0]", &mut Vec::new());
         assert!(empty.expect_err("empty").message.contains("must specify a peer"));
         let mixed = NetworkPolicyPeer {
             ip_block: Some(IPBlock { cidr: "10.0.0.0/8".into(), except: None }),
             pod_selector: Some(LabelSelector::default()),
             namespace_selector: None,
         };
-        let err = Peer::compile(&mixed, "spec.ingress[0].from[0]").expect_err("mixed");
+        let err = Peer::compile(&mixed, "spec.ingress[0].from[0]", &mut Vec::new()).expect_err("mixed");
         assert!(err.message.contains("both ipBlock and another peer"));
     }
 }

@@ -17,6 +17,8 @@ pub(crate) struct CompiledPolicy {
     pub ingress: Option<Vec<Rule>>,
     /// `Some` when the policy affects egress.
     pub egress: Option<Vec<Rule>>,
+    /// Accepted but non-canonical fields (see `peer::parse_cidr`).
+    pub warnings: Vec<FieldError>,
 }
 
 /// One ingress or egress rule: "The traffic must match both ports and from" (or `to`).
@@ -40,6 +42,7 @@ impl CompiledPolicy {
         };
         let (affects_ingress, affects_egress) =
             policy_types(spec.policy_types.as_deref(), spec.egress.as_deref())?;
+        let mut warnings = Vec::new();
 
         let ingress = match affects_ingress {
             false => None,
@@ -49,7 +52,13 @@ impl CompiledPolicy {
                     .flatten()
                     .enumerate()
                     .map(|(i, rule)| {
-                        compile_rule(Direction::Ingress, i, rule.from.as_deref(), rule.ports.as_deref())
+                        compile_rule(
+                            Direction::Ingress,
+                            i,
+                            rule.from.as_deref(),
+                            rule.ports.as_deref(),
+                            &mut warnings,
+                        )
                     })
                     .collect::<Result<_, _>>()?,
             ),
@@ -62,12 +71,18 @@ impl CompiledPolicy {
                     .flatten()
                     .enumerate()
                     .map(|(i, rule)| {
-                        compile_rule(Direction::Egress, i, rule.to.as_deref(), rule.ports.as_deref())
+                        compile_rule(
+                            Direction::Egress,
+                            i,
+                            rule.to.as_deref(),
+                            rule.ports.as_deref(),
+                            &mut warnings,
+                        )
                     })
                     .collect::<Result<_, _>>()?,
             ),
         };
-        Ok(CompiledPolicy { pod_selector, ingress, egress })
+        Ok(CompiledPolicy { pod_selector, ingress, egress, warnings })
     }
 
     pub(crate) fn rules(&self, direction: Direction) -> Option<&[Rule]> {
@@ -93,6 +108,10 @@ fn policy_types<T>(
 ) -> Result<(bool, bool), FieldError> {
     match policy_types {
         None | Some([]) => Ok((true, egress.is_some_and(|rules| !rules.is_empty()))),
+        Some(types) if types.len() > 2 => Err(FieldError::new(
+            "spec.policyTypes",
+            format!("may not specify more than two policyTypes (got {})", types.len()),
+        )),
         Some(types) => {
             let (mut ingress, mut egress) = (false, false);
             for (i, policy_type) in types.iter().enumerate() {
@@ -117,6 +136,7 @@ fn compile_rule(
     index: usize,
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,
+    warnings: &mut Vec<FieldError>,
 ) -> Result<Rule, FieldError> {
     let rule_field = format!("spec.{}[{index}]", direction.field());
     let peers = match peers {
@@ -126,7 +146,7 @@ fn compile_rule(
                 .iter()
                 .enumerate()
                 .map(|(i, peer)| {
-                    Peer::compile(peer, &format!("{rule_field}.{}[{i}]", direction.peers_field()))
+                    Peer::compile(peer, &format!("{rule_field}.{}[{i}]", direction.peers_field()), warnings)
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -214,6 +234,16 @@ mod tests {
         let compiled = CompiledPolicy::compile(&policy(spec)).expect("valid");
         let rules = compiled.ingress.expect("ingress");
         assert!(rules.iter().all(|r| r.peers.is_none() && r.ports.is_none()));
+    }
+
+    #[test]
+    fn more_than_two_policy_types_are_rejected() {
+        let spec = NetworkPolicySpec {
+            policy_types: types(&["Ingress", "Egress", "Ingress"]),
+            ..Default::default()
+        };
+        let err = CompiledPolicy::compile(&policy(spec)).expect_err("invalid");
+        assert_eq!(err.field, "spec.policyTypes");
     }
 
     #[test]

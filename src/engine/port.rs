@@ -170,9 +170,11 @@ fn port_number(number: i32, field: &str) -> Result<u16, FieldError> {
 /// IANA_SVC_NAME, as the API server checks named ports: at most 15 characters of `a-z`,
 /// `0-9` and `-`, at least one letter, no leading, trailing or doubled `-`.
 pub(crate) fn validate_port_name(name: &str, field: &str) -> Result<(), FieldError> {
-    let problem = if name.is_empty() || name.len() > 15 {
+    let problem = if name.len() > 15 {
         Some("must be no more than 15 characters")
-    } else if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    } else if name.is_empty()
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
     } else if !name.bytes().any(|b| b.is_ascii_lowercase()) {
         Some("must contain at least one letter (a-z)")

@@ -430,6 +430,62 @@ spec:
 }
 
 #[test]
+fn selectors_that_print_alike_are_still_resolved_apart() {
+    // Both selectors print as `pod=b,pod2=updated`; only the second matches x/b's labels.
+    let s = snapshot(
+        "
+apiVersion: v1
+kind: Pod
+metadata: {name: b2, namespace: x, labels: {pod: b, pod2: updated}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 10.244.1.20}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: one-odd-value, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: 'b,pod2=updated'}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: two-labels, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b, pod2: updated}}}]}]
+",
+    );
+    let engine = Engine::new(&s).expect("valid");
+    assert!(!allowed(&engine, "x/b2", "y/a", 80, Protocol::Tcp));
+    assert!(allowed(&engine, "x/b2", "y/b", 80, Protocol::Tcp));
+}
+
+#[test]
+fn an_ip_block_matching_a_host_network_pod_is_node_traffic_not_a_pod_ip_match() {
+    let s = snapshot(
+        "
+apiVersion: v1
+kind: Pod
+metadata: {name: h, namespace: z, labels: {pod: h}}
+spec: {hostNetwork: true, containers: [{name: c, image: i}]}
+status: {podIP: 172.18.0.3}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-nodes, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{ipBlock: {cidr: 172.18.0.0/16}}]}]
+",
+    );
+    let engine = Engine::new(&s).expect("valid");
+    let v = engine.verdict(pod(&s, "z/h"), pod(&s, "x/a"), 80, Protocol::Tcp);
+    assert!(v.allowed);
+    assert!(matches!(v.ingress.outcome, Outcome::Allowed(RuleRef { via_ip_block: false, .. })));
+    assert_eq!(v.implementation_defined.names(), ["host-network-pod"]);
+}
+
+#[test]
 fn a_pod_reaching_its_own_ip_is_allowed_and_implementation_defined() {
     let s = snapshot(DENY_INGRESS_X);
     let engine = Engine::new(&s).expect("valid");
