@@ -233,12 +233,14 @@ fn load_source(source: &Source, collected: &mut Collected) -> Result<(), InputEr
                     }
                     return Err(not_an_object(&origin, document, format!("a {kind} needs an `items` list")));
                 };
+                // A typed list from the API (`PodList`, `kubectl get --raw`) omits its items' kind.
+                let implied = kind.strip_suffix("List").filter(|k| !k.is_empty());
                 for (i, item) in items.iter().enumerate() {
                     let origin = Origin { item: Some(i), line: item.line, ..origin.clone() };
-                    load_object(item, origin, collected)?;
+                    load_object(item, origin, implied, collected)?;
                 }
             }
-            _ => load_object(document, origin, collected)?,
+            _ => load_object(document, origin, None, collected)?,
         }
     }
     Ok(())
@@ -248,7 +250,12 @@ fn not_an_object(origin: &Origin, node: &Node, message: String) -> InputError {
     ObjectError::at(node, origin, None, None, message)
 }
 
-fn load_object(node: &Node, origin: Origin, collected: &mut Collected) -> Result<(), InputError> {
+fn load_object(
+    node: &Node,
+    origin: Origin,
+    implied_kind: Option<&str>,
+    collected: &mut Collected,
+) -> Result<(), InputError> {
     if !matches!(node.value, Value::Map(_)) {
         return Err(not_an_object(
             &origin,
@@ -256,7 +263,7 @@ fn load_object(node: &Node, origin: Origin, collected: &mut Collected) -> Result
             "expected a Kubernetes object (a mapping with apiVersion and kind)".into(),
         ));
     }
-    let Some(kind) = node.get_str("kind") else {
+    let Some(kind) = node.get_str("kind").or(implied_kind) else {
         return Err(not_an_object(
             &origin,
             node,
@@ -273,7 +280,7 @@ fn load_object(node: &Node, origin: Origin, collected: &mut Collected) -> Result
             let pod: Pod = typed(node, &origin, kind, UnknownFields::Note(&mut collected.notes))?;
             let name = required_name(node, &origin, kind, &pod.metadata)?;
             validate_pod(&pod).map_err(|e| field_error(node, &origin, kind, e))?;
-            let key = (pod.metadata.namespace.clone().unwrap_or_default(), name);
+            let key = (namespace_or_default(&pod.metadata), name);
             place(&mut collected.pods, kind, key, pod, origin)
         }
         "NetworkPolicy" => {
@@ -281,8 +288,11 @@ fn load_object(node: &Node, origin: Origin, collected: &mut Collected) -> Result
             // silently select every pod. The API server rejects them too (strict validation).
             let policy: NetworkPolicy = typed(node, &origin, kind, UnknownFields::Reject)?;
             let name = required_name(node, &origin, kind, &policy.metadata)?;
-            validate_policy(&policy).map_err(|e| field_error(node, &origin, kind, e))?;
-            let key = (policy.metadata.namespace.clone().unwrap_or_default(), name);
+            let warnings = validate_policy(&policy).map_err(|e| field_error(node, &origin, kind, e))?;
+            for warning in warnings {
+                collected.notes.push(Note(field_error(node, &origin, kind, warning).to_string()));
+            }
+            let key = (namespace_or_default(&policy.metadata), name);
             place(&mut collected.policies, kind, key, policy, origin)
         }
         other => {
@@ -290,6 +300,11 @@ fn load_object(node: &Node, origin: Origin, collected: &mut Collected) -> Result
             Ok(())
         }
     }
+}
+
+/// The namespace an object lands in: its own, or `default` (see `Snapshot::new`).
+fn namespace_or_default(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| "default".into())
 }
 
 fn required_name(

@@ -299,3 +299,76 @@ fn a_missing_file_is_a_read_error() {
     let err = read_sources(&[PathBuf::from("/nonexistent/cluster.yaml")]).expect_err("missing");
     assert!(err.to_string().starts_with("cannot read /nonexistent/cluster.yaml: "), "{err}");
 }
+
+#[test]
+fn typed_lists_from_the_api_need_no_kind_on_their_items() {
+    let text = "\
+apiVersion: v1
+kind: PodList
+items:
+- metadata: {name: a, namespace: x}
+  spec: {containers: [{name: c}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicyList
+items:
+- metadata: {name: p, namespace: x}
+  spec: {podSelector: {}}
+";
+    let loaded = load_one(text).expect("valid");
+    assert_eq!(loaded.snapshot.pods().len(), 1);
+    assert_eq!(loaded.snapshot.policies().len(), 1);
+}
+
+#[test]
+fn non_canonical_cidrs_load_with_a_located_note() {
+    let text = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  egress:
+  - to:
+    - ipBlock: {cidr: 10.0.0.7/24}
+";
+    let loaded = load_one(text).expect("older API servers stored this");
+    assert_eq!(
+        loaded.notes[0].0,
+        "cluster.yaml:7: document 1 (NetworkPolicy x/p): spec.egress[0].to[0].ipBlock.cidr: \"10.0.0.7/24\" is not in \
+         canonical form: read as 10.0.0.0/24, as older API servers do (1.33+ with StrictIPCIDRValidation rejects it in new \
+         objects)"
+    );
+}
+
+#[test]
+fn pods_may_repeat_a_port_name_across_containers_but_not_within_one() {
+    let pod = |ports_b: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x}}\nspec:\n  containers:\n  \
+             - {{name: one, ports: [{{name: metrics, containerPort: 9100}}]}}\n  - {{name: two, ports: {ports_b}}}\n"
+        )
+    };
+    assert!(
+        load_one(&pod("[{name: metrics, containerPort: 9101}]")).is_ok(),
+        "kube-proxy's manifests do this"
+    );
+    let message = error(&pod("[{name: m, containerPort: 1}, {name: m, containerPort: 2}]"));
+    assert!(
+        message.contains("spec.containers[1].ports[1].name: duplicate port name \"m\" in this container"),
+        "{message}"
+    );
+}
+
+#[test]
+fn empty_port_names_and_protocols_mean_none_and_tcp() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec:\n  containers:\n  \
+                - {name: c, ports: [{name: '', containerPort: 80, protocol: ''}]}\n";
+    assert!(load_one(text).is_ok());
+}
+
+#[test]
+fn an_object_without_a_namespace_collides_with_the_same_name_in_default() {
+    let pod = |ns: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: a{ns}}}\n");
+    let text = format!("{}---\n{}", pod(""), pod(", namespace: default"));
+    assert!(error(&text).starts_with("Pod default/a is defined twice, differently"), "{}", error(&text));
+}

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 /// One node of a parsed document and its 1-based position (0 when unknown). A mapping's value
@@ -251,9 +251,6 @@ impl<'de> Visitor<'de> for ValueVisitor {
             value.line = key.referenced.line();
             value.column = key.referenced.column();
             let Key(key) = key.value;
-            if entries.iter().any(|(k, _)| *k == key) {
-                return Err(de::Error::custom(format!("duplicate key `{key}`")));
-            }
             entries.push((key, value));
         }
         Ok(Value::Map(entries))
@@ -358,7 +355,7 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, SyntaxError> {
 fn parse_json_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
     let mut documents = Vec::new();
-    let mut start = 0;
+    let (mut start, mut lines_before) = (0, 0);
     while let Some(item) = stream.next() {
         item.map_err(|e| SyntaxError {
             line: e.line() as u64,
@@ -366,11 +363,13 @@ fn parse_json_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
             message: first_line_without_location(&e.to_string()),
         })?;
         let end = stream.byte_offset();
-        let lines_before = text[..start].matches('\n').count() as u64;
-        for mut node in parse_yaml(&text[start..end])? {
+        let value = &text[start..end];
+        let parsed = parse_yaml(value).map_err(|e| SyntaxError { line: e.line + lines_before, ..e })?;
+        for mut node in parsed {
             node.shift_lines(lines_before);
             documents.push(node);
         }
+        lines_before += value.matches('\n').count() as u64;
         start = end;
     }
     Ok(documents)
@@ -457,6 +456,10 @@ mod tests {
         let err = parse_documents("{\"kind\": \"Namespace\"}\n{\"kind\": }\n").expect_err("bad second value");
         assert_eq!(err.line, 2, "{err:?}");
         assert!(!err.message.contains(" at line "), "{err:?}");
+        // JSON allows what YAML refuses (a repeated key): the error is still at the file's line.
+        let err =
+            parse_documents("{\"a\": 1}\n{\"a\": 1}\n{\"b\": 1,\n \"b\": 2}\n").expect_err("duplicate key");
+        assert_eq!(err.line, 4, "{err:?}");
     }
 
     #[test]
