@@ -8,8 +8,7 @@
 use std::net::IpAddr;
 
 use super::peer::{NamespaceScope, Peer, describe_selector, selects};
-use super::port::ContainerPort;
-use super::{Direction, Endpoint, Engine, Protocol, Resolved, Verdict};
+use super::{Direction, Endpoint, Engine, Protocol, Resolved, Traffic, Verdict};
 use crate::model::{PolicyId, key_of};
 
 /// Everything the engine considered for one connection.
@@ -74,17 +73,13 @@ impl<'s> Engine<'s> {
         let (from, to) = (from.into(), to.into());
         let verdict = self.verdict(from, to, port, protocol);
         let (from_ip, to_ip) = self.connection_addresses(from, to);
-        let dest_ports = match to {
-            Endpoint::Pod(d) => Some(self.pods[d.0 as usize].ports.as_slice()),
-            Endpoint::Ip(_) => None,
-        };
-        let conn = Conn { port, protocol, dest_ports };
+        let traffic = self.traffic(to, port, protocol);
         let egress = match from {
-            Endpoint::Pod(s) => self.explain_side(Direction::Egress, s, to, to_ip, &conn),
+            Endpoint::Pod(s) => self.explain_side(Direction::Egress, s, to, to_ip, &traffic),
             Endpoint::Ip(_) => SideExplanation::default(),
         };
         let ingress = match to {
-            Endpoint::Pod(d) => self.explain_side(Direction::Ingress, d, from, from_ip, &conn),
+            Endpoint::Pod(d) => self.explain_side(Direction::Ingress, d, from, from_ip, &traffic),
             Endpoint::Ip(_) => SideExplanation::default(),
         };
         Explanation { from, to, port, protocol, from_ip, to_ip, verdict, egress, ingress }
@@ -96,7 +91,7 @@ impl<'s> Engine<'s> {
         subject: crate::model::PodId,
         peer: Endpoint,
         peer_ip: Option<IpAddr>,
-        conn: &Conn<'_>,
+        traffic: &Traffic<'_>,
     ) -> SideExplanation {
         let side = match direction {
             Direction::Ingress => &self.ingress[subject.0 as usize],
@@ -119,8 +114,8 @@ impl<'s> Engine<'s> {
                 .iter()
                 .flatten()
                 .map(|p| {
-                    let matches = p.matches(conn.port, conn.protocol, conn.dest_ports);
-                    PeerCheck { description: p.describe(), matches, why: port_why(matches, conn) }
+                    let matches = traffic.matches(p);
+                    PeerCheck { description: p.describe(), matches, why: port_why(matches, traffic) }
                 })
                 .collect();
             let peers: Vec<PeerCheck> = rule
@@ -220,14 +215,8 @@ impl<'s> Engine<'s> {
     }
 }
 
-struct Conn<'a> {
-    port: u16,
-    protocol: Protocol,
-    dest_ports: Option<&'a [ContainerPort]>,
-}
-
-fn port_why(matches: bool, conn: &Conn<'_>) -> String {
-    let target = format!("{}/{}", conn.port, conn.protocol);
+fn port_why(matches: bool, traffic: &Traffic<'_>) -> String {
+    let target = format!("{}/{}", traffic.port, traffic.protocol);
     if matches { format!("{target} matches") } else { format!("{target} does not match") }
 }
 

@@ -78,6 +78,21 @@ impl From<IpAddr> for Endpoint {
     }
 }
 
+/// What a rule's `ports` are matched against: the port and protocol, and the destination's
+/// declared ports (named ports resolve there; `None` when the destination is not a pod).
+#[derive(Debug, Clone, Copy)]
+struct Traffic<'a> {
+    port: u16,
+    protocol: Protocol,
+    dest_ports: Option<&'a [ContainerPort]>,
+}
+
+impl Traffic<'_> {
+    fn matches(&self, rule: &port::PortRule) -> bool {
+        rule.matches(self.port, self.protocol, self.dest_ports)
+    }
+}
+
 /// A peer resolved against the snapshot.
 #[derive(Debug, Clone)]
 enum Resolved {
@@ -273,12 +288,9 @@ impl<'s> Engine<'s> {
     ) -> Verdict<'_> {
         let (from, to) = (from.into(), to.into());
         let (src_ip, dst_ip) = self.connection_addresses(from, to);
-        let dest_ports = match to {
-            Endpoint::Pod(d) => Some(self.pods[d.0 as usize].ports.as_slice()),
-            Endpoint::Ip(_) => None,
-        };
+        let traffic = self.traffic(to, port, protocol);
         let egress = match from {
-            Endpoint::Pod(s) => self.side(Direction::Egress, s, to, dst_ip, port, protocol, dest_ports),
+            Endpoint::Pod(s) => self.side(Direction::Egress, s, to, dst_ip, &traffic),
             Endpoint::Ip(_) => DirectionVerdict {
                 direction: Direction::Egress,
                 isolated_by: &[],
@@ -286,7 +298,7 @@ impl<'s> Engine<'s> {
             },
         };
         let ingress = match to {
-            Endpoint::Pod(d) => self.side(Direction::Ingress, d, from, src_ip, port, protocol, dest_ports),
+            Endpoint::Pod(d) => self.side(Direction::Ingress, d, from, src_ip, &traffic),
             Endpoint::Ip(_) => DirectionVerdict {
                 direction: Direction::Ingress,
                 isolated_by: &[],
@@ -326,17 +338,22 @@ impl<'s> Engine<'s> {
         (src, dst)
     }
 
+    fn traffic(&self, to: Endpoint, port: u16, protocol: Protocol) -> Traffic<'_> {
+        let dest_ports = match to {
+            Endpoint::Pod(d) => Some(self.pods[d.0 as usize].ports.as_slice()),
+            Endpoint::Ip(_) => None,
+        };
+        Traffic { port, protocol, dest_ports }
+    }
+
     /// Evaluates `subject`'s policies for `direction` against the other end, `peer`.
-    #[allow(clippy::too_many_arguments)]
     fn side(
         &self,
         direction: Direction,
         subject: PodId,
         peer: Endpoint,
         peer_ip: Option<IpAddr>,
-        port: u16,
-        protocol: Protocol,
-        dest_ports: Option<&[ContainerPort]>,
+        traffic: &Traffic<'_>,
     ) -> DirectionVerdict<'_> {
         let facts = &self.pods[subject.0 as usize];
         let side = match direction {
@@ -359,7 +376,7 @@ impl<'s> Engine<'s> {
             let rule = self.rule(entry);
             let port_index = match &rule.ports {
                 None => None,
-                Some(ports) => match ports.iter().position(|p| p.matches(port, protocol, dest_ports)) {
+                Some(ports) => match ports.iter().position(|p| traffic.matches(p)) {
                     Some(i) => Some(i),
                     None => continue,
                 },
