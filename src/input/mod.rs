@@ -370,8 +370,9 @@ fn typed<T: DeserializeOwned>(
                 return Err(ObjectError::at(node, origin, Some(kind), Some(first), message.into()));
             }
             UnknownFields::Note(notes) => notes.push(Note(format!(
-                "{}: {origin} ({kind} {}): ignored unknown field(s) {}",
+                "{}:{}: {origin} ({kind} {}): ignored unknown field(s) {}",
                 origin.file,
+                node.locate(first).line,
                 display_name(node),
                 ignored.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             ))),

@@ -204,7 +204,7 @@ fn unknown_pod_fields_are_only_noted() {
         loaded
             .notes
             .iter()
-            .any(|n| n.0 == "cluster.yaml: document 1 (Pod x/a): ignored unknown field(s) spec.futureField"),
+            .any(|n| n.0 == "cluster.yaml:5: document 1 (Pod x/a): ignored unknown field(s) spec.futureField"),
         "{:?}",
         loaded.notes
     );
