@@ -1,8 +1,23 @@
-//! `netpol-probe`: the small static program netpol-verify runs inside every namespace it probes.
+//! `netpol-probe`: the small static program netpol-verify runs inside every namespace it
+//! probes, and the orchestrator↔probe contract.
 //!
-//! This library will hold the orchestrator↔probe wire types (the `batch` plan and its results),
-//! so that both sides compile against one definition of the contract. The probe's commands
-//! (`serve`, `connect`, `dns`, `batch`) are not built yet.
+//! - [`wire`] — the `batch` plan and result lines (always built; the orchestrator uses only this).
+//! - the rest (feature `runtime`, on by default): `serve`, `connect`, `dns`, `batch`.
+
+pub mod wire;
+
+#[cfg(feature = "runtime")]
+pub mod args;
+#[cfg(feature = "runtime")]
+pub mod batch;
+#[cfg(feature = "runtime")]
+pub mod connect;
+#[cfg(feature = "runtime")]
+pub mod dns;
+#[cfg(feature = "runtime")]
+pub mod net;
+#[cfg(feature = "runtime")]
+pub mod serve;
 
 /// Version of the orchestrator↔probe batch contract this crate speaks.
-pub const BATCH_SCHEMA_VERSION: u32 = 1;
+pub const BATCH_SCHEMA_VERSION: u32 = wire::SCHEMA;

@@ -1,0 +1,157 @@
+//! `connect`: one TCP connection or UDP exchange with a `netpol-probe serve`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::timeout;
+
+use crate::net::classify;
+use crate::wire::{Identity, Outcome};
+
+/// UDP sends up to this many datagrams within the timeout.
+pub const UDP_ATTEMPTS: u32 = 3;
+
+/// What one probe saw, before it is dressed up as a result line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub outcome: Outcome,
+    pub name: Option<String>,
+    pub message: Option<String>,
+    pub elapsed: Duration,
+    pub attempts: Option<u32>,
+}
+
+impl Observation {
+    fn new(outcome: Outcome, started: Instant) -> Self {
+        Observation { outcome, name: None, message: None, elapsed: started.elapsed(), attempts: None }
+    }
+
+    fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// Applies `--expect-name`: a reply from anyone else is an `error` (`wrong-peer`).
+    fn expecting(mut self, expected: Option<&str>) -> Self {
+        if let (Outcome::Connected, Some(expected)) = (self.outcome, expected)
+            && self.name.as_deref() != Some(expected)
+        {
+            self.outcome = Outcome::Error;
+            self.message = Some(match &self.name {
+                Some(name) => format!("wrong-peer: expected {expected}, reached {name}"),
+                None => format!("wrong-peer: expected {expected}, the server sent no name"),
+            });
+        }
+        self
+    }
+}
+
+/// Opens a TCP connection; the handshake completing is `connected`. The server's identity
+/// line is then read within what is left of the timeout.
+pub async fn tcp(addr: SocketAddr, limit: Duration, expect_name: Option<&str>) -> Observation {
+    let started = Instant::now();
+    let mut stream = match timeout(limit, TcpStream::connect(addr)).await {
+        Err(_) => return Observation::new(Outcome::Timeout, started),
+        Ok(Err(e)) => return Observation::new(classify(&e), started).message(e.to_string()),
+        Ok(Ok(stream)) => stream,
+    };
+    let mut observation = Observation::new(Outcome::Connected, started);
+    let left = limit.saturating_sub(started.elapsed()).max(Duration::from_millis(200));
+    let mut buf = Vec::with_capacity(256);
+    // NB: the name is best effort: anything listening completes the handshake, and only
+    // `--expect-name` makes a missing or different name a failure.
+    let read = timeout(left, async {
+        let mut chunk = [0u8; 256];
+        while buf.len() < 4096 && !buf.contains(&b'\n') {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    if read.is_ok() {
+        let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+        observation.name = serde_json::from_slice::<Identity>(line).ok().map(|i| i.name);
+    }
+    observation.elapsed = started.elapsed();
+    observation.expecting(expect_name)
+}
+
+/// Sends a datagram carrying a fresh token and waits for the server to echo it; retries up to
+/// [`UDP_ATTEMPTS`] datagrams within the timeout. The socket is connected, so an ICMP port or
+/// host unreachable comes back as an error instead of passing for silence.
+pub async fn udp(addr: SocketAddr, limit: Duration, expect_name: Option<&str>) -> Observation {
+    let started = Instant::now();
+    let socket = match bind_and_connect(addr).await {
+        Ok(socket) => socket,
+        Err(e) => return Observation::new(classify(&e), started).message(e.to_string()),
+    };
+    let token = token();
+    let per_attempt = limit / UDP_ATTEMPTS;
+    let mut buf = vec![0u8; 65_536];
+    for attempt in 1..=UDP_ATTEMPTS {
+        let attempt_started = Instant::now();
+        let with_attempts = |mut o: Observation| {
+            o.attempts = Some(attempt);
+            o
+        };
+        if let Err(e) = socket.send(token.as_bytes()).await {
+            return with_attempts(Observation::new(classify(&e), started).message(e.to_string()));
+        }
+        let deadline =
+            if attempt == UDP_ATTEMPTS { limit.saturating_sub(started.elapsed()) } else { per_attempt };
+        loop {
+            let left = deadline.saturating_sub(attempt_started.elapsed());
+            let received = match timeout(left, socket.recv(&mut buf)).await {
+                Err(_) => break, // this attempt timed out
+                Ok(Err(e)) => {
+                    return with_attempts(Observation::new(classify(&e), started).message(e.to_string()));
+                }
+                Ok(Ok(n)) => &buf[..n],
+            };
+            match serde_json::from_slice::<Identity>(received) {
+                // A late answer to an earlier datagram of ours carries the same token: fine.
+                Ok(identity) if identity.echo.as_deref() == Some(&token) => {
+                    let mut o = with_attempts(Observation::new(Outcome::Connected, started));
+                    o.name = Some(identity.name);
+                    return o.expecting(expect_name);
+                }
+                // Someone else's datagram, or not ours: keep listening.
+                _ => continue,
+            }
+        }
+    }
+    let mut o = Observation::new(Outcome::Timeout, started);
+    o.attempts = Some(UDP_ATTEMPTS);
+    o
+}
+
+/// A UDP socket bound to the unspecified address of the target's family, connected to it,
+/// that hears every ICMP error about its datagrams.
+///
+/// NB: without IP_RECVERR, Linux reports only "hard" ICMP errors (port unreachable) to a UDP
+/// socket; a host or network unreachable (a REJECT rule, a router's answer) would pass for
+/// silence and be misreported as a timeout.
+pub async fn bind_and_connect(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (local, recv_err): (SocketAddr, fn(&UdpSocket) -> nix::Result<()>) = match addr.ip() {
+        IpAddr::V4(_) => ((Ipv4Addr::UNSPECIFIED, 0).into(), |s| setsockopt(s, sockopt::Ipv4RecvErr, &true)),
+        IpAddr::V6(_) => ((Ipv6Addr::UNSPECIFIED, 0).into(), |s| setsockopt(s, sockopt::Ipv6RecvErr, &true)),
+    };
+    let socket = UdpSocket::bind(local).await?;
+    recv_err(&socket).map_err(std::io::Error::from)?;
+    socket.connect(addr).await?;
+    Ok(socket)
+}
+
+/// A token no other probe (in this process or another) sends: pid, time and a counter.
+pub fn token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    format!("netpol-probe-{}-{nanos:x}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
