@@ -88,6 +88,7 @@ fn concurrency(text: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return usage(&format!("cannot start: {e}")),
@@ -192,6 +193,18 @@ async fn run(command: Command) -> ExitCode {
                 Err(e) => usage(&format!("cannot write results: {e}")),
             }
         }
+    }
+}
+
+/// Every probe in flight and every client being answered holds a socket; a soft limit of 1,024
+/// open files would turn a large batch into spurious errors. Raise it to the hard limit, as Go
+/// programs do at start-up. Failing to raise it is not fatal.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

@@ -416,3 +416,28 @@ fn usage_errors_exit_with_status_2() {
         assert!(lines.is_empty(), "{args:?}: no result line on a usage error");
     }
 }
+
+#[test]
+fn batch_raises_a_low_open_file_limit_instead_of_failing_probes() {
+    let mut pair = Pair::new();
+    pair.server.serve(&["--tcp", "8080", "--name", "x/a"]);
+    let probes: Vec<Value> = (0..500)
+        .map(|i| json!({"id": format!("p{i}"), "target": SERVER_IP, "port": 8080, "timeout_ms": 5000}))
+        .collect();
+    let plan = json!({"schema": 1, "probes": probes}).to_string();
+    let script = format!("ulimit -Sn 64 && exec {} batch --concurrency 500", support::probe());
+    let mut child = pair
+        .client
+        .command("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("batch starts");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), plan.as_bytes()).expect("plan written");
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("batch ends");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let summary: Value = serde_json::from_str(text.lines().last().expect("summary")).expect("JSON");
+    assert_eq!(summary["summary"]["reached"], 500, "{}", summary);
+}
