@@ -43,11 +43,14 @@ pub fn parse_plan(text: &str) -> Result<Plan, String> {
         if probe.port == 0 {
             return Err(format!("invalid plan: {at}.port: 0 is not a port"));
         }
-        match (probe.kind, &probe.query) {
-            (ProbeKind::Dns, None) => {
+        match (probe.kind, &probe.query, &probe.expect_name) {
+            (ProbeKind::Dns, None, _) => {
                 return Err(format!("invalid plan: {at}.query: a dns probe needs a name to look up"));
             }
-            (ProbeKind::Connect, Some(_)) => {
+            (ProbeKind::Dns, _, Some(_)) => {
+                return Err(format!("invalid plan: {at}.expect_name: only connect probes check a name"));
+            }
+            (ProbeKind::Connect, Some(_), _) => {
                 return Err(format!("invalid plan: {at}.query: only dns probes take a query"));
             }
             _ => {}
@@ -116,7 +119,7 @@ fn failed_task(spec: Option<ProbeSpec>) -> ProbeResult {
         kind: ProbeKind::Connect,
         target: String::new(),
         port: 0,
-        protocol: Transport::Tcp,
+        protocol: None,
         timeout_ms: 0,
         expect_name: None,
         query: None,
@@ -148,7 +151,7 @@ pub async fn probe(spec: ProbeSpec) -> ProbeResult {
         }
     };
     let addr = SocketAddr::new(ip, spec.port);
-    match (spec.kind, spec.protocol) {
+    match (spec.kind, spec.transport()) {
         (ProbeKind::Connect, Transport::Tcp) => {
             result(&spec, connect::tcp(addr, limit, spec.expect_name.as_deref()).await, None)
         }
@@ -158,7 +161,7 @@ pub async fn probe(spec: ProbeSpec) -> ProbeResult {
         (ProbeKind::Dns, transport) => {
             let query = spec.query.as_deref().unwrap_or_default();
             let seen = dns::query(addr, query, transport, limit).await;
-            let rcode = seen.response.as_ref().map(dns::rcode);
+            let rcode = seen.reply.map(|r| r.rcode);
             result(&spec, seen.observation, rcode)
         }
     }
@@ -170,7 +173,7 @@ pub fn result(spec: &ProbeSpec, observation: Observation, rcode: Option<String>)
         id: Some(spec.id.clone()),
         target: spec.target.clone(),
         port: spec.port,
-        protocol: spec.protocol,
+        protocol: spec.transport(),
         query: spec.query.clone(),
         outcome: observation.outcome,
         name: observation.name,

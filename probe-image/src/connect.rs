@@ -14,6 +14,9 @@ use crate::wire::{Identity, Outcome};
 /// UDP sends up to this many datagrams within the timeout.
 pub const UDP_ATTEMPTS: u32 = 3;
 
+/// The least time a TCP probe waits for the server's name after the handshake.
+pub const NAME_READ_FLOOR: Duration = Duration::from_millis(200);
+
 /// What one probe saw, before it is dressed up as a result line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
@@ -25,6 +28,17 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// An `error` before any packet left (e.g. the target's name did not resolve).
+    pub fn failed(message: String) -> Self {
+        Observation {
+            outcome: Outcome::Error,
+            name: None,
+            message: Some(message),
+            elapsed: Duration::ZERO,
+            attempts: None,
+        }
+    }
+
     fn new(outcome: Outcome, started: Instant) -> Self {
         Observation { outcome, name: None, message: None, elapsed: started.elapsed(), attempts: None }
     }
@@ -49,8 +63,10 @@ impl Observation {
     }
 }
 
-/// Opens a TCP connection; the handshake completing is `connected`. The server's identity
-/// line is then read within what is left of the timeout.
+/// Opens a TCP connection; the handshake completing is `connected`, and `ms` is the time it
+/// took. The server's identity line is then read within what is left of the timeout, but for
+/// at least [`NAME_READ_FLOOR`]: a slow handshake must not turn the right server into a
+/// wrong peer.
 pub async fn tcp(addr: SocketAddr, limit: Duration, expect_name: Option<&str>) -> Observation {
     let started = Instant::now();
     let mut stream = match timeout(limit, TcpStream::connect(addr)).await {
@@ -59,7 +75,7 @@ pub async fn tcp(addr: SocketAddr, limit: Duration, expect_name: Option<&str>) -
         Ok(Ok(stream)) => stream,
     };
     let mut observation = Observation::new(Outcome::Connected, started);
-    let left = limit.saturating_sub(started.elapsed()).max(Duration::from_millis(200));
+    let left = limit.saturating_sub(started.elapsed()).max(NAME_READ_FLOOR);
     let mut buf = Vec::with_capacity(256);
     // NB: the name is best effort: anything listening completes the handshake, and only
     // `--expect-name` makes a missing or different name a failure.
@@ -77,7 +93,6 @@ pub async fn tcp(addr: SocketAddr, limit: Duration, expect_name: Option<&str>) -
         let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
         observation.name = serde_json::from_slice::<Identity>(line).ok().map(|i| i.name);
     }
-    observation.elapsed = started.elapsed();
     observation.expecting(expect_name)
 }
 

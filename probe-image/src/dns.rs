@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, MessageType, Query};
+use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,11 +18,20 @@ use crate::connect::{Observation, UDP_ATTEMPTS, bind_and_connect};
 use crate::net::classify;
 use crate::wire::{Outcome, Transport};
 
-/// What a DNS exchange saw: the outcome, and the response when one came.
+/// What a DNS exchange saw: the outcome, and the reply when one came.
 #[derive(Debug)]
 pub struct DnsObservation {
     pub observation: Observation,
-    pub response: Option<Message>,
+    pub reply: Option<Reply>,
+}
+
+/// A DNS response to our query.
+#[derive(Debug)]
+pub struct Reply {
+    /// The response code in its short form: `NoError`, `NXDomain`, `ServFail`, ...
+    pub rcode: String,
+    /// The whole message, when hickory-proto could decode it.
+    pub message: Option<Message>,
 }
 
 /// The system resolver's first nameserver (`/etc/resolv.conf`), on port 53.
@@ -88,7 +97,7 @@ async fn query_type(
             elapsed: started.elapsed(),
             attempts: None,
         },
-        response: None,
+        reply: None,
     };
     let request = match encode_query(name, record_type) {
         Ok(request) => request,
@@ -114,14 +123,24 @@ fn encode_query(name: &str, record_type: RecordType) -> Result<Message, String> 
     Ok(message)
 }
 
-/// A reply counts when it parses as a DNS response to our id.
-fn parse_reply(bytes: &[u8], id: u16) -> Option<Message> {
-    Message::from_vec(bytes)
-        .ok()
-        .filter(|m| m.metadata.id == id && m.metadata.message_type == MessageType::Response)
+/// A reply counts when its header says it is a response (QR set) to our id. NB: only the
+/// header decides: any DNS response is reachability, even one hickory-proto cannot decode in
+/// full (an unusual record type, a server's quirk). The code comes from the header then.
+fn parse_reply(bytes: &[u8], id: u16) -> Option<Reply> {
+    let header = bytes.get(..12)?;
+    let is_ours = u16::from_be_bytes([header[0], header[1]]) == id && header[2] & 0x80 != 0;
+    if !is_ours {
+        return None;
+    }
+    let message = Message::from_vec(bytes).ok();
+    let code = match &message {
+        Some(message) => message.metadata.response_code,
+        None => hickory_proto::op::ResponseCode::from_low(header[3] & 0x0f),
+    };
+    Some(Reply { rcode: format!("{code:?}"), message })
 }
 
-fn answered(started: Instant, attempts: Option<u32>, response: Message) -> DnsObservation {
+fn answered(started: Instant, attempts: Option<u32>, reply: Reply) -> DnsObservation {
     let observation = Observation {
         outcome: Outcome::Connected,
         name: None,
@@ -129,7 +148,7 @@ fn answered(started: Instant, attempts: Option<u32>, response: Message) -> DnsOb
         elapsed: started.elapsed(),
         attempts,
     };
-    DnsObservation { observation, response: Some(response) }
+    DnsObservation { observation, reply: Some(reply) }
 }
 
 async fn over_udp(
@@ -147,7 +166,7 @@ async fn over_udp(
             elapsed: started.elapsed(),
             attempts,
         },
-        response: None,
+        reply: None,
     };
     let socket = match bind_and_connect(server).await {
         Ok(socket) => socket,
@@ -168,8 +187,8 @@ async fn over_udp(
                 Err(_) => break,
                 Ok(Err(e)) => return failed(classify(&e), e.to_string(), Some(attempt)),
                 Ok(Ok(n)) => {
-                    if let Some(response) = parse_reply(&buf[..n], id) {
-                        return answered(started, Some(attempt), response);
+                    if let Some(reply) = parse_reply(&buf[..n], id) {
+                        return answered(started, Some(attempt), reply);
                     }
                 }
             }
@@ -189,7 +208,7 @@ async fn over_tcp(
 ) -> DnsObservation {
     let failed = |outcome, message: Option<String>| DnsObservation {
         observation: Observation { outcome, name: None, message, elapsed: started.elapsed(), attempts: None },
-        response: None,
+        reply: None,
     };
     let mut stream = match timeout(limit, TcpStream::connect(server)).await {
         Err(_) => return failed(Outcome::Timeout, None),
@@ -211,13 +230,8 @@ async fn over_tcp(
     match timeout(limit.saturating_sub(started.elapsed()), exchange).await {
         Err(_) => failed(Outcome::Timeout, Some("connected, but no DNS response in time".into())),
         Ok(Err(message)) => failed(Outcome::Error, Some(message)),
-        Ok(Ok(response)) => answered(started, None, response),
+        Ok(Ok(reply)) => answered(started, None, reply),
     }
-}
-
-/// The response code in its short form: `NoError`, `NXDomain`, `ServFail`, ...
-pub fn rcode(response: &Message) -> String {
-    format!("{:?}", response.metadata.response_code)
 }
 
 /// Resolves a host name as the system resolver would: the nameserver, search list and ndots
@@ -231,14 +245,14 @@ pub async fn resolve(host: &str) -> Result<IpAddr, String> {
             let seen =
                 query_type(conf.server, &candidate, record_type, Transport::Udp, Duration::from_secs(2))
                     .await;
-            let Some(response) = seen.response else {
+            let Some(message) = seen.reply.and_then(|r| r.message) else {
                 return Err(format!(
                     "cannot resolve {host:?}: the nameserver {} did not answer ({})",
                     conf.server,
                     seen.observation.outcome.as_str()
                 ));
             };
-            let address = response.answers.iter().find_map(|r| match &r.data {
+            let address = message.answers.iter().find_map(|r| match &r.data {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
                 RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
                 _ => None,
@@ -302,10 +316,21 @@ mod tests {
         let response =
             Message::error_msg(id, query.metadata.op_code, hickory_proto::op::ResponseCode::NXDomain);
         let bytes = response.to_vec().expect("encodes");
-        let parsed = parse_reply(&bytes, id).expect("our response");
-        assert_eq!(rcode(&parsed), "NXDomain");
+        let reply = parse_reply(&bytes, id).expect("our response");
+        assert_eq!(reply.rcode, "NXDomain");
+        assert!(reply.message.is_some());
         assert!(parse_reply(&bytes, id.wrapping_add(1)).is_none());
         assert!(parse_reply(&query.to_vec().expect("encodes"), id).is_none(), "a query is not a response");
         assert!(parse_reply(b"{\"name\":\"x\"}", id).is_none());
+    }
+
+    #[test]
+    fn a_response_hickory_cannot_decode_still_counts_by_its_header() {
+        let [hi, lo] = 0x1234u16.to_be_bytes();
+        // Header: our id, QR set, RCODE 2 (ServFail), one question... and then nothing.
+        let bytes = [hi, lo, 0x81, 0x82, 0, 1, 0, 0, 0, 0, 0, 0];
+        let reply = parse_reply(&bytes, 0x1234).expect("a response by its header");
+        assert_eq!(reply.rcode, "ServFail");
+        assert!(reply.message.is_none());
     }
 }

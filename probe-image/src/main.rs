@@ -122,14 +122,16 @@ async fn run(command: Command) -> ExitCode {
                 Err(message) => return usage(&message),
             };
             let transport = if udp { Transport::Udp } else { Transport::Tcp };
-            let ip = match net::resolve_target(&host).await {
-                Ok(ip) => ip,
-                Err(message) => return usage(&message),
-            };
-            let addr = std::net::SocketAddr::new(ip, port);
-            let seen = match transport {
-                Transport::Tcp => connect::tcp(addr, timeout, expect_name.as_deref()).await,
-                Transport::Udp => connect::udp(addr, timeout, expect_name.as_deref()).await,
+            let seen = match net::resolve_target(&host).await {
+                Ok(ip) => {
+                    let addr = std::net::SocketAddr::new(ip, port);
+                    match transport {
+                        Transport::Tcp => connect::tcp(addr, timeout, expect_name.as_deref()).await,
+                        Transport::Udp => connect::udp(addr, timeout, expect_name.as_deref()).await,
+                    }
+                }
+                // Not a usage error: the name is fine, the lookup failed. Same as in a batch.
+                Err(message) => connect::Observation::failed(message),
             };
             report(&ProbeResult {
                 id: None,
@@ -170,7 +172,7 @@ async fn run(command: Command) -> ExitCode {
                 ms: seen.observation.elapsed.as_millis() as u64,
                 message: seen.observation.message,
                 attempts: seen.observation.attempts,
-                rcode: seen.response.as_ref().map(dns::rcode),
+                rcode: seen.reply.map(|r| r.rcode),
             })
         }
         Command::Batch { plan, concurrency } => {
@@ -218,6 +220,6 @@ fn report(result: &ProbeResult) -> ExitCode {
 }
 
 fn usage(message: &str) -> ExitCode {
-    eprintln!("netpol-probe: {message}");
+    let _ = writeln!(std::io::stderr(), "netpol-probe: {message}");
     ExitCode::from(2)
 }

@@ -5,13 +5,35 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::wire::Outcome;
 
-/// The outcome a failed socket operation means: RST or ICMP port unreachable is `refused`; no
-/// route or ICMP host/network unreachable is `unreachable`; anything else is an `error`.
+/// The outcome a failed socket operation means, from the errno the kernel chose for the RST or
+/// ICMP error it received:
+/// - `refused`: ECONNREFUSED (TCP RST, ICMP port unreachable);
+/// - `unreachable`: ENETUNREACH, EHOSTUNREACH (no route; ICMP host/net unreachable, and IPv4
+///   admin-prohibited), EHOSTDOWN, ENONET, ENETDOWN, and EACCES, which is what IPv6's
+///   admin-prohibited, policy-fail and reject-route become;
+/// - `timeout`: ETIMEDOUT (the kernel gave up retrying a SYN before our own timeout);
+/// - `error`: anything else, such as EPERM from a local firewall.
 pub fn classify(error: &io::Error) -> Outcome {
-    match error.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => Outcome::Refused,
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
-        _ => Outcome::Error,
+    const EACCES: i32 = 13;
+    const ENONET: i32 = 64;
+    const ENETDOWN: i32 = 100;
+    const ENETUNREACH: i32 = 101;
+    const ECONNRESET: i32 = 104;
+    const ETIMEDOUT: i32 = 110;
+    const ECONNREFUSED: i32 = 111;
+    const EHOSTDOWN: i32 = 112;
+    const EHOSTUNREACH: i32 = 113;
+    match error.raw_os_error() {
+        Some(ECONNREFUSED | ECONNRESET) => Outcome::Refused,
+        Some(ENETUNREACH | EHOSTUNREACH | EHOSTDOWN | ENONET | ENETDOWN | EACCES) => Outcome::Unreachable,
+        Some(ETIMEDOUT) => Outcome::Timeout,
+        Some(_) => Outcome::Error,
+        None => match error.kind() {
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => Outcome::Refused,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Outcome::Unreachable,
+            io::ErrorKind::TimedOut => Outcome::Timeout,
+            _ => Outcome::Error,
+        },
     }
 }
 
@@ -60,9 +82,18 @@ mod tests {
         for (kind, outcome) in cases {
             assert_eq!(classify(&io::Error::from(kind)), outcome, "{kind:?}");
         }
-        // The raw errno the kernel gives for an ICMP host unreachable.
-        assert_eq!(classify(&io::Error::from_raw_os_error(113)), Outcome::Unreachable);
-        assert_eq!(classify(&io::Error::from_raw_os_error(101)), Outcome::Unreachable);
+        // The raw errnos the kernel gives.
+        for (errno, outcome) in [
+            (111, Outcome::Refused),     // ECONNREFUSED
+            (113, Outcome::Unreachable), // EHOSTUNREACH
+            (101, Outcome::Unreachable), // ENETUNREACH
+            (13, Outcome::Unreachable),  // EACCES: ICMPv6 admin-prohibited
+            (112, Outcome::Unreachable), // EHOSTDOWN
+            (110, Outcome::Timeout),     // ETIMEDOUT: SYN retries exhausted
+            (1, Outcome::Error),         // EPERM: a local firewall
+        ] {
+            assert_eq!(classify(&io::Error::from_raw_os_error(errno)), outcome, "errno {errno}");
+        }
     }
 
     #[test]

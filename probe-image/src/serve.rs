@@ -1,12 +1,18 @@
 //! `serve`: answer on every address, on each TCP and UDP port, with this pod's identity.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use nix::libc;
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt, sockopt,
+};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::wire::{Identity, Transport};
 
@@ -75,7 +81,14 @@ fn open(transport: Transport, port: u16, v6: bool) -> io::Result<Socket> {
     if v6 {
         socket.set_only_v6(true)?;
     }
-    socket.set_reuse_address(true)?;
+    match transport {
+        // NB: for TCP, SO_REUSEADDR only lets a restarted server rebind past TIME_WAIT; on UDP
+        // it would let two servers share a port silently.
+        Transport::Tcp => socket.set_reuse_address(true)?,
+        // Learn each datagram's destination address, to answer from it (see `echo_loop`).
+        Transport::Udp if v6 => setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)?,
+        Transport::Udp => setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)?,
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     if transport == Transport::Tcp {
@@ -116,6 +129,10 @@ pub async fn run(config: Config, listeners: Listeners) -> io::Result<()> {
         line.push(b'\n');
         std::sync::Arc::<[u8]>::from(line)
     };
+    // NB: handlers first: whoever reads the ready line may send SIGTERM at once, and a signal
+    // without a handler would kill us (or, as PID 1 in a container, be ignored).
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     for listener in listeners.tcp {
         tokio::spawn(accept_loop(listener, line.clone()));
     }
@@ -129,12 +146,10 @@ pub async fn run(config: Config, listeners: Listeners) -> io::Result<()> {
         "udp": config.udp,
         "ipv6": listeners.ipv6,
     });
-    eprintln!("{ready}");
-
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let _ = writeln!(io::stderr(), "{ready}");
     tokio::select! {
         _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
     }
     Ok(())
 }
@@ -160,15 +175,78 @@ async fn answer(mut stream: TcpStream, line: std::sync::Arc<[u8]>) {
     .await;
 }
 
+/// Answers every datagram from the address it was sent to. NB: a reply from the wildcard
+/// socket would leave from whatever address routing picks; on a host with several addresses
+/// that can differ from the one the client targeted, and its connected socket would drop it.
 async fn echo_loop(socket: UdpSocket, name: String) {
     let mut buf = vec![0u8; 65_536];
     loop {
-        let Ok((n, peer)) = socket.recv_from(&mut buf).await else { continue };
+        let received = socket.async_io(Interest::READABLE, || receive(socket.as_raw_fd(), &mut buf)).await;
+        let Ok((n, peer, destination)) = received else { continue };
         let payload = &buf[..n.min(ECHO_LIMIT)];
         let reply =
             Identity { name: name.clone(), echo: Some(String::from_utf8_lossy(payload).into_owned()) };
-        if let Ok(bytes) = serde_json::to_vec(&reply) {
-            let _ = socket.send_to(&bytes, peer).await;
+        let Ok(bytes) = serde_json::to_vec(&reply) else { continue };
+        let sent = socket
+            .async_io(Interest::WRITABLE, || reply_to(socket.as_raw_fd(), &bytes, &peer, destination))
+            .await;
+        if sent.is_err() {
+            // E.g. a datagram to a broadcast address, which we cannot answer from: let routing
+            // pick the source instead.
+            let _ = socket
+                .async_io(Interest::WRITABLE, || reply_to(socket.as_raw_fd(), &bytes, &peer, None))
+                .await;
         }
     }
+}
+
+/// Where a datagram was addressed.
+#[derive(Clone, Copy)]
+enum Destination {
+    V4(libc::in_addr),
+    V6(libc::in6_addr, u32),
+}
+
+fn receive(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SockaddrStorage, Option<Destination>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut control = nix::cmsg_space!(libc::in6_pktinfo);
+    let message = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), MsgFlags::empty())?;
+    let mut destination = None;
+    for cmsg in message.cmsgs()? {
+        match cmsg {
+            ControlMessageOwned::Ipv4PacketInfo(info) => destination = Some(Destination::V4(info.ipi_addr)),
+            ControlMessageOwned::Ipv6PacketInfo(info) => {
+                destination = Some(Destination::V6(info.ipi6_addr, info.ipi6_ifindex));
+            }
+            _ => {}
+        }
+    }
+    let peer = message.address.ok_or_else(|| io::Error::other("a datagram without a sender"))?;
+    Ok((message.bytes, peer, destination))
+}
+
+fn reply_to(fd: i32, bytes: &[u8], peer: &SockaddrStorage, from: Option<Destination>) -> io::Result<usize> {
+    let iov = [IoSlice::new(bytes)];
+    let v4 = match from {
+        Some(Destination::V4(addr)) => Some(libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: addr,
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        }),
+        _ => None,
+    };
+    let v6 = match from {
+        Some(Destination::V6(addr, ifindex)) => {
+            Some(libc::in6_pktinfo { ipi6_addr: addr, ipi6_ifindex: ifindex })
+        }
+        _ => None,
+    };
+    let mut control = Vec::new();
+    if let Some(info) = &v4 {
+        control.push(ControlMessage::Ipv4PacketInfo(info));
+    }
+    if let Some(info) = &v6 {
+        control.push(ControlMessage::Ipv6PacketInfo(info));
+    }
+    Ok(sendmsg(fd, &iov, &control, MsgFlags::empty(), Some(peer))?)
 }

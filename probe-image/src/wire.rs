@@ -33,8 +33,9 @@ pub struct ProbeSpec {
     /// An IP address (or a name the probe resolves through its DNS server).
     pub target: String,
     pub port: u16,
-    #[serde(default)]
-    pub protocol: Transport,
+    /// Default: TCP for `connect`, UDP for `dns` (as on the command line). See [`Self::transport`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Transport>,
     pub timeout_ms: u64,
     /// For `connect`: the identity the server must answer with, or the probe is an `error`
     /// (`wrong-peer`).
@@ -43,6 +44,17 @@ pub struct ProbeSpec {
     /// For `dns`: the name to look up (the server is `target:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+}
+
+impl ProbeSpec {
+    /// The transport this probe uses, defaults applied.
+    pub fn transport(&self) -> Transport {
+        match (self.protocol, self.kind) {
+            (Some(transport), _) => transport,
+            (None, ProbeKind::Connect) => Transport::Tcp,
+            (None, ProbeKind::Dns) => Transport::Udp,
+        }
+    }
 }
 
 /// What a probe does.
@@ -208,7 +220,12 @@ mod tests {
         )
         .expect("valid plan");
         assert_eq!(plan.probes[0].kind, ProbeKind::Connect);
-        assert_eq!(plan.probes[0].protocol, Transport::Tcp);
+        assert_eq!(plan.probes[0].transport(), Transport::Tcp);
+        let dns: ProbeSpec = serde_json::from_str(
+            r#"{"id": "d", "kind": "dns", "target": "10.96.0.10", "port": 53, "timeout_ms": 1000, "query": "a"}"#,
+        )
+        .expect("valid probe");
+        assert_eq!(dns.transport(), Transport::Udp, "DNS defaults to UDP, as on the command line");
         let err = serde_json::from_str::<Plan>(
             r#"{"schema": 1, "probes": [{"id": "p1", "target": "x", "port": 80, "timeout_ms": 1, "tiemout": 2}]}"#,
         )

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::dns::{DnsServer, KNOWN_NAME};
-use support::{Pair, SERVER_IP, SERVER_IP6, UNROUTED_IP, server};
+use support::{COMMAND_LIMIT, Pair, SERVER_IP, SERVER_IP6, UNROUTED_IP, server, wait_output};
 
 /// nftables in the server namespace: what each port does to arriving packets.
 const FILTER: &str = r#"
@@ -20,6 +20,8 @@ table inet probe_test {
         tcp dport 7002 reject with tcp reset
         tcp dport 7003 reject with icmpx type host-unreachable
         udp dport 7003 reject with icmpx type host-unreachable
+        tcp dport 7005 reject with icmpx type admin-prohibited
+        udp dport 7005 reject with icmpx type admin-prohibited
         udp dport 7004 ip saddr @seen accept
         udp dport 7004 add @seen { ip saddr } drop
         tcp dport 5301 drop
@@ -45,7 +47,7 @@ fn tcp_connect_reaches_a_server_and_reads_its_name() {
     assert_eq!(line["target"], SERVER_IP);
     assert_eq!(line["port"], 8080);
     assert_eq!(line["protocol"], "TCP");
-    assert!(line["ms"].as_u64().is_some());
+    assert!(line["ms"].as_u64().is_some_and(|ms| ms < 500), "a handshake across a veth: {line}");
 }
 
 #[test]
@@ -90,6 +92,50 @@ fn icmp_host_unreachable_and_no_route_are_unreachable() {
         let (code, lines, _) = pair.client.probe(&["connect", &target, transport, "--timeout", "2s"]);
         assert_eq!((code, outcome(&lines[0])), (1, "unreachable"), "{transport}: {lines:?}");
     }
+}
+
+#[test]
+fn admin_prohibited_is_unreachable_over_ipv4_and_ipv6() {
+    // ICMP "administratively prohibited": EHOSTUNREACH over IPv4, but EACCES over IPv6.
+    let mut pair = Pair::new();
+    pair.server.nft(FILTER);
+    pair.server.serve(&["--tcp", "7005", "--udp", "7005", "--name", "x/a"]);
+    for target in [server(7005), format!("[{SERVER_IP6}]:7005")] {
+        for transport in ["--tcp", "--udp"] {
+            let (code, lines, _) = pair.client.probe(&["connect", &target, transport, "--timeout", "2s"]);
+            assert_eq!((code, outcome(&lines[0])), (1, "unreachable"), "{target} {transport}: {lines:?}");
+        }
+    }
+}
+
+#[test]
+fn refused_unreachable_and_no_route_over_ipv6() {
+    let mut pair = Pair::new();
+    pair.server.nft(FILTER);
+    pair.server.serve(&["--tcp", "7003", "--udp", "7003", "--name", "x/a"]);
+    let cases = [
+        (format!("[{SERVER_IP6}]:8099"), "refused"),
+        (format!("[{SERVER_IP6}]:7003"), "unreachable"),
+        ("[fd00:201::9]:80".to_string(), "unreachable"),
+    ];
+    for (target, expected) in cases {
+        for transport in ["--tcp", "--udp"] {
+            let (code, lines, _) = pair.client.probe(&["connect", &target, transport, "--timeout", "2s"]);
+            assert_eq!((code, outcome(&lines[0])), (1, expected), "{target} {transport}: {lines:?}");
+        }
+    }
+}
+
+#[test]
+fn udp_replies_leave_from_the_address_the_client_targeted() {
+    // With two addresses, routing would answer from the primary one; the client's connected
+    // socket would drop that reply and report a timeout.
+    let mut pair = Pair::new();
+    pair.add_server_address("10.200.0.3", 24);
+    pair.server.serve(&["--udp", "8080", "--name", "x/a"]);
+    let (code, lines, _) = pair.client.probe(&["connect", "10.200.0.3:8080", "--udp", "--timeout", "1s"]);
+    assert_eq!((code, outcome(&lines[0])), (0, "connected"), "{lines:?}");
+    assert_eq!(lines[0]["attempts"], 1);
 }
 
 #[test]
@@ -188,30 +234,43 @@ fn dns_to_a_closed_port_is_refused_and_to_a_dropping_one_is_a_timeout() {
 
 #[test]
 fn dns_reads_its_server_from_resolv_conf() {
-    let pair = Pair::new();
+    let mut pair = Pair::new();
     let _dns = DnsServer::start(&pair.server, 53);
-    // `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
-    let dir = format!("/etc/netns/{}", pair.client.name);
-    std::fs::create_dir_all(&dir).expect("create /etc/netns/NAME");
-    let _cleanup = RemoveDir(dir.clone());
-    std::fs::write(format!("{dir}/resolv.conf"), format!("nameserver {SERVER_IP}\n"))
-        .expect("write resolv.conf");
-    let (code, lines, _) = pair.client.probe(&["dns", KNOWN_NAME]);
-    assert_eq!((code, outcome(&lines[0])), (0, "connected"), "{lines:?}");
-    assert_eq!(lines[0]["target"], SERVER_IP);
-    // And `connect` resolves names through it.
-    let mut pair = pair;
     pair.server.serve(&["--tcp", "8080", "--name", "x/a"]);
-    let (code, lines, _) = pair.client.probe(&["connect", "probe.test:8080"]);
-    assert_eq!((code, outcome(&lines[0])), (0, "connected"), "{lines:?}");
-}
-
-struct RemoveDir(String);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    // A resolv.conf of the test's own, mounted over /etc/resolv.conf in a private mount
+    // namespace: nothing on the host is touched.
+    let dir = support::WorldRunnable::new();
+    let conf = std::path::Path::new(&dir.path).with_file_name("resolv.conf");
+    std::fs::write(&conf, format!("search test\nnameserver {SERVER_IP}\noptions ndots:1\n"))
+        .expect("resolv.conf");
+    let run = |args: &str| {
+        let script =
+            format!("mount --bind {} /etc/resolv.conf && exec {} {args}", conf.display(), support::probe());
+        let child = pair
+            .client
+            .command("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare runs");
+        let output = wait_output(child, COMMAND_LIMIT);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let line: Value = serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("{args}: {e}: {text} {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.code(), line)
+    };
+    let (code, line) = run(&format!("dns {KNOWN_NAME}"));
+    assert_eq!((code, outcome(&line)), (Some(0), "connected"), "{line}");
+    assert_eq!(line["target"], SERVER_IP);
+    // `connect` resolves names through it, search list included.
+    let (code, line) = run("connect probe:8080");
+    assert_eq!((code, outcome(&line)), (Some(0), "connected"), "{line}");
+    assert_eq!(line["target"], "probe");
+    // A name that does not resolve is an `error` result (exit 1), not a usage error.
+    let (code, line) = run("connect nowhere.invalid:8080");
+    assert_eq!((code, outcome(&line)), (Some(1), "error"), "{line}");
+    assert!(line["message"].as_str().is_some_and(|m| m.contains("cannot resolve")), "{line}");
 }
 
 #[test]
@@ -302,25 +361,22 @@ fn batch_rejects_a_bad_plan_with_status_2() {
 fn serve_survives_misbehaving_clients_and_thousands_of_concurrent_ones() {
     let mut pair = Pair::new();
     pair.server.serve(&["--tcp", "8080", "--udp", "8080", "--name", "x/a"]);
-    // Clients that connect and never read, half-close at once, or send garbage.
-    support::dns::in_netns(&pair.client.name, || {
-        let mut idle = Vec::new();
-        for _ in 0..200 {
-            if let Ok(stream) = std::net::TcpStream::connect((SERVER_IP, 8080)) {
-                idle.push(stream);
-            }
-        }
+    // Clients that connect and never read, half-close at once, or send garbage; the idle ones
+    // stay connected while the load below runs.
+    let idle = support::dns::in_netns(&pair.client.name, || {
+        let idle: Vec<std::net::TcpStream> =
+            (0..200).filter_map(|_| std::net::TcpStream::connect((SERVER_IP, 8080)).ok()).collect();
         for _ in 0..50 {
-            if let Ok(stream) = std::net::TcpStream::connect((SERVER_IP, 8080)) {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            }
+            let stream = std::net::TcpStream::connect((SERVER_IP, 8080)).expect("connects");
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
         for size in [0usize, 1, 1500, 65_000] {
             let _ = udp.send_to(&vec![0xff; size], (SERVER_IP, 8080));
         }
-        drop(idle);
+        idle
     });
+    assert_eq!(idle.len(), 200, "every idle client connected");
     // Two thousand probes at once (concurrency 2000), over both transports.
     let probes: Vec<Value> = (0..2000)
         .map(|i| {
@@ -333,6 +389,7 @@ fn serve_survives_misbehaving_clients_and_thousands_of_concurrent_ones() {
     assert_eq!(code, 0);
     let summary = &lines[lines.len() - 1]["summary"];
     assert_eq!(summary["reached"], 2000, "{summary}");
+    drop(idle);
     // And it is still up.
     let (code, _, _) = pair.client.probe(&["connect", &server(8080)]);
     assert_eq!(code, 0);
@@ -340,29 +397,29 @@ fn serve_survives_misbehaving_clients_and_thousands_of_concurrent_ones() {
 
 #[test]
 fn serve_explains_a_privileged_port_it_may_not_bind() {
-    let pair = Pair::new();
+    let mut pair = Pair::new();
+    let copy = support::WorldRunnable::new();
     // As nobody, in a namespace where unprivileged ports start at 1024 (the default).
-    let run_as_nobody = |port: &str| {
-        pair.server
-            .command("setpriv")
+    let as_nobody = |port: &str| {
+        let mut command = pair.server.command("setpriv");
+        command
             .args([
                 "--reuid",
                 "65534",
                 "--regid",
                 "65534",
                 "--clear-groups",
-                support::probe(),
+                &copy.path,
                 "serve",
                 "--tcp",
                 port,
             ])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("setpriv runs")
+            .stderr(std::process::Stdio::piped());
+        command
     };
-    let output = run_as_nobody("80").wait_with_output().expect("serve ends");
-    assert_eq!(output.status.code(), Some(2));
+    let output = wait_output(as_nobody("80").spawn().expect("setpriv runs"), COMMAND_LIMIT);
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for needle in [
         "TCP port 80",
@@ -375,15 +432,15 @@ fn serve_explains_a_privileged_port_it_may_not_bind() {
     }
     // Lower the namespace's sysctl and the same user may bind port 80.
     pair.server.sysctl("net.ipv4.ip_unprivileged_port_start", "80");
-    let mut child = run_as_nobody("80");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stderr.take().expect("stderr")),
-        &mut line,
-    )
-    .expect("ready line");
-    let _ = child.kill();
-    let _ = child.wait();
+    let child = pair.server.adopt(as_nobody("80").spawn().expect("setpriv runs"));
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).expect("a ready line within 10 s");
     assert!(line.contains("\"ready\""), "{line}");
 }
 

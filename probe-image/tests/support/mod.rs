@@ -60,6 +60,26 @@ fn sweep_leftovers() {
     });
 }
 
+/// Waits for a child's output, killing it and failing the test after `limit`: a hung probe must
+/// fail its test, not hang the suite.
+pub fn wait_output(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("the child's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("process {pid} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// How long any single probe command may take before the test fails.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
 fn unique() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -142,7 +162,14 @@ impl Netns {
 
     /// Runs `netpol-probe ARGS` here and returns its exit status and parsed output lines.
     pub fn probe(&self, args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
-        let output = self.command(probe()).args(args).output().expect("the probe runs");
+        let child = self
+            .command(probe())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the probe runs");
+        let output = wait_output(child, COMMAND_LIMIT);
         let lines = String::from_utf8_lossy(&output.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
@@ -166,7 +193,7 @@ impl Netns {
         std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), text.as_bytes())
             .expect("plan written");
         drop(child.stdin.take());
-        let output = child.wait_with_output().expect("batch finishes");
+        let output = wait_output(child, COMMAND_LIMIT);
         let elapsed = started.elapsed();
         assert!(output.stderr.is_empty(), "batch stderr: {}", String::from_utf8_lossy(&output.stderr));
         let lines = String::from_utf8_lossy(&output.stdout)
@@ -174,6 +201,12 @@ impl Netns {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
             .collect();
         (output.status.code().unwrap_or(-1), lines, elapsed)
+    }
+
+    /// Takes care of a process started here some other way: it is killed with the namespace.
+    pub fn adopt(&mut self, child: Child) -> &mut Child {
+        self.children.push(child);
+        self.children.last_mut().expect("just pushed")
     }
 
     /// Stops the processes started here (SIGTERM, then SIGKILL after 2 s); their exit codes.
@@ -214,6 +247,9 @@ impl Drop for Netns {
 pub struct Pair {
     pub client: Netns,
     pub server: Netns,
+    client_if: String,
+    server_if: String,
+    server_mac: String,
 }
 
 pub const CLIENT_IP: &str = "10.200.0.1";
@@ -273,7 +309,48 @@ impl Pair {
                 ns.ip(&["neigh", "replace", peer, "lladdr", peer_mac, "dev", dev, "nud", "permanent"]);
             }
         }
-        Pair { client, server }
+        Pair { client, server, client_if: c_if, server_if: s_if, server_mac }
+    }
+
+    /// Gives the server one more address on its link (with the client's neighbour entry).
+    pub fn add_server_address(&self, ip: &str, prefix: u8) {
+        self.server.ip(&["addr", "add", &format!("{ip}/{prefix}"), "dev", &self.server_if, "nodad"]);
+        self.client.ip(&[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &self.server_mac,
+            "dev",
+            &self.client_if,
+            "nud",
+            "permanent",
+        ]);
+    }
+}
+
+/// A copy of the probe that any user may run (the build tree may sit under a private home).
+pub struct WorldRunnable {
+    dir: std::path::PathBuf,
+    pub path: String,
+}
+
+impl WorldRunnable {
+    pub fn new() -> WorldRunnable {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+        let path = dir.join("netpol-probe");
+        std::fs::copy(probe(), &path).expect("copy the probe");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod probe");
+        WorldRunnable { path: path.to_string_lossy().into_owned(), dir }
+    }
+}
+
+impl Drop for WorldRunnable {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
