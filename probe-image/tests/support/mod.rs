@@ -57,6 +57,15 @@ fn sweep_leftovers() {
                 let _ = Command::new("ip").args(["netns", "del", name]).status();
             }
         }
+        // And the probe copies (`WorldRunnable`) such runs left in the temp directory.
+        for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+            let pid = rest.split('-').next().unwrap_or_default();
+            if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     });
 }
 
