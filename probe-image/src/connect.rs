@@ -96,53 +96,76 @@ pub async fn tcp(addr: SocketAddr, limit: Duration, expect_name: Option<&str>) -
     observation.expecting(expect_name)
 }
 
-/// Sends a datagram carrying a fresh token and waits for the server to echo it; retries up to
-/// [`UDP_ATTEMPTS`] datagrams within the timeout. The socket is connected, so an ICMP port or
-/// host unreachable comes back as an error instead of passing for silence.
+/// Sends a datagram carrying a fresh token and waits for the server to echo it (see
+/// [`udp_exchange`]).
 pub async fn udp(addr: SocketAddr, limit: Duration, expect_name: Option<&str>) -> Observation {
     let started = Instant::now();
+    let token = token();
+    // A late answer to an earlier datagram of ours carries the same token, and counts; a reply
+    // without it (someone else's) does not.
+    let (ended, attempts) = udp_exchange(addr, token.as_bytes(), limit, started, |reply| {
+        serde_json::from_slice::<Identity>(reply)
+            .ok()
+            .filter(|i| i.echo.as_deref() == Some(&token))
+            .map(|i| i.name)
+    })
+    .await;
+    let mut observation = match ended {
+        Exchange::Reply(name) => {
+            Observation { name: Some(name), ..Observation::new(Outcome::Connected, started) }
+        }
+        Exchange::Failed(outcome, message) => Observation { message, ..Observation::new(outcome, started) },
+    };
+    observation.attempts = attempts;
+    observation.expecting(expect_name)
+}
+
+/// How a UDP exchange ended: with the reply `accept` took, or with the outcome that ended it.
+#[derive(Debug)]
+pub enum Exchange<T> {
+    Reply(T),
+    Failed(Outcome, Option<String>),
+}
+
+/// Sends `payload` from a connected socket (see [`bind_and_connect`]) up to [`UDP_ATTEMPTS`]
+/// times, each datagram given a third of `limit` (the last one what is left), until `accept`
+/// takes a reply; replies it refuses are ignored. Returns how it ended and the datagrams sent
+/// (`None` when no socket could be opened).
+pub async fn udp_exchange<T>(
+    addr: SocketAddr,
+    payload: &[u8],
+    limit: Duration,
+    started: Instant,
+    mut accept: impl FnMut(&[u8]) -> Option<T>,
+) -> (Exchange<T>, Option<u32>) {
+    let failed = |e: std::io::Error| Exchange::Failed(classify(&e), Some(e.to_string()));
     let socket = match bind_and_connect(addr).await {
         Ok(socket) => socket,
-        Err(e) => return Observation::new(classify(&e), started).message(e.to_string()),
+        Err(e) => return (failed(e), None),
     };
-    let token = token();
     let per_attempt = limit / UDP_ATTEMPTS;
     let mut buf = vec![0u8; 65_536];
     for attempt in 1..=UDP_ATTEMPTS {
         let attempt_started = Instant::now();
-        let with_attempts = |mut o: Observation| {
-            o.attempts = Some(attempt);
-            o
-        };
-        if let Err(e) = socket.send(token.as_bytes()).await {
-            return with_attempts(Observation::new(classify(&e), started).message(e.to_string()));
+        if let Err(e) = socket.send(payload).await {
+            return (failed(e), Some(attempt));
         }
         let deadline =
             if attempt == UDP_ATTEMPTS { limit.saturating_sub(started.elapsed()) } else { per_attempt };
         loop {
             let left = deadline.saturating_sub(attempt_started.elapsed());
-            let received = match timeout(left, socket.recv(&mut buf)).await {
-                Err(_) => break, // this attempt timed out
-                Ok(Err(e)) => {
-                    return with_attempts(Observation::new(classify(&e), started).message(e.to_string()));
+            match timeout(left, socket.recv(&mut buf)).await {
+                Err(_) => break, // this datagram's share of the time is up
+                Ok(Err(e)) => return (failed(e), Some(attempt)),
+                Ok(Ok(n)) => {
+                    if let Some(reply) = accept(&buf[..n]) {
+                        return (Exchange::Reply(reply), Some(attempt));
+                    }
                 }
-                Ok(Ok(n)) => &buf[..n],
-            };
-            match serde_json::from_slice::<Identity>(received) {
-                // A late answer to an earlier datagram of ours carries the same token: fine.
-                Ok(identity) if identity.echo.as_deref() == Some(&token) => {
-                    let mut o = with_attempts(Observation::new(Outcome::Connected, started));
-                    o.name = Some(identity.name);
-                    return o.expecting(expect_name);
-                }
-                // Someone else's datagram, or not ours: keep listening.
-                _ => continue,
             }
         }
     }
-    let mut o = Observation::new(Outcome::Timeout, started);
-    o.attempts = Some(UDP_ATTEMPTS);
-    o
+    (Exchange::Failed(Outcome::Timeout, None), Some(UDP_ATTEMPTS))
 }
 
 /// A UDP socket bound to the unspecified address of the target's family, connected to it,

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::connect::{Observation, UDP_ATTEMPTS, bind_and_connect};
+use crate::connect::{Exchange, Observation, udp_exchange};
 use crate::net::classify;
 use crate::wire::{Outcome, Transport};
 
@@ -158,45 +158,15 @@ async fn over_udp(
     limit: Duration,
     started: Instant,
 ) -> DnsObservation {
-    let failed = |outcome, message: String, attempts| DnsObservation {
-        observation: Observation {
-            outcome,
-            name: None,
-            message: Some(message),
-            elapsed: started.elapsed(),
-            attempts,
+    let (ended, attempts) =
+        udp_exchange(server, request, limit, started, |reply| parse_reply(reply, id)).await;
+    match ended {
+        Exchange::Reply(reply) => answered(started, attempts, reply),
+        Exchange::Failed(outcome, message) => DnsObservation {
+            observation: Observation { outcome, name: None, message, elapsed: started.elapsed(), attempts },
+            reply: None,
         },
-        reply: None,
-    };
-    let socket = match bind_and_connect(server).await {
-        Ok(socket) => socket,
-        Err(e) => return failed(classify(&e), e.to_string(), None),
-    };
-    let per_attempt = limit / UDP_ATTEMPTS;
-    let mut buf = vec![0u8; 65_536];
-    for attempt in 1..=UDP_ATTEMPTS {
-        let attempt_started = Instant::now();
-        if let Err(e) = socket.send(request).await {
-            return failed(classify(&e), e.to_string(), Some(attempt));
-        }
-        let deadline =
-            if attempt == UDP_ATTEMPTS { limit.saturating_sub(started.elapsed()) } else { per_attempt };
-        loop {
-            let left = deadline.saturating_sub(attempt_started.elapsed());
-            match timeout(left, socket.recv(&mut buf)).await {
-                Err(_) => break,
-                Ok(Err(e)) => return failed(classify(&e), e.to_string(), Some(attempt)),
-                Ok(Ok(n)) => {
-                    if let Some(reply) = parse_reply(&buf[..n], id) {
-                        return answered(started, Some(attempt), reply);
-                    }
-                }
-            }
-        }
     }
-    let mut timed_out = failed(Outcome::Timeout, "no DNS response".into(), Some(UDP_ATTEMPTS));
-    timed_out.observation.message = None;
-    timed_out
 }
 
 async fn over_tcp(
