@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -69,6 +69,7 @@ pub struct Snapshot {
     namespaces: Vec<Namespace>,
     pods: Vec<Pod>,
     policies: Vec<NetworkPolicy>,
+    services: Vec<Service>,
     terminated: Vec<Pod>,
     namespace_index: HashMap<String, NamespaceId>,
     pod_index: HashMap<ObjectKey, PodId>,
@@ -154,6 +155,7 @@ impl Snapshot {
             namespaces,
             pods: live,
             policies: kept_policies,
+            services: Vec::new(),
             terminated,
             namespace_index,
             pod_index,
@@ -174,6 +176,24 @@ impl Snapshot {
     /// NetworkPolicies, sorted by `namespace/name`.
     pub fn policies(&self) -> &[NetworkPolicy] {
         &self.policies
+    }
+
+    /// Adds Services (for cluster DNS and, in the lab, kube-proxy's translation), sorted by
+    /// `namespace/name`; those without a namespace go to `default`.
+    pub fn with_services(mut self, mut services: Vec<Service>) -> Snapshot {
+        for service in &mut services {
+            if service.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+                service.metadata.namespace = Some("default".into());
+            }
+        }
+        services.sort_by_key(|s| key_of(&s.metadata));
+        self.services = services;
+        self
+    }
+
+    /// Services, sorted by `namespace/name`.
+    pub fn services(&self) -> &[Service] {
+        &self.services
     }
 
     /// Pods left out because they have terminated.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 
@@ -188,7 +188,7 @@ pub fn load(sources: &[Source]) -> Result<Loaded, InputError> {
         let total: usize = collected.ignored.values().sum();
         let kinds: Vec<String> = collected.ignored.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         notes.push(Note(format!(
-            "ignored {total} object(s) of other kinds ({}); only Namespaces, Pods and NetworkPolicies matter here",
+            "ignored {total} object(s) of other kinds ({}); only Namespaces, Pods, Services and NetworkPolicies matter here",
             kinds.join(", ")
         )));
     }
@@ -197,6 +197,7 @@ pub fn load(sources: &[Source]) -> Result<Loaded, InputError> {
         collected.pods.into_values().map(|(o, _)| o).collect(),
         collected.policies.into_values().map(|(o, _)| o).collect(),
     );
+    let snapshot = snapshot.with_services(collected.services.into_values().map(|(o, _)| o).collect());
     notes.extend(snapshot_notes);
     Ok(Loaded { snapshot, notes })
 }
@@ -208,6 +209,7 @@ struct Collected {
     namespaces: Placed<Namespace>,
     pods: Placed<Pod>,
     policies: Placed<NetworkPolicy>,
+    services: Placed<Service>,
     ignored: BTreeMap<String, usize>,
     notes: Vec<Note>,
 }
@@ -282,6 +284,12 @@ fn load_object(
             validate_pod(&pod).map_err(|e| field_error(node, &origin, kind, e))?;
             let key = (namespace_or_default(&pod.metadata), name);
             place(&mut collected.pods, kind, key, pod, origin)
+        }
+        "Service" => {
+            let service: Service = typed(node, &origin, kind, UnknownFields::Note(&mut collected.notes))?;
+            let name = required_name(node, &origin, kind, &service.metadata)?;
+            let key = (namespace_or_default(&service.metadata), name);
+            place(&mut collected.services, kind, key, service, origin)
         }
         "NetworkPolicy" => {
             // NB: unknown fields are errors here: a misspelt `podSelector` would otherwise

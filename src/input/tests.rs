@@ -59,16 +59,26 @@ fn json_input_loads_like_yaml() {
 #[test]
 fn other_kinds_are_ignored_with_one_note() {
     let text = format!(
-        "{NS_X}---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: x}}\n---\n\
+        "{NS_X}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: s, namespace: x}}\n---\n\
          apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d, namespace: x}}\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata: {{name: t, namespace: x}}\n"
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: t, namespace: x}}\n"
     );
     let loaded = load_one(&text).expect("valid");
     assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
     assert_eq!(
         loaded.notes[0].0,
-        "ignored 3 object(s) of other kinds (Deployment: 1, Service: 2); only Namespaces, Pods and NetworkPolicies matter here"
+        "ignored 3 object(s) of other kinds (ConfigMap: 2, Deployment: 1); only Namespaces, Pods, Services and NetworkPolicies matter here"
     );
+}
+
+#[test]
+fn services_are_kept_for_cluster_dns_and_the_lab() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: kube-dns, namespace: kube-system}\n\
+                spec: {clusterIP: 10.96.0.10, selector: {k8s-app: kube-dns}, ports: [{port: 53, protocol: UDP}]}\n";
+    let loaded = load_one(text).expect("valid");
+    assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
+    let service = &loaded.snapshot.services()[0];
+    assert_eq!(service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()), Some("10.96.0.10"));
 }
 
 #[test]
