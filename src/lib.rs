@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod fixtures;
 pub mod input;
+pub mod lab;
 pub mod model;
 pub mod plan;
 pub mod report;

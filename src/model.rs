@@ -27,8 +27,9 @@ pub struct NamespaceId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyId(pub u32);
 
-/// `namespace/name` of a namespaced object, as every output spells it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// `namespace/name` of a namespaced object, as every output spells it (and as it serializes).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct ObjectKey {
     pub namespace: String,
     pub name: String,
@@ -44,6 +45,20 @@ impl ObjectKey {
         let (namespace, name) = text.split_once('/')?;
         (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
             .then(|| ObjectKey::new(namespace, name))
+    }
+}
+
+impl From<ObjectKey> for String {
+    fn from(key: ObjectKey) -> String {
+        key.to_string()
+    }
+}
+
+impl TryFrom<String> for ObjectKey {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<ObjectKey, String> {
+        ObjectKey::parse(&text).ok_or_else(|| format!("{text:?} is not namespace/name"))
     }
 }
 

@@ -24,6 +24,7 @@ use policy::{CompiledPolicy, Rule};
 
 pub use explain::{Explanation, PeerCheck, PolicyCheck, RuleCheck, SideExplanation};
 pub use pod::validate_pod;
+pub(crate) use port::PortRule;
 pub use port::{ContainerPort, Protocol};
 pub use verdict::{Direction, DirectionVerdict, ImplementationDefined, Outcome, RuleRef, Verdict};
 
@@ -91,6 +92,26 @@ impl Traffic<'_> {
     fn matches(&self, rule: &port::PortRule) -> bool {
         rule.matches(self.port, self.protocol, self.dest_ports)
     }
+}
+
+/// One rule as an enforcer applies it (see [`Engine::enforced_rules`]).
+#[derive(Debug, Clone)]
+pub(crate) struct EnforcedRule<'e> {
+    pub policy: PolicyId,
+    pub index: usize,
+    /// `None`: every peer (pods anywhere and every address).
+    pub peers: Option<Vec<EnforcedPeer<'e>>>,
+    /// `None`: every port and protocol.
+    pub ports: Option<&'e [port::PortRule]>,
+}
+
+/// A peer as an enforcer sees it.
+#[derive(Debug, Clone)]
+pub(crate) enum EnforcedPeer<'e> {
+    /// These pods (host-network pods are never among them).
+    Pods(Vec<PodId>),
+    /// Addresses in `cidr` but in no `except`.
+    Cidr { cidr: ipnet::IpNet, except: &'e [ipnet::IpNet] },
 }
 
 /// A peer resolved against the snapshot.
@@ -437,6 +458,45 @@ impl<'s> Engine<'s> {
     fn rule(&self, entry: &RuleEntry) -> &Rule {
         let rules = self.policies[entry.policy.0 as usize].rules(entry.direction).unwrap_or_default();
         &rules[entry.index]
+    }
+
+    /// The rules an enforcer must apply to `pod` for `direction`, resolved against the
+    /// snapshot; `None` when nothing isolates the pod for it (or it uses the host network).
+    pub(crate) fn enforced_rules(&self, pod: PodId, direction: Direction) -> Option<Vec<EnforcedRule<'_>>> {
+        let facts = &self.pods[pod.0 as usize];
+        let side = match direction {
+            Direction::Ingress => &self.ingress[pod.0 as usize],
+            Direction::Egress => &self.egress[pod.0 as usize],
+        };
+        if facts.host_network || side.isolated_by.is_empty() {
+            return None;
+        }
+        let rules = side
+            .rules
+            .iter()
+            .map(|&id| {
+                let entry = &self.rules[id as usize];
+                let rule = self.rule(entry);
+                let peers = entry.resolved.as_ref().map(|resolved| {
+                    resolved
+                        .iter()
+                        .zip(rule.peers.iter().flatten())
+                        .map(|(r, peer)| match (r, peer) {
+                            (Resolved::Pods(set), _) => EnforcedPeer::Pods(
+                                self.pod_sets[*set].ones().map(|i| PodId(i as u32)).collect(),
+                            ),
+                            (Resolved::IpBlock, Peer::IpBlock(block)) => {
+                                EnforcedPeer::Cidr { cidr: block.cidr, except: &block.except }
+                            }
+                            // Resolved and compiled peers are built side by side; never mixed.
+                            (Resolved::IpBlock, Peer::Pods { .. }) => EnforcedPeer::Pods(Vec::new()),
+                        })
+                        .collect()
+                });
+                EnforcedRule { policy: entry.policy, index: entry.index, peers, ports: rule.ports.as_deref() }
+            })
+            .collect();
+        Some(rules)
     }
 
     /// The container ports `pod` declares (containers and restartable init containers).
