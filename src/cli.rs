@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::lab::cni::CniMode;
 
 /// Proves whether a Kubernetes cluster's network enforces the NetworkPolicies its API server stores.
 #[derive(Debug, Parser)]
@@ -24,6 +28,68 @@ pub enum Command {
     /// distinct pods on every port the destination declares, and prints what the stored
     /// policies say about each.
     Plan(PlanArgs),
+    /// A cluster emulated in Linux network namespaces, with a CNI you choose (needs root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build a lab from objects and leave it running.
+    ///
+    /// Every pod gets a network namespace with its address, runs `netpol-probe serve` on its
+    /// container ports under its own name, and is routed through a node namespace where the
+    /// chosen CNI mode enforces the NetworkPolicies. Cluster DNS answers on the kube-dns Service
+    /// IP; a metadata service answers on 169.254.169.254:80. Nothing routes out of the lab.
+    Up(LabUpArgs),
+    /// Remove a lab: its processes, namespaces and record.
+    Down {
+        /// The lab to remove.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Remove every lab, and what any killed `lab up` left behind.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
+    /// List labs (and leftovers of killed ones).
+    List,
+    /// Run a command inside a lab pod's network namespace, like `kubectl exec`.
+    ///
+    /// `netpol-probe` as the command means the lab's own probe binary.
+    Exec {
+        /// The lab.
+        name: String,
+        /// The pod, as namespace/name.
+        pod: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Serve the lab's cluster DNS (what lab kube-dns pods run).
+    #[command(hide = true)]
+    ServeDns {
+        #[arg(long)]
+        records: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    /// Objects as for `plan --from-file` (repeatable, `-` for standard input, directories).
+    #[arg(short = 'f', long = "from-file", value_name = "FILE", required = true)]
+    pub from_file: Vec<PathBuf>,
+
+    /// The lab's name (default: a generated one): lowercase letters, digits and '-'.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// What the emulated CNI enforces.
+    #[arg(long, value_enum, default_value_t = CniMode::Enforcing)]
+    pub cni: CniMode,
+
+    /// How late policy changes take effect, like a slow CNI: 500ms, 2s, 1m (default: at once).
+    #[arg(long, value_name = "DURATION", value_parser = netpol_probe::text::parse_duration)]
+    pub enforce_delay: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

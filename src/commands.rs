@@ -2,10 +2,11 @@
 
 use std::io::Write;
 
-use crate::cli::{Output, PlanArgs};
+use crate::cli::{LabCommand, LabUpArgs, Output, PlanArgs};
 use crate::engine::{Endpoint, Engine, Protocol};
 use crate::error::Error;
 use crate::input::{load, read_sources};
+use crate::lab::{Lab, LabSpec};
 use crate::model::{Note, ObjectKey, PodId, Snapshot};
 use crate::plan::{self, Probe};
 use crate::report;
@@ -110,4 +111,113 @@ fn parse_port(engine: &Engine<'_>, to: PodId, text: &str) -> Result<(u16, Protoc
             engine.name(Endpoint::Pod(to))
         ))),
     }
+}
+
+/// `netpol-verify lab ...`.
+pub fn lab(command: &LabCommand, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
+    match command {
+        LabCommand::Up(args) => lab_up(args, quiet, out, err),
+        LabCommand::Down { name: Some(name), .. } => {
+            let removed = Lab::down(name)?;
+            writeln!(out, "lab {name} removed ({removed} network namespaces)")?;
+            Ok(())
+        }
+        LabCommand::Down { name: None, .. } => {
+            let removed = Lab::down_all()?;
+            if removed.is_empty() {
+                writeln!(out, "no labs")?;
+            } else {
+                writeln!(out, "removed: {}", removed.join(", "))?;
+            }
+            Ok(())
+        }
+        LabCommand::List => {
+            let labs = Lab::list();
+            if labs.is_empty() {
+                writeln!(out, "no labs")?;
+                return Ok(());
+            }
+            writeln!(out, "{:<22} {:<22} {:<13} {:>5}  AGE", "NAME", "STATUS", "CNI", "PODS")?;
+            for lab in labs {
+                let cni = lab.cni.map_or("-", |c| c.as_str());
+                let age = lab.age.map_or_else(|| "-".to_string(), |a| format!("{}s", a.as_secs()));
+                writeln!(out, "{:<22} {:<22} {:<13} {:>5}  {age}", lab.name, lab.status, cni, lab.pods)?;
+            }
+            Ok(())
+        }
+        LabCommand::Exec { name, pod, command } => lab_exec(name, pod, command),
+        LabCommand::ServeDns { records } => crate::lab::dns::serve(records).map_err(Error::Usage),
+    }
+}
+
+fn lab_up(args: &LabUpArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
+    let sources = read_sources(&args.from_file)?;
+    let loaded = load(&sources)?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
+    let (probe, verify) = crate::lab::binaries_next_to(exe)?;
+    let spec = LabSpec {
+        name: args.name.clone(),
+        cni: args.cni,
+        enforce_delay: args.enforce_delay.unwrap_or_default(),
+        probe,
+        verify,
+    };
+    let (lab, notes) = Lab::up(&spec, &loaded.snapshot)?;
+    let notes: Vec<Note> = loaded.notes.into_iter().chain(notes).collect();
+    print_notes(err, quiet, &notes)?;
+    let state = &lab.state;
+    let delay = match state.enforce_delay_ms {
+        0 => "policies take effect at once".to_string(),
+        ms => format!("policy changes take effect after {ms} ms"),
+    };
+    writeln!(
+        out,
+        "lab {} is up: {} pods in {} namespaces, CNI {} ({delay})",
+        state.name,
+        state.pods.len(),
+        state.namespaces.len(),
+        state.cni.as_str()
+    )?;
+    writeln!(out, "  cluster DNS {}:53, metadata 169.254.169.254:80, pods:", state.dns_ip)?;
+    for pod in &state.pods {
+        let ports: Vec<String> = pod
+            .tcp
+            .iter()
+            .map(|p| format!("{p}/TCP"))
+            .chain(pod.udp.iter().map(|p| format!("{p}/UDP")))
+            .chain(pod.dns.then(|| "53/UDP+TCP (DNS)".to_string()))
+            .collect();
+        writeln!(out, "    {:<30} {:<15} {}", pod.key.to_string(), pod.ip.to_string(), ports.join(" "))?;
+    }
+    if let Some(pod) = state.pods.first() {
+        let target = state.pods.iter().find(|p| p.key != pod.key && !p.tcp.is_empty()).unwrap_or(pod);
+        let port = target.tcp.first().copied().unwrap_or(80);
+        writeln!(out, "try it:")?;
+        writeln!(
+            out,
+            "  netpol-verify lab exec {} {} -- netpol-probe connect {}:{port} --expect-name {}",
+            state.name, pod.key, target.ip, target.key
+        )?;
+    }
+    writeln!(out, "remove it:\n  netpol-verify lab down {}", state.name)?;
+    Ok(())
+}
+
+/// Replaces this process with `command` inside the pod's network namespace.
+fn lab_exec(name: &str, pod: &str, command: &[String]) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+    let lab = Lab::open(name)?;
+    let key = ObjectKey::parse(pod).ok_or_else(|| {
+        Error::Usage(format!("{pod:?} is not a pod reference: write namespace/name, e.g. x/a"))
+    })?;
+    let netns = lab.pod_netns(&key).ok_or_else(|| Error::Usage(format!("lab {name} has no pod {key}")))?;
+    let [program, rest @ ..] = command else {
+        return Err(Error::Usage("lab exec needs a command after --".into()));
+    };
+    let program =
+        if program == "netpol-probe" { lab.state.probe.display().to_string() } else { program.clone() };
+    let failure =
+        std::process::Command::new("ip").args(["netns", "exec", &netns, &program]).args(rest).exec();
+    Err(Error::Usage(format!("cannot run {program} in {netns}: {failure}")))
 }

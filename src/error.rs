@@ -33,6 +33,9 @@ pub enum Error {
     /// A stored policy fails validation.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A lab could not be built, found or removed.
+    #[error(transparent)]
+    Lab(#[from] crate::lab::LabError),
     /// The command line names something that does not exist or cannot work.
     #[error("{0}")]
     Usage(String),

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let mut err = std::io::stderr();
     let result = match &cli.command {
         Command::Plan(args) => commands::plan(args, cli.quiet, &mut out, &mut err),
+        Command::Lab(command) => commands::lab(command, cli.quiet, &mut out, &mut err),
     };
     let result = result.and_then(|()| out.flush().map_err(Error::from));
     match result {

@@ -279,6 +279,12 @@ fn argument_parsing() {
         &["plan", "-f", "-", "-o", "table"],
         &["-q", "plan", "-f", "a.yaml", "--explain", "x/a", "y/b", "80/TCP"],
         &["plan", "-f", "a.yaml", "--quiet"],
+        &["lab", "up", "-f", "a.yaml"],
+        &["lab", "up", "-f", "a.yaml", "--name", "demo", "--cni", "tcp-only", "--enforce-delay", "2s"],
+        &["lab", "down", "demo"],
+        &["lab", "down", "--all"],
+        &["lab", "list"],
+        &["lab", "exec", "demo", "x/a", "--", "netpol-probe", "connect", "10.244.1.2:80"],
     ];
     for args in ok {
         let cli = Cli::try_parse_from(std::iter::once("netpol-verify").chain(args.iter().copied()));
@@ -286,7 +292,7 @@ fn argument_parsing() {
     }
     let cli =
         Cli::try_parse_from(["netpol-verify", "plan", "-f", "a", "-f", "b", "-o", "json"]).expect("valid");
-    let Sub::Plan(args) = cli.command;
+    let Sub::Plan(args) = cli.command else { panic!("a plan command") };
     assert_eq!(args.from_file.len(), 2);
     assert_eq!(args.output, Format::Json);
 
@@ -295,6 +301,12 @@ fn argument_parsing() {
         &["plan", "-f", "a.yaml", "--output", "yaml"],        // no such format
         &["plan", "-f", "a.yaml", "--explain", "x/a", "y/b"], // three values
         &["check", "-f", "a.yaml"],                           // no such command
+        &["lab", "up"],                                       // --from-file is required
+        &["lab", "up", "-f", "a", "--cni", "calico"],         // no such mode
+        &["lab", "up", "-f", "a", "--enforce-delay", "2h"],   // not a duration we take
+        &["lab", "down"],                                     // a name or --all
+        &["lab", "down", "demo", "--all"],                    // not both
+        &["lab", "exec", "demo", "x/a"],                      // no command
     ];
     for args in bad {
         let cli = Cli::try_parse_from(std::iter::once("netpol-verify").chain(args.iter().copied()));

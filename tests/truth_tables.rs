@@ -73,7 +73,7 @@ fn check_case(path: &Path, text: String) -> datatest_stable::Result<()> {
     std::fs::write(&file, objects)?;
     let file = file.to_str().ok_or("temp path is not UTF-8")?;
     let cli = Cli::try_parse_from(["netpol-verify", "plan", "--from-file", file, "--output", "json"])?;
-    let Command::Plan(args) = &cli.command;
+    let Command::Plan(args) = &cli.command else { return Err("not a plan command".into()) };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     netpol_verify::commands::plan(args, false, &mut out, &mut err)
         .map_err(|e| format!("{}: plan failed: {e}", case.name))?;

@@ -1,9 +1,11 @@
 //! `netpol-probe`: the small static program netpol-verify runs inside every namespace it
 //! probes, and the orchestrator↔probe contract.
 //!
-//! - [`wire`] — the `batch` plan and result lines (always built; the orchestrator uses only this).
+//! - [`wire`] — the `batch` plan and result lines, and [`text`] — shared parsers (always built;
+//!   the orchestrator uses only these).
 //! - the rest (feature `runtime`, on by default): `serve`, `connect`, `dns`, `batch`.
 
+pub mod text;
 pub mod wire;
 
 #[cfg(feature = "runtime")]

@@ -1,4 +1,546 @@
-//! The lab: a cluster emulated in Linux network namespaces.
+//! The lab: a cluster emulated in Linux network namespaces, whose CNI we control.
+//!
+//! ```text
+//!   pod netns (eth0: 10.244.1.1/32) ──veth── p0 ┐
+//!   pod netns (eth0: 10.244.1.2/32) ──veth── p1 ├─ node netns: routes each pod /32 to its link,
+//!   ...                                         │  nftables: policies (forward), Services (DNAT)
+//!   metadata netns (169.254.169.254) ──veth─ meta┘
+//! ```
+//!
+//! Every pod routes the pod CIDR, the Service CIDR and the metadata address through
+//! 169.254.1.1, the node end of its link (as Calico does); nothing routes anywhere else, and
+//! the node has no link to the host. Policies are enforced on the node side of each pod's
+//! link, so a denied packet vanishes as on a real CNI. Pods run `netpol-probe serve` with their
+//! own identity; kube-dns pods run the lab's DNS server; the metadata namespace answers on
+//! 169.254.169.254:80.
 
 pub mod cni;
+pub mod dns;
+pub mod host;
+pub mod state;
 pub mod topology;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::engine::Engine;
+use crate::model::{Note, ObjectKey, Snapshot, key_of};
+use cni::{CniMode, Link};
+use state::{LabState, Status};
+use topology::{GATEWAY_IP, LabPod, METADATA_IP, Topology};
+
+/// How long processes get to say they are listening.
+const READY_LIMIT: Duration = Duration::from_secs(15);
+
+/// Why a lab operation failed. All mean exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Network namespaces need root.
+    #[error(
+        "the lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces: run it with sudo"
+    )]
+    NotRoot,
+    /// iproute2 or nftables is missing.
+    #[error("the lab needs these packages: {packages} (e.g. apt-get install {packages})")]
+    MissingPackages { packages: String },
+    /// The name is taken.
+    #[error(
+        "a lab named {name} already exists: pick another --name, or remove it with `netpol-verify lab down {name}`"
+    )]
+    Exists { name: String },
+    /// No such lab.
+    #[error("no lab named {name} (labs: {known}); `netpol-verify lab list` shows them")]
+    NotFound { name: String, known: String },
+    /// The name is not usable.
+    #[error("{0}")]
+    Name(String),
+    /// The objects cannot be laid out as a lab.
+    #[error("{0}")]
+    Topology(#[from] topology::TopologyError),
+    /// The objects' policies are invalid.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// A program the lab needs was not found.
+    #[error("cannot find {what}: {hint}")]
+    Binary { what: String, hint: String },
+    /// A command failed.
+    #[error("{command} failed: {output}")]
+    Command { command: String, output: String },
+    /// A file operation failed.
+    #[error("cannot {what}: {error}")]
+    Io { what: String, error: String },
+    /// A lab process did not come up.
+    #[error("{what} did not start within {limit:?}: {log}")]
+    NotReady { what: String, limit: Duration, log: String },
+    /// The lab's record is unreadable.
+    #[error("{0}")]
+    State(String),
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// `None`: a generated name.
+    pub name: Option<String>,
+    pub cni: CniMode,
+    pub enforce_delay: Duration,
+    /// The `netpol-probe` binary every pod runs.
+    pub probe: PathBuf,
+    /// The `netpol-verify` binary (its hidden `lab serve-dns` is the lab's DNS server).
+    pub verify: PathBuf,
+}
+
+/// A running lab.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub state: LabState,
+}
+
+/// A lab as `lab list` shows it.
+#[derive(Debug, Clone)]
+pub struct LabSummary {
+    pub name: String,
+    /// `up`, `creating`, `creating (abandoned)` or `leftover` (namespaces without a record).
+    pub status: String,
+    pub cni: Option<CniMode>,
+    pub pods: usize,
+    pub age: Option<Duration>,
+}
+
+/// Finds the two binaries next to `exe` (how `cargo build` and an install lay them out), or
+/// where `NETPOL_PROBE` points.
+pub fn binaries_next_to(exe: PathBuf) -> Result<(PathBuf, PathBuf), LabError> {
+    let probe = match std::env::var_os("NETPOL_PROBE") {
+        Some(path) => PathBuf::from(path),
+        None => exe.with_file_name("netpol-probe"),
+    };
+    if !probe.is_file() {
+        return Err(LabError::Binary {
+            what: format!("netpol-probe (looked at {})", probe.display()),
+            hint: "build it with `cargo build -p netpol-probe`, or point NETPOL_PROBE at it".into(),
+        });
+    }
+    Ok((probe, exe))
+}
+
+impl Lab {
+    /// Builds a lab from `snapshot`. On any failure, everything created so far is removed.
+    pub fn up(spec: &LabSpec, snapshot: &Snapshot) -> Result<(Lab, Vec<Note>), LabError> {
+        host::require_tools()?;
+        let name = match &spec.name {
+            Some(name) => {
+                state::validate_name(name).map_err(LabError::Name)?;
+                name.clone()
+            }
+            None => generated_name(),
+        };
+        if state::lab_dir(&name).exists()
+            || !host::namespaces_with_prefix(&state::netns_prefix(&name)).is_empty()
+        {
+            return Err(LabError::Exists { name });
+        }
+        let topology = Topology::plan(snapshot)?;
+        let mut notes = topology.notes.clone();
+        let lab = Lab {
+            state: LabState {
+                name: name.clone(),
+                status: Status::Creating,
+                cni: spec.cni,
+                enforce_delay_ms: spec.enforce_delay.as_millis() as u64,
+                created_unix: now_unix(),
+                creator_pid: std::process::id(),
+                probe: spec.probe.clone(),
+                verify: spec.verify.clone(),
+                pod_cidr: topology.pod_cidr,
+                service_cidr: topology.service_cidr,
+                dns_ip: topology.dns_ip,
+                pods: topology.pods.clone(),
+                nat: topology.nat.clone(),
+                namespaces: topology.namespaces.clone(),
+                pod_objects: topology.pod_objects.clone(),
+                services: topology.services.clone(),
+                policies: snapshot.policies().to_vec(),
+                notes: notes.iter().map(|n| n.0.clone()).collect(),
+            },
+        };
+        // The policies must compile before anything is built.
+        let (lab_snapshot, snapshot_notes) = lab.state.snapshot();
+        notes.extend(snapshot_notes);
+        Engine::new(&lab_snapshot)?;
+        lab.save()?;
+        match lab.build(&topology) {
+            Ok(()) => {
+                let mut lab = lab;
+                lab.state.status = Status::Up;
+                lab.save()?;
+                Ok((lab, notes))
+            }
+            Err(e) => {
+                Lab::down(&name).ok();
+                Err(e)
+            }
+        }
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        self.state.save().map_err(|e| LabError::Io {
+            what: format!("write the record of lab {}", self.state.name),
+            error: e.to_string(),
+        })
+    }
+
+    fn build(&self, topology: &Topology) -> Result<(), LabError> {
+        let name = &self.state.name;
+        let node = state::node_netns(name);
+        let meta = state::metadata_netns(name);
+
+        // Namespaces and links, created straight into their namespaces.
+        let mut root = vec![format!("netns add {node}"), format!("netns add {meta}")];
+        for pod in &self.state.pods {
+            root.push(format!("netns add {}", state::pod_netns(name, pod.index)));
+        }
+        for pod in &self.state.pods {
+            root.push(veth(
+                &node,
+                &state::pod_interface(pod.index),
+                &state::pod_netns(name, pod.index),
+                pod.index,
+            ));
+        }
+        root.push(veth(&node, state::METADATA_INTERFACE, &meta, state::METADATA_INDEX));
+        host::ip_batch(None, &root)?;
+
+        // The node: a route and a neighbour entry for every pod, and one for the metadata
+        // service; an address to send ICMP errors from.
+        let mut node_commands =
+            vec!["link set lo up".to_string(), format!("addr add {GATEWAY_IP}/32 dev lo")];
+        for pod in &self.state.pods {
+            let interface = state::pod_interface(pod.index);
+            let (_, pod_mac) = state::macs(pod.index);
+            node_commands.push(format!("link set {interface} up"));
+            node_commands.push(format!("route add {}/32 dev {interface}", pod.ip));
+            node_commands
+                .push(format!("neigh replace {} lladdr {pod_mac} dev {interface} nud permanent", pod.ip));
+        }
+        let (_, meta_mac) = state::macs(state::METADATA_INDEX);
+        node_commands.push(format!("link set {} up", state::METADATA_INTERFACE));
+        node_commands.push(format!("route add {METADATA_IP}/32 dev {}", state::METADATA_INTERFACE));
+        node_commands.push(format!(
+            "neigh replace {METADATA_IP} lladdr {meta_mac} dev {} nud permanent",
+            state::METADATA_INTERFACE
+        ));
+        host::ip_batch(Some(&node), &node_commands)?;
+        host::sysctl(&node, "net.ipv4.ip_forward", "1")?;
+        // NB: the kernel rate-limits the ICMP errors it sends (a small burst per destination,
+        // then one a second). The `reject` mode answers every denied UDP datagram with one;
+        // rate-limited, many would pass for silence.
+        host::sysctl(&node, "net.ipv4.icmp_ratelimit", "0")?;
+        host::sysctl(&node, "net.ipv4.icmp_msgs_per_sec", "1000000")?;
+
+        for pod in &self.state.pods {
+            let netns = state::pod_netns(name, pod.index);
+            let (node_mac, _) = state::macs(pod.index);
+            let mut commands = endpoint_commands(&format!("{}/32", pod.ip), &node_mac);
+            for net in [
+                self.state.pod_cidr.to_string(),
+                self.state.service_cidr.to_string(),
+                format!("{METADATA_IP}/32"),
+            ] {
+                commands.push(format!("route add {net} via {GATEWAY_IP} dev eth0 onlink"));
+            }
+            host::ip_batch(Some(&netns), &commands)?;
+            host::write_resolv_conf(&netns, &resolv_conf(&pod.key.namespace, self.state.dns_ip))?;
+        }
+        let (meta_node_mac, _) = state::macs(state::METADATA_INDEX);
+        let mut commands = endpoint_commands(&format!("{METADATA_IP}/32"), &meta_node_mac);
+        commands.push(format!("route add {} via {GATEWAY_IP} dev eth0 onlink", self.state.pod_cidr));
+        host::ip_batch(Some(&meta), &commands)?;
+
+        host::nft(&node, &cni::service_ruleset(&self.state.nat))?;
+        self.apply_policies(&self.state.policies)?;
+
+        // Processes, then wait until every one listens.
+        let dir = self.state.dir();
+        let records = dir.join("records.json");
+        let text = serde_json::to_vec_pretty(&topology.records)
+            .map_err(|e| LabError::Io { what: "encode DNS records".into(), error: e.to_string() })?;
+        std::fs::write(&records, text).map_err(|e| LabError::Io {
+            what: format!("write {}", records.display()),
+            error: e.to_string(),
+        })?;
+        let mut started = Vec::new();
+        for pod in &self.state.pods {
+            let netns = state::pod_netns(name, pod.index);
+            if let Some(args) = serve_args(pod) {
+                let log = dir.join("logs").join(format!("{netns}.log"));
+                host::spawn_in(&netns, &self.state.probe, &args, &log)?;
+                started.push((format!("pod {}", pod.key), log));
+            }
+            if pod.dns {
+                let log = dir.join("logs").join(format!("{netns}-dns.log"));
+                let args =
+                    vec!["lab".into(), "serve-dns".into(), "--records".into(), records.display().to_string()];
+                host::spawn_in(&netns, &self.state.verify, &args, &log)?;
+                started.push((format!("the DNS server of {}", pod.key), log));
+            }
+        }
+        let log = dir.join("logs").join(format!("{meta}.log"));
+        let args = ["serve", "--tcp", "80", "--name", "metadata"].map(String::from).to_vec();
+        host::spawn_in(&meta, &self.state.probe, &args, &log)?;
+        started.push(("the metadata service".into(), log));
+        wait_ready(&started)
+    }
+
+    /// Opens a running lab by name.
+    pub fn open(name: &str) -> Result<Lab, LabError> {
+        state::validate_name(name).map_err(LabError::Name)?;
+        match LabState::load(name) {
+            Ok(state) => Ok(Lab { state }),
+            Err(_) if !state::lab_dir(name).exists() => {
+                Err(LabError::NotFound { name: name.into(), known: state::recorded_labs().join(", ") })
+            }
+            Err(e) => Err(LabError::State(e)),
+        }
+    }
+
+    /// Removes lab `name`: its processes, namespaces and record. Works from the namespaces'
+    /// names alone, so a lab whose creator was killed is removed too.
+    pub fn down(name: &str) -> Result<usize, LabError> {
+        state::validate_name(name).map_err(LabError::Name)?;
+        let prefix = state::netns_prefix(name);
+        let recorded = state::lab_dir(name).exists();
+        let mut namespaces = host::namespaces_with_prefix(&prefix);
+        if namespaces.is_empty() && !recorded {
+            return Err(LabError::NotFound { name: name.into(), known: state::recorded_labs().join(", ") });
+        }
+        // NB: a killed `lab up` leaves its `ip -batch` running, still adding namespaces (and
+        // their processes) after a first look. Remove until the lab's namespaces stay gone.
+        let mut removed = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for netns in &namespaces {
+                host::remove_namespace(netns);
+            }
+            removed += namespaces.len();
+            std::thread::sleep(Duration::from_millis(if namespaces.is_empty() { 0 } else { 100 }));
+            namespaces = host::namespaces_with_prefix(&prefix);
+            if namespaces.is_empty() || Instant::now() > deadline {
+                break;
+            }
+        }
+        let _ = std::fs::remove_dir_all(state::lab_dir(name));
+        if !namespaces.is_empty() {
+            return Err(LabError::Command {
+                command: format!("removing lab {name}"),
+                output: format!("namespaces keep appearing: {}", namespaces.join(", ")),
+            });
+        }
+        Ok(removed)
+    }
+
+    /// Removes every lab, and whatever any lab left behind.
+    pub fn down_all() -> Result<Vec<String>, LabError> {
+        host::require_tools()?;
+        let mut names: Vec<String> = state::recorded_labs();
+        for netns in host::namespaces_with_prefix("npl-") {
+            if let Some(name) = lab_of_netns(&netns)
+                && !names.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in &names {
+            Lab::down(name)?;
+        }
+        Ok(names)
+    }
+
+    /// Every lab with a record, and leftovers without one.
+    pub fn list() -> Vec<LabSummary> {
+        let mut summaries = Vec::new();
+        for name in state::recorded_labs() {
+            let summary = match LabState::load(&name) {
+                Ok(state) => LabSummary {
+                    status: match state.status {
+                        Status::Up => "up".into(),
+                        Status::Creating if host::alive(state.creator_pid) => "creating".into(),
+                        Status::Creating => "creating (abandoned)".into(),
+                    },
+                    cni: Some(state.cni),
+                    pods: state.pods.len(),
+                    age: Some(Duration::from_secs(now_unix().saturating_sub(state.created_unix))),
+                    name,
+                },
+                Err(_) => LabSummary { name, status: "damaged".into(), cni: None, pods: 0, age: None },
+            };
+            summaries.push(summary);
+        }
+        for netns in host::namespaces_with_prefix("npl-") {
+            if let Some(name) = lab_of_netns(&netns)
+                && !summaries.iter().any(|s| s.name == name)
+            {
+                summaries.push(LabSummary { name, status: "leftover".into(), cni: None, pods: 0, age: None });
+            }
+        }
+        summaries
+    }
+
+    /// The cluster as this lab runs it.
+    pub fn snapshot(&self) -> Snapshot {
+        self.state.snapshot().0
+    }
+
+    /// The network namespace of pod `key`.
+    pub fn pod_netns(&self, key: &ObjectKey) -> Option<String> {
+        self.state.pods.iter().find(|p| p.key == *key).map(|p| state::pod_netns(&self.state.name, p.index))
+    }
+
+    /// Enforces `policies` (with the lab's pods and CNI mode), replacing what was enforced.
+    pub fn apply_policies(&self, policies: &[NetworkPolicy]) -> Result<(), LabError> {
+        let (snapshot, _) =
+            Snapshot::new(self.state.namespaces.clone(), self.state.pod_objects.clone(), policies.to_vec());
+        let engine = Engine::new(&snapshot)?;
+        let links: Vec<Link> = self
+            .state
+            .pods
+            .iter()
+            .filter_map(|pod| {
+                Some(Link {
+                    pod: snapshot.find_pod(&pod.key)?,
+                    interface: state::pod_interface(pod.index),
+                    ip: pod.ip,
+                })
+            })
+            .collect();
+        host::nft(&state::node_netns(&self.state.name), &cni::policy_ruleset(&engine, &links, self.state.cni))
+    }
+
+    /// Stores `policy` and enforces the new set (the caller decides when: a slow CNI waits).
+    pub fn add_policy(&mut self, policy: NetworkPolicy) -> Result<(), LabError> {
+        let key = key_of(&policy.metadata);
+        self.state.policies.retain(|p| key_of(&p.metadata) != key);
+        self.state.policies.push(policy);
+        self.save()
+    }
+
+    /// Removes a stored policy; `false` when there was none by that name.
+    pub fn remove_policy(&mut self, key: &ObjectKey) -> Result<bool, LabError> {
+        let before = self.state.policies.len();
+        self.state.policies.retain(|p| key_of(&p.metadata) != *key);
+        let removed = self.state.policies.len() != before;
+        self.save()?;
+        Ok(removed)
+    }
+
+    /// How late policy changes take effect.
+    pub fn enforce_delay(&self) -> Duration {
+        Duration::from_millis(self.state.enforce_delay_ms)
+    }
+}
+
+/// `ip link add` for a veth pair: `node_end` in the node, `eth0` in `far`, fixed MACs.
+fn veth(node: &str, node_end: &str, far: &str, index: usize) -> String {
+    let (node_mac, far_mac) = state::macs(index);
+    format!(
+        "link add {node_end} address {node_mac} netns {node} type veth peer name eth0 address {far_mac} netns {far}"
+    )
+}
+
+/// The far end of a link: its address and the gateway (the node end's MAC).
+fn endpoint_commands(address: &str, node_mac: &str) -> Vec<String> {
+    vec![
+        "link set lo up".into(),
+        "link set eth0 up".into(),
+        format!("addr add {address} dev eth0"),
+        format!("route add {GATEWAY_IP} dev eth0 scope link"),
+        format!("neigh replace {GATEWAY_IP} lladdr {node_mac} dev eth0 nud permanent"),
+    ]
+}
+
+fn resolv_conf(namespace: &str, dns: std::net::Ipv4Addr) -> String {
+    let domain = topology::CLUSTER_DOMAIN;
+    format!("search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver {dns}\noptions ndots:5\n")
+}
+
+/// `netpol-probe serve` arguments for a pod, `None` when it serves no port.
+fn serve_args(pod: &LabPod) -> Option<Vec<String>> {
+    let list = |ports: &[u16]| ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let mut args = vec!["serve".to_string()];
+    if !pod.tcp.is_empty() {
+        args.extend(["--tcp".into(), list(&pod.tcp)]);
+    }
+    if !pod.udp.is_empty() {
+        args.extend(["--udp".into(), list(&pod.udp)]);
+    }
+    args.extend(["--name".into(), pod.key.to_string()]);
+    (args.len() > 3).then_some(args)
+}
+
+fn wait_ready(started: &[(String, PathBuf)]) -> Result<(), LabError> {
+    let deadline = Instant::now() + READY_LIMIT;
+    let mut waiting: Vec<&(String, PathBuf)> = started.iter().collect();
+    while !waiting.is_empty() {
+        waiting.retain(|(_, log)| {
+            !std::fs::read_to_string(log).unwrap_or_default().contains("\"event\":\"ready\"")
+        });
+        if waiting.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let (what, log) = waiting[0];
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(LabError::NotReady {
+                what: what.clone(),
+                limit: READY_LIMIT,
+                log: if text.trim().is_empty() { "(no output)".into() } else { text.trim().to_string() },
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `npl-NAME-...` → `NAME`.
+fn lab_of_netns(netns: &str) -> Option<String> {
+    let rest = netns.strip_prefix("npl-")?;
+    let (name, _) = rest.rsplit_once('-')?;
+    state::validate_name(name).ok().map(|()| name.to_string())
+}
+
+fn generated_name() -> String {
+    let seed = now_unix() ^ u64::from(std::process::id()).rotate_left(17);
+    format!("lab-{:04x}", seed & 0xffff)
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_lead_back_to_their_lab() {
+        assert_eq!(lab_of_netns("npl-demo-p3").as_deref(), Some("demo"));
+        assert_eq!(lab_of_netns("npl-my-lab-node").as_deref(), Some("my-lab"));
+        assert_eq!(lab_of_netns("other"), None);
+    }
+
+    #[test]
+    fn pods_serve_their_ports_under_their_own_name() {
+        let pod = LabPod {
+            key: ObjectKey::new("x", "a"),
+            index: 0,
+            ip: std::net::Ipv4Addr::new(10, 244, 1, 1),
+            tcp: vec![80, 81],
+            udp: vec![53],
+            dns: false,
+        };
+        assert_eq!(serve_args(&pod).expect("ports").join(" "), "serve --tcp 80,81 --udp 53 --name x/a");
+        assert_eq!(serve_args(&LabPod { tcp: vec![], udp: vec![], ..pod }), None);
+    }
+}

@@ -143,6 +143,7 @@ impl Topology {
             ips.push(v4);
         }
         let mut free = allocation_range().filter(|ip| !used.contains_key(ip));
+        let mut sctp_pods = Vec::new();
         let mut pods = Vec::new();
         for (index, (pod, ip)) in pod_objects.iter_mut().zip(ips).enumerate() {
             let key = key_of(&pod.metadata);
@@ -166,9 +167,7 @@ impl Topology {
                 udp.remove(&53);
             }
             if !sctp.is_empty() {
-                notes.push(Note(format!(
-                    "lab: pod {key}: SCTP ports {sctp:?} are not served (the probe speaks TCP and UDP)"
-                )));
+                sctp_pods.push(key.to_string());
             }
             pods.push(LabPod {
                 key,
@@ -180,6 +179,12 @@ impl Topology {
             });
         }
 
+        if let Some(first) = sctp_pods.first() {
+            notes.push(Note(format!(
+                "lab: SCTP ports are not served (the probe speaks TCP and UDP): {} pod(s), e.g. {first}",
+                sctp_pods.len()
+            )));
+        }
         let mut services = snapshot.services().to_vec();
         if !services.iter().any(|s| key_of(&s.metadata) == ObjectKey::new("kube-system", "kube-dns")) {
             services.push(kube_dns_service());

@@ -1,0 +1,440 @@
+//! The lab with real packets (root): lifecycle, every CNI mode against the engine's verdicts,
+//! policy changes, cluster DNS, the metadata service, and cleanup after failures and kills.
+//! Probes go only to addresses inside the lab.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use netpol_probe::wire::{Outcome, Plan, ProbeKind, ProbeResult, ProbeSpec, Transport};
+use netpol_verify::engine::{Engine, Protocol};
+use netpol_verify::fixtures::upstream_cluster_yaml;
+use netpol_verify::input::{Source, load};
+use netpol_verify::lab::cni::CniMode;
+use netpol_verify::lab::{Lab, LabSpec, state};
+use netpol_verify::model::{ObjectKey, Snapshot};
+
+fn verify() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_netpol-verify"))
+}
+
+fn probe() -> PathBuf {
+    let probe = verify().with_file_name("netpol-probe");
+    assert!(probe.is_file(), "{} is missing: build the workspace (cargo test --workspace)", probe.display());
+    probe
+}
+
+fn unique_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("t{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A lab that is removed when the test ends, however it ends.
+struct TestLab {
+    lab: Lab,
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = Lab::down(&self.lab.state.name);
+    }
+}
+
+fn snapshot(extra: &str) -> Snapshot {
+    let text = format!("{}---\n{extra}", upstream_cluster_yaml());
+    load(&[Source { name: "test".into(), text }]).expect("valid objects").snapshot
+}
+
+fn up(extra: &str, cni: CniMode, delay: Duration) -> TestLab {
+    let spec =
+        LabSpec { name: Some(unique_name()), cni, enforce_delay: delay, probe: probe(), verify: verify() };
+    let (lab, _) = Lab::up(&spec, &snapshot(extra)).expect("the lab comes up");
+    TestLab { lab }
+}
+
+const GRID: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
+const PORTS: [(u16, Protocol); 4] =
+    [(80, Protocol::Tcp), (81, Protocol::Tcp), (80, Protocol::Udp), (81, Protocol::Udp)];
+
+/// Runs one batch per source pod (all at once) and returns every result by (from, to, port, protocol).
+fn observe(lab: &Lab, timeout_ms: u64) -> HashMap<(String, String, u16, Protocol), ProbeResult> {
+    let ip = |key: &str| {
+        let key = ObjectKey::parse(key).expect("key");
+        lab.state.pods.iter().find(|p| p.key == key).expect("pod in the lab").ip.to_string()
+    };
+    let children: Vec<_> = GRID
+        .iter()
+        .map(|from| {
+            let probes: Vec<ProbeSpec> = GRID
+                .iter()
+                .filter(|to| *to != from)
+                .flat_map(|to| PORTS.iter().map(move |(port, protocol)| (to, *port, *protocol)))
+                .map(|(to, port, protocol)| ProbeSpec {
+                    id: format!("{to}|{port}|{protocol}"),
+                    kind: ProbeKind::Connect,
+                    target: ip(to),
+                    port,
+                    protocol: Some(if protocol == Protocol::Udp { Transport::Udp } else { Transport::Tcp }),
+                    timeout_ms,
+                    expect_name: Some(to.to_string()),
+                    query: None,
+                })
+                .collect();
+            let plan = serde_json::to_string(&Plan { schema: 1, probes }).expect("plan");
+            let netns = lab.pod_netns(&ObjectKey::parse(from).expect("key")).expect("netns");
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &netns])
+                .arg(probe())
+                .args(["batch", "--concurrency", "1000"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("batch starts");
+            std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), plan.as_bytes())
+                .expect("plan written");
+            drop(child.stdin.take());
+            (from.to_string(), child)
+        })
+        .collect();
+    let mut seen = HashMap::new();
+    for (from, child) in children {
+        let output = child.wait_with_output().expect("batch ends");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Ok(result) = serde_json::from_str::<ProbeResult>(line) else { continue };
+            let Some(id) = result.id.clone() else { continue };
+            let mut parts = id.split('|');
+            let (to, port, protocol) = (parts.next(), parts.next(), parts.next());
+            let (Some(to), Some(port), Some(protocol)) = (to, port, protocol) else { continue };
+            let protocol: Protocol = protocol.parse().expect("protocol");
+            seen.insert((from.clone(), to.to_string(), port.parse().expect("port"), protocol), result);
+        }
+    }
+    assert_eq!(seen.len(), 9 * 8 * 4, "every probe reported");
+    seen
+}
+
+/// Compares each observed cell with what `expect(verdict)` says should have happened.
+fn check(
+    lab: &Lab,
+    observed: &HashMap<(String, String, u16, Protocol), ProbeResult>,
+    expect: impl Fn(&netpol_verify::engine::Verdict<'_>, Protocol) -> bool,
+) {
+    let snapshot = lab.snapshot();
+    let engine = Engine::new(&snapshot).expect("valid");
+    let mut wrong = Vec::new();
+    for ((from, to, port, protocol), result) in observed {
+        let pod = |k: &str| snapshot.find_pod(&ObjectKey::parse(k).expect("key")).expect("pod");
+        let verdict = engine.verdict(pod(from), pod(to), *port, *protocol);
+        let want = expect(&verdict, *protocol);
+        if result.reached() != want {
+            wrong.push(format!(
+                "{from} -> {to} {port}/{protocol}: want {}, saw {result:?}",
+                if want { "reach" } else { "deny" }
+            ));
+        }
+    }
+    wrong.sort();
+    assert!(wrong.is_empty(), "{} of {} cells differ:\n{}", wrong.len(), observed.len(), wrong.join("\n"));
+}
+
+/// Ingress and egress rules, selectors of every kind, named ports, an ipBlock with except.
+const POLICIES: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: x}
+spec:
+  podSelector: {}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, b]}]}}]
+    ports: [{port: serve-80-tcp}, {port: 81, protocol: UDP}]
+  - from: [{ipBlock: {cidr: 10.244.3.0/24, except: [10.244.3.3/32]}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-own-namespace, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+  - from: [{podSelector: {}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress, namespace: z}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {ns: y}}}]
+    ports: [{port: 80, endPort: 81}]
+  - ports: [{port: serve-80-udp, protocol: UDP}]
+";
+
+#[test]
+fn enforcing_matches_the_engine_on_every_cell() {
+    let lab = up(POLICIES, CniMode::Enforcing, Duration::ZERO);
+    let observed = observe(&lab.lab, 600);
+    check(&lab.lab, &observed, |v, _| v.allowed);
+    // A denied packet vanishes: the client waits for its timeout.
+    let denied = observed.values().find(|r| !r.reached()).expect("some cell is denied");
+    assert_eq!(denied.outcome, Outcome::Timeout);
+}
+
+#[test]
+fn none_allows_everything() {
+    let lab = up(POLICIES, CniMode::None, Duration::ZERO);
+    let observed = observe(&lab.lab, 600);
+    check(&lab.lab, &observed, |_, _| true);
+}
+
+#[test]
+fn ingress_only_and_egress_only_enforce_one_direction() {
+    let ingress = up(POLICIES, CniMode::IngressOnly, Duration::ZERO);
+    let observed = observe(&ingress.lab, 600);
+    check(&ingress.lab, &observed, |v, _| v.ingress.outcome.permits());
+    let egress = up(POLICIES, CniMode::EgressOnly, Duration::ZERO);
+    let observed = observe(&egress.lab, 600);
+    check(&egress.lab, &observed, |v, _| v.egress.outcome.permits());
+}
+
+#[test]
+fn tcp_only_leaves_udp_unfiltered() {
+    let lab = up(POLICIES, CniMode::TcpOnly, Duration::ZERO);
+    let observed = observe(&lab.lab, 600);
+    check(&lab.lab, &observed, |v, protocol| protocol == Protocol::Udp || v.allowed);
+}
+
+#[test]
+fn reject_denies_the_same_cells_but_answers_them() {
+    let lab = up(POLICIES, CniMode::Reject, Duration::ZERO);
+    let observed = observe(&lab.lab, 2000);
+    check(&lab.lab, &observed, |v, _| v.allowed);
+    let denied: Vec<&ProbeResult> = observed.values().filter(|r| !r.reached()).collect();
+    assert!(!denied.is_empty());
+    for result in denied {
+        assert_eq!(result.outcome, Outcome::Refused, "{result:?}");
+        assert!(result.ms < 1000, "an answer, not a timeout: {result:?}");
+    }
+}
+
+/// `netpol-probe ARGS` from inside a lab pod.
+fn from_pod(lab: &Lab, pod: &str, args: &[&str]) -> ProbeResult {
+    let netns = lab.pod_netns(&ObjectKey::parse(pod).expect("key")).expect("pod");
+    let output = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(probe())
+        .args(args)
+        .output()
+        .expect("probe runs");
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&output.stderr)))
+}
+
+#[test]
+fn cluster_dns_answers_through_the_service_ip_and_the_pod() {
+    let lab = up("", CniMode::Enforcing, Duration::ZERO);
+    let lab = &lab.lab;
+    assert_eq!(lab.state.dns_ip.to_string(), "10.96.0.10");
+    // Through resolv.conf (the Service IP), over UDP and TCP.
+    for extra in [&[][..], &["--tcp"][..]] {
+        let mut args = vec!["dns", "kube-dns.kube-system.svc.cluster.local"];
+        args.extend_from_slice(extra);
+        let result = from_pod(lab, "x/a", &args);
+        assert_eq!(
+            (result.outcome, result.rcode.as_deref()),
+            (Outcome::Connected, Some("NoError")),
+            "{result:?}"
+        );
+        assert_eq!(result.target, "10.96.0.10");
+    }
+    let missing = from_pod(lab, "y/b", &["dns", "nothing.svc.cluster.local"]);
+    assert_eq!(missing.rcode.as_deref(), Some("NXDomain"));
+    // Straight to the DNS pod.
+    let dns_pod = lab.state.pods.iter().find(|p| p.dns).expect("a DNS pod");
+    let server = format!("{}:53", dns_pod.ip);
+    let direct = from_pod(lab, "z/c", &["dns", "kubernetes.default.svc.cluster.local", "--server", &server]);
+    assert_eq!(direct.outcome, Outcome::Connected);
+    // And `connect` resolves lab names.
+    let named = from_pod(lab, "x/a", &["connect", "kube-dns.kube-system:53", "--udp"]);
+    assert_eq!(named.target, "kube-dns.kube-system");
+}
+
+#[test]
+fn the_metadata_service_answers_unless_a_policy_denies_it() {
+    let deny_metadata = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: no-metadata, namespace: y}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [169.254.169.254/32]}}]
+";
+    let lab = up(deny_metadata, CniMode::Enforcing, Duration::ZERO);
+    let open = from_pod(&lab.lab, "x/a", &["connect", "169.254.169.254:80", "--expect-name", "metadata"]);
+    assert_eq!(open.outcome, Outcome::Connected, "{open:?}");
+    let closed = from_pod(&lab.lab, "y/a", &["connect", "169.254.169.254:80", "--timeout", "500ms"]);
+    assert_eq!(closed.outcome, Outcome::Timeout, "{closed:?}");
+    let pods_still = from_pod(&lab.lab, "y/a", &["connect", "10.244.1.1:80", "--expect-name", "x/a"]);
+    assert_eq!(pods_still.outcome, Outcome::Connected, "{pods_still:?}");
+}
+
+#[test]
+fn policy_changes_take_effect_when_applied() {
+    let mut test_lab = up("", CniMode::Enforcing, Duration::ZERO);
+    let lab = &mut test_lab.lab;
+    let reach = |lab: &Lab| from_pod(lab, "y/a", &["connect", "10.244.1.2:80", "--timeout", "500ms"]).outcome;
+    assert_eq!(reach(lab), Outcome::Connected);
+    let deny: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny", "namespace": "x"}, "spec": {"podSelector": {}}
+    }))
+    .expect("policy");
+    lab.add_policy(deny).expect("stored");
+    assert_eq!(reach(lab), Outcome::Connected, "stored, not yet enforced");
+    lab.apply_policies(&lab.state.policies.clone()).expect("applied");
+    assert_eq!(reach(lab), Outcome::Timeout);
+    assert!(lab.remove_policy(&ObjectKey::new("x", "deny")).expect("removed"));
+    lab.apply_policies(&lab.state.policies.clone()).expect("applied");
+    assert_eq!(reach(lab), Outcome::Connected);
+    // The record on disk follows.
+    assert!(Lab::open(&lab.state.name).expect("opens").state.policies.is_empty());
+}
+
+fn leftovers(name: &str) -> Vec<String> {
+    let mut found: Vec<String> = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+        .unwrap_or_default();
+    found.retain(|l| l.starts_with(&state::netns_prefix(name)));
+    if state::lab_dir(name).exists() {
+        found.push(state::lab_dir(name).display().to_string());
+    }
+    found
+}
+
+#[test]
+fn a_lab_lists_then_leaves_nothing_when_removed() {
+    let lab = up(POLICIES, CniMode::Enforcing, Duration::ZERO);
+    let name = lab.lab.state.name.clone();
+    let listed = Lab::list().into_iter().find(|l| l.name == name).expect("listed");
+    assert_eq!((listed.status.as_str(), listed.pods), ("up", 10));
+    assert!(!leftovers(&name).is_empty());
+    let netns: Vec<String> = lab.lab.state.pods.iter().map(|p| state::pod_netns(&name, p.index)).collect();
+    drop(lab);
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+    for netns in netns {
+        assert!(!std::path::Path::new("/etc/netns").join(&netns).exists(), "{netns}'s resolv.conf is gone");
+    }
+}
+
+#[test]
+fn a_failed_build_removes_what_it_made() {
+    // A "probe" that exits at once: the lab cannot become ready.
+    let spec = LabSpec {
+        name: Some(unique_name()),
+        cni: CniMode::Enforcing,
+        enforce_delay: Duration::ZERO,
+        probe: PathBuf::from("/bin/false"),
+        verify: verify(),
+    };
+    let err = Lab::up(&spec, &snapshot("")).expect_err("the pods never listen");
+    assert!(err.to_string().contains("did not start"), "{err}");
+    let name = spec.name.as_deref().expect("named");
+    assert_eq!(leftovers(name), Vec::<String>::new());
+}
+
+#[test]
+fn a_lab_whose_creator_was_killed_is_removed_by_down() {
+    let name = unique_name();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let grid = netpol_verify::fixtures::grid_yaml(
+        &(0..20).map(|i| format!("ns{i}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>(),
+        &["a", "b", "c"],
+    );
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, grid).expect("write");
+    let mut child = Command::new(verify())
+        .args(["lab", "up", "--name", &name, "--from-file"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lab up starts");
+    // Kill it as soon as it has started building.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state::lab_dir(&name).join("state.json").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!leftovers(&name).is_empty(), "it got far enough to leave something");
+    let status = Lab::list().into_iter().find(|l| l.name == name).map(|l| l.status);
+    assert!(matches!(status.as_deref(), Some("creating (abandoned)" | "leftover" | "up")), "{status:?}");
+    let output = Command::new(verify()).args(["lab", "down", &name]).output().expect("lab down runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+}
+
+#[test]
+fn twenty_namespaces_come_up_and_every_pod_answers() {
+    let names: Vec<String> = (0..20).map(|i| format!("ns{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let text = netpol_verify::fixtures::grid_yaml(&names, &["a", "b", "c"]);
+    let snapshot = load(&[Source { name: "grid".into(), text }]).expect("valid").snapshot;
+    let spec = LabSpec {
+        name: Some(unique_name()),
+        cni: CniMode::Enforcing,
+        enforce_delay: Duration::ZERO,
+        probe: probe(),
+        verify: verify(),
+    };
+    let started = Instant::now();
+    let (lab, _) = Lab::up(&spec, &snapshot).expect("up");
+    let lab = TestLab { lab };
+    let took = started.elapsed();
+    assert_eq!(lab.lab.state.pods.len(), 61);
+    let probes: Vec<ProbeSpec> = lab
+        .lab
+        .state
+        .pods
+        .iter()
+        .filter(|p| !p.dns)
+        .map(|p| ProbeSpec {
+            id: p.key.to_string(),
+            kind: ProbeKind::Connect,
+            target: p.ip.to_string(),
+            port: 80,
+            protocol: None,
+            timeout_ms: 2000,
+            expect_name: Some(p.key.to_string()),
+            query: None,
+        })
+        .collect();
+    let plan = serde_json::to_string(&Plan { schema: 1, probes }).expect("plan");
+    let netns = lab.lab.pod_netns(&ObjectKey::new("ns0", "a")).expect("netns");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(probe())
+        .arg("batch")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("batch");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), plan.as_bytes()).expect("plan");
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("batch ends");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("summary")).expect("json");
+    assert_eq!(summary["summary"]["reached"], 60, "{summary} (up took {took:?})");
+}
