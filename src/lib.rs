@@ -13,6 +13,7 @@
 //! The backends (a lab of network namespaces, a real cluster) and the judge come next.
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod engine;
 pub mod error;

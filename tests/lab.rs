@@ -438,3 +438,204 @@ fn twenty_namespaces_come_up_and_every_pod_answers() {
         serde_json::from_str(text.lines().last().expect("summary")).expect("json");
     assert_eq!(summary["summary"]["reached"], 60, "{summary} (up took {took:?})");
 }
+
+mod through_the_cluster_trait {
+    use super::*;
+    use netpol_verify::cluster::{Cluster, ClusterError, ProbePod, Role};
+    use netpol_verify::engine::ContainerPort;
+    use netpol_verify::lab::LabCluster;
+    use std::collections::BTreeMap;
+
+    fn server(namespace: &str, name: &str, run: &str) -> ProbePod {
+        ProbePod {
+            key: ObjectKey::new(namespace, name),
+            role: Role::Server,
+            run_id: run.into(),
+            labels: BTreeMap::from([("app".into(), name.into())]),
+            ports: vec![
+                ContainerPort { port: 8080, protocol: Protocol::Tcp, name: Some("http".into()) },
+                ContainerPort { port: 8080, protocol: Protocol::Udp, name: None },
+            ],
+        }
+    }
+
+    fn client(namespace: &str, name: &str, run: &str) -> ProbePod {
+        ProbePod {
+            role: Role::Client,
+            ports: vec![],
+            labels: BTreeMap::new(),
+            ..server(namespace, name, run)
+        }
+    }
+
+    fn plan_to(ip: &str, expect: &str, timeout_ms: u64) -> Plan {
+        let probe = |protocol| ProbeSpec {
+            id: format!("{protocol}"),
+            kind: ProbeKind::Connect,
+            target: ip.into(),
+            port: 8080,
+            protocol: Some(protocol),
+            timeout_ms,
+            expect_name: Some(expect.into()),
+            query: None,
+        };
+        Plan { schema: 1, probes: vec![probe(Transport::Tcp), probe(Transport::Udp)] }
+    }
+
+    fn deny_ingress(namespace: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "canary-deny", "namespace": namespace},
+            "spec": {"podSelector": {}}
+        }))
+        .expect("policy")
+    }
+
+    async fn outcomes(cluster: &LabCluster, from: &ObjectKey, ip: &str, expect: &str) -> Vec<Outcome> {
+        let output =
+            cluster.run_batch(from, &plan_to(ip, expect, 400), Duration::from_secs(10)).await.expect("batch");
+        assert!(output.summary.is_some(), "the batch completed");
+        let mut results = output.results;
+        results.sort_by(|a, b| a.id.cmp(&b.id));
+        results.iter().map(|r| r.outcome).collect()
+    }
+
+    #[tokio::test]
+    async fn probe_pods_live_and_go_with_their_run() {
+        let lab = up("", CniMode::Enforcing, Duration::ZERO);
+        let cluster = LabCluster::new(lab.lab.clone());
+        let run = "r1";
+        cluster.create_namespace("nv-r1", run).await.expect("namespace");
+        let (server, client) = (server("nv-r1", "server", run), client("nv-r1", "client", run));
+        cluster.create_probe_pod(&server).await.expect("server");
+        cluster.create_probe_pod(&client).await.expect("client");
+        let running = cluster
+            .wait_running(&[server.key.clone(), client.key.clone()], Duration::from_secs(10))
+            .await
+            .expect("running");
+        let ip = running[0].ip.to_string();
+        assert_eq!(
+            outcomes(&cluster, &client.key, &ip, "nv-r1/server").await,
+            [Outcome::Connected, Outcome::Connected]
+        );
+
+        // Discovery sees the probe pods with the tool's labels.
+        let found = cluster.discover().await.expect("discover");
+        let pod = found.snapshot.find_pod(&server.key).expect("listed");
+        let labels = found.snapshot.pod(pod).metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("netpol-verify.io/run").map(String::as_str), Some(run));
+        assert_eq!(labels.get("app.kubernetes.io/name").map(String::as_str), Some("netpol-verify"));
+
+        // A policy through the trait is enforced; deleting it lifts it.
+        cluster.create_policy(&deny_ingress("nv-r1"), run).await.expect("policy");
+        assert_eq!(
+            outcomes(&cluster, &client.key, &ip, "nv-r1/server").await,
+            [Outcome::Timeout, Outcome::Timeout]
+        );
+        cluster.delete_policy(&ObjectKey::new("nv-r1", "canary-deny")).await.expect("deleted");
+        assert_eq!(
+            outcomes(&cluster, &client.key, &ip, "nv-r1/server").await,
+            [Outcome::Connected, Outcome::Connected]
+        );
+
+        // Everything of the run goes; nothing else does.
+        cluster.create_policy(&deny_ingress("nv-r1"), run).await.expect("policy");
+        let cleaned = cluster.cleanup(run).await.expect("cleanup");
+        assert_eq!((cleaned.pods, cleaned.policies, cleaned.namespaces), (2, 1, 1));
+        let after = cluster.discover().await.expect("discover");
+        assert!(after.snapshot.find_pod(&server.key).is_none());
+        assert_eq!(after.snapshot.pods().len(), 10, "the lab's own pods stay");
+        assert!(leftovers(&lab.lab.state.name).iter().all(|n| !n.ends_with("-p10") && !n.ends_with("-p11")));
+        // Errors name what is missing or wrong.
+        assert!(matches!(cluster.delete_pod(&server.key).await, Err(ClusterError::NotFound { .. })));
+        assert!(matches!(
+            cluster.create_probe_pod(&super::through_the_cluster_trait::server("nowhere", "s", run)).await,
+            Err(ClusterError::NotFound { .. })
+        ));
+        let mut bad = deny_ingress("x");
+        bad.spec.as_mut().expect("spec").policy_types = Some(vec!["Sideways".into()]);
+        assert!(matches!(cluster.create_policy(&bad, run).await, Err(ClusterError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn a_batch_cut_off_at_its_limit_has_no_summary() {
+        let lab = up(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: y}\nspec: {podSelector: {}}\n",
+            CniMode::Enforcing,
+            Duration::ZERO,
+        );
+        let cluster = LabCluster::new(lab.lab.clone());
+        let plan = Plan {
+            schema: 1,
+            probes: vec![ProbeSpec {
+                id: "slow".into(),
+                kind: ProbeKind::Connect,
+                target: "10.244.2.1".into(),
+                port: 80,
+                protocol: None,
+                timeout_ms: 5000,
+                expect_name: None,
+                query: None,
+            }],
+        };
+        let started = Instant::now();
+        let output = cluster
+            .run_batch(&ObjectKey::new("x", "a"), &plan, Duration::from_millis(500))
+            .await
+            .expect("batch");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(output.summary.is_none() && output.results.is_empty(), "{output:?}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_cni_enforces_changes_after_its_delay() {
+        let delay = Duration::from_millis(1200);
+        let lab = up("", CniMode::Enforcing, delay);
+        let cluster = LabCluster::new(lab.lab.clone());
+        let from = ObjectKey::new("x", "a");
+        let probe = |ms| Plan {
+            schema: 1,
+            probes: vec![ProbeSpec {
+                id: "p".into(),
+                kind: ProbeKind::Connect,
+                target: "10.244.2.2".into(),
+                port: 80,
+                protocol: None,
+                timeout_ms: ms,
+                expect_name: Some("y/b".into()),
+                query: None,
+            }],
+        };
+        let reached = |output: netpol_verify::cluster::BatchOutput| {
+            output.results.first().is_some_and(ProbeResult::reached)
+        };
+        let changed = Instant::now();
+        cluster.create_policy(&deny_ingress("y"), "r2").await.expect("policy");
+        assert!(
+            reached(cluster.run_batch(&from, &probe(300), Duration::from_secs(5)).await.expect("batch")),
+            "not enforced yet"
+        );
+        // Poll until the change lands.
+        let enforced_after = loop {
+            let output = cluster.run_batch(&from, &probe(150), Duration::from_secs(5)).await.expect("batch");
+            if !reached(output) {
+                break changed.elapsed();
+            }
+            assert!(changed.elapsed() < Duration::from_secs(5), "never enforced");
+        };
+        assert!(enforced_after >= delay, "enforced after {enforced_after:?}, before the {delay:?} delay");
+        cluster.settled().await.expect("applied cleanly");
+
+        // A pod started while the policy is in place is open until the CNI catches up.
+        cluster.create_probe_pod(&server("y", "fresh", "r2")).await.expect("pod");
+        let running = cluster
+            .wait_running(&[ObjectKey::new("y", "fresh")], Duration::from_secs(10))
+            .await
+            .expect("running");
+        let ip = running[0].ip.to_string();
+        let window = outcomes(&cluster, &from, &ip, "y/fresh").await;
+        assert!(window.contains(&Outcome::Connected), "the pod-start window: {window:?}");
+        cluster.settled().await.expect("applied");
+        assert_eq!(outcomes(&cluster, &from, &ip, "y/fresh").await, [Outcome::Timeout, Outcome::Timeout]);
+    }
+}

@@ -14,6 +14,7 @@
 //! own identity; kube-dns pods run the lab's DNS server; the metadata namespace answers on
 //! 169.254.169.254:80.
 
+pub mod cluster;
 pub mod cni;
 pub mod dns;
 pub mod host;
@@ -23,7 +24,10 @@ pub mod topology;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+pub use cluster::LabCluster;
 
 use crate::engine::Engine;
 use crate::model::{Note, ObjectKey, Snapshot, key_of};
@@ -199,30 +203,17 @@ impl Lab {
         // Namespaces and links, created straight into their namespaces.
         let mut root = vec![format!("netns add {node}"), format!("netns add {meta}")];
         for pod in &self.state.pods {
-            root.push(format!("netns add {}", state::pod_netns(name, pod.index)));
-        }
-        for pod in &self.state.pods {
-            root.push(veth(
-                &node,
-                &state::pod_interface(pod.index),
-                &state::pod_netns(name, pod.index),
-                pod.index,
-            ));
+            root.extend(self.root_commands(pod));
         }
         root.push(veth(&node, state::METADATA_INTERFACE, &meta, state::METADATA_INDEX));
         host::ip_batch(None, &root)?;
 
-        // The node: a route and a neighbour entry for every pod, and one for the metadata
-        // service; an address to send ICMP errors from.
+        // The node: a route and a neighbour entry for every pod and for the metadata service;
+        // an address to send ICMP errors from.
         let mut node_commands =
             vec!["link set lo up".to_string(), format!("addr add {GATEWAY_IP}/32 dev lo")];
         for pod in &self.state.pods {
-            let interface = state::pod_interface(pod.index);
-            let (_, pod_mac) = state::macs(pod.index);
-            node_commands.push(format!("link set {interface} up"));
-            node_commands.push(format!("route add {}/32 dev {interface}", pod.ip));
-            node_commands
-                .push(format!("neigh replace {} lladdr {pod_mac} dev {interface} nud permanent", pod.ip));
+            node_commands.extend(node_commands_for(pod));
         }
         let (_, meta_mac) = state::macs(state::METADATA_INDEX);
         node_commands.push(format!("link set {} up", state::METADATA_INTERFACE));
@@ -240,18 +231,7 @@ impl Lab {
         host::sysctl(&node, "net.ipv4.icmp_msgs_per_sec", "1000000")?;
 
         for pod in &self.state.pods {
-            let netns = state::pod_netns(name, pod.index);
-            let (node_mac, _) = state::macs(pod.index);
-            let mut commands = endpoint_commands(&format!("{}/32", pod.ip), &node_mac);
-            for net in [
-                self.state.pod_cidr.to_string(),
-                self.state.service_cidr.to_string(),
-                format!("{METADATA_IP}/32"),
-            ] {
-                commands.push(format!("route add {net} via {GATEWAY_IP} dev eth0 onlink"));
-            }
-            host::ip_batch(Some(&netns), &commands)?;
-            host::write_resolv_conf(&netns, &resolv_conf(&pod.key.namespace, self.state.dns_ip))?;
+            self.plumb_pod(pod)?;
         }
         let (meta_node_mac, _) = state::macs(state::METADATA_INDEX);
         let mut commands = endpoint_commands(&format!("{METADATA_IP}/32"), &meta_node_mac);
@@ -272,13 +252,9 @@ impl Lab {
         })?;
         let mut started = Vec::new();
         for pod in &self.state.pods {
-            let netns = state::pod_netns(name, pod.index);
-            if let Some(args) = serve_args(pod) {
-                let log = dir.join("logs").join(format!("{netns}.log"));
-                host::spawn_in(&netns, &self.state.probe, &args, &log)?;
-                started.push((format!("pod {}", pod.key), log));
-            }
+            started.extend(self.start_serving(pod)?);
             if pod.dns {
+                let netns = state::pod_netns(name, pod.index);
                 let log = dir.join("logs").join(format!("{netns}-dns.log"));
                 let args =
                     vec!["lab".into(), "serve-dns".into(), "--records".into(), records.display().to_string()];
@@ -291,6 +267,123 @@ impl Lab {
         host::spawn_in(&meta, &self.state.probe, &args, &log)?;
         started.push(("the metadata service".into(), log));
         wait_ready(&started)
+    }
+
+    /// Root-namespace commands for a pod: its namespace and its link.
+    fn root_commands(&self, pod: &LabPod) -> Vec<String> {
+        let name = &self.state.name;
+        let netns = state::pod_netns(name, pod.index);
+        vec![
+            format!("netns add {netns}"),
+            veth(&state::node_netns(name), &state::pod_interface(pod.index), &netns, pod.index),
+        ]
+    }
+
+    /// Addresses and routes inside a pod's namespace, and its resolv.conf.
+    fn plumb_pod(&self, pod: &LabPod) -> Result<(), LabError> {
+        let netns = state::pod_netns(&self.state.name, pod.index);
+        let (node_mac, _) = state::macs(pod.index);
+        let mut commands = endpoint_commands(&format!("{}/32", pod.ip), &node_mac);
+        for net in [
+            self.state.pod_cidr.to_string(),
+            self.state.service_cidr.to_string(),
+            format!("{METADATA_IP}/32"),
+        ] {
+            commands.push(format!("route add {net} via {GATEWAY_IP} dev eth0 onlink"));
+        }
+        host::ip_batch(Some(&netns), &commands)?;
+        host::write_resolv_conf(&netns, &resolv_conf(&pod.key.namespace, self.state.dns_ip))
+    }
+
+    /// Starts `netpol-probe serve` for a pod with ports; what to wait for, and its log.
+    fn start_serving(&self, pod: &LabPod) -> Result<Option<(String, PathBuf)>, LabError> {
+        let Some(args) = serve_args(pod) else { return Ok(None) };
+        let netns = state::pod_netns(&self.state.name, pod.index);
+        let log = self.serve_log(pod);
+        host::spawn_in(&netns, &self.state.probe, &args, &log)?;
+        Ok(Some((format!("pod {}", pod.key), log)))
+    }
+
+    fn serve_log(&self, pod: &LabPod) -> PathBuf {
+        self.state.dir().join("logs").join(format!("{}.log", state::pod_netns(&self.state.name, pod.index)))
+    }
+
+    /// Whether pod `key` runs: its namespace exists and, if it serves ports, it listens.
+    pub fn pod_ready(&self, key: &ObjectKey) -> bool {
+        let Some(pod) = self.state.pods.iter().find(|p| p.key == *key) else { return false };
+        let netns_ok =
+            std::path::Path::new("/run/netns").join(state::pod_netns(&self.state.name, pod.index)).exists();
+        let listening = serve_args(pod).is_none()
+            || std::fs::read_to_string(self.serve_log(pod))
+                .unwrap_or_default()
+                .contains("\"event\":\"ready\"");
+        netns_ok && listening
+    }
+
+    /// Adds a pod to the running lab: its namespace, address and link, and its server. The
+    /// policies are not re-applied here (the caller decides when: a slow CNI waits).
+    pub fn add_pod(&mut self, object: Pod) -> Result<LabPod, LabError> {
+        let key = key_of(&object.metadata);
+        if self.state.pods.iter().any(|p| p.key == key) {
+            return Err(LabError::State(format!("lab {} already has a pod {key}", self.state.name)));
+        }
+        let used: std::collections::BTreeSet<std::net::Ipv4Addr> =
+            self.state.pods.iter().map(|p| p.ip).collect();
+        let ip = topology::allocation_range()
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| LabError::State(format!("no free address for pod {key}")))?;
+        let mut object = object;
+        topology::set_running(&mut object, ip);
+        let (tcp, udp, _) = topology::served_ports(&object, false);
+        let index = self.state.pods.iter().map(|p| p.index + 1).max().unwrap_or(0);
+        let pod = LabPod { key, index, ip, tcp, udp, dns: false };
+        // Record first: a failure half-way leaves a pod `remove_pod` (or `down`) can find.
+        self.state.pods.push(pod.clone());
+        self.state.pod_objects.push(object);
+        self.save()?;
+        host::ip_batch(None, &self.root_commands(&pod))?;
+        host::ip_batch(Some(&state::node_netns(&self.state.name)), &node_commands_for(&pod))?;
+        self.plumb_pod(&pod)?;
+        self.start_serving(&pod)?;
+        Ok(pod)
+    }
+
+    /// Removes a pod: its processes, namespace and link. `false` when there was no such pod.
+    pub fn remove_pod(&mut self, key: &ObjectKey) -> Result<bool, LabError> {
+        let Some(position) = self.state.pods.iter().position(|p| p.key == *key) else { return Ok(false) };
+        let pod = self.state.pods.remove(position);
+        host::remove_namespace(&state::pod_netns(&self.state.name, pod.index));
+        self.state.pod_objects.retain(|p| key_of(&p.metadata) != *key);
+        self.save()?;
+        Ok(true)
+    }
+
+    /// Adds a Namespace object (the lab's namespaces are only names and labels).
+    pub fn add_namespace(&mut self, namespace: Namespace) -> Result<(), LabError> {
+        let name = namespace.metadata.name.clone().unwrap_or_default();
+        if self.state.namespaces.iter().any(|n| n.metadata.name.as_deref() == Some(&name)) {
+            return Err(LabError::State(format!("lab {} already has a namespace {name}", self.state.name)));
+        }
+        self.state.namespaces.push(namespace);
+        self.save()
+    }
+
+    /// Removes a namespace with its pods and policies; `false` when there was none.
+    pub fn remove_namespace(&mut self, name: &str) -> Result<bool, LabError> {
+        let Some(position) =
+            self.state.namespaces.iter().position(|n| n.metadata.name.as_deref() == Some(name))
+        else {
+            return Ok(false);
+        };
+        self.state.namespaces.remove(position);
+        let pods: Vec<ObjectKey> =
+            self.state.pods.iter().filter(|p| p.key.namespace == name).map(|p| p.key.clone()).collect();
+        for pod in pods {
+            self.remove_pod(&pod)?;
+        }
+        self.state.policies.retain(|p| p.metadata.namespace.as_deref() != Some(name));
+        self.save()?;
+        Ok(true)
     }
 
     /// Opens a running lab by name.
@@ -439,6 +532,17 @@ impl Lab {
     pub fn enforce_delay(&self) -> Duration {
         Duration::from_millis(self.state.enforce_delay_ms)
     }
+}
+
+/// Node-namespace commands for a pod: its link up, its route and its neighbour entry.
+fn node_commands_for(pod: &LabPod) -> Vec<String> {
+    let interface = state::pod_interface(pod.index);
+    let (_, pod_mac) = state::macs(pod.index);
+    vec![
+        format!("link set {interface} up"),
+        format!("route add {}/32 dev {interface}", pod.ip),
+        format!("neigh replace {} lladdr {pod_mac} dev {interface} nud permanent", pod.ip),
+    ]
 }
 
 /// `ip link add` for a veth pair: `node_end` in the node, `eth0` in `far`, fixed MACs.

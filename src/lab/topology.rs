@@ -153,20 +153,8 @@ impl Topology {
             };
             set_running(pod, ip);
             let dns = dns_label(pod);
-            let (mut tcp, mut udp, mut sctp) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-            for port in declared_ports(pod) {
-                let Ok(number) = u16::try_from(port.container_port) else { continue };
-                match port.protocol.as_deref().unwrap_or("TCP") {
-                    "UDP" => udp.insert(number),
-                    "SCTP" => sctp.insert(number),
-                    _ => tcp.insert(number),
-                };
-            }
-            if dns {
-                tcp.remove(&53);
-                udp.remove(&53);
-            }
-            if !sctp.is_empty() {
+            let (tcp, udp, sctp) = served_ports(pod, dns);
+            if sctp {
                 sctp_pods.push(key.to_string());
             }
             pods.push(LabPod {
@@ -216,7 +204,7 @@ impl Topology {
 
 /// Where unaddressed pods get their IPs: the upper half of 10.244.0.0/16, away from the
 /// addresses written objects usually use.
-fn allocation_range() -> impl Iterator<Item = Ipv4Addr> {
+pub(crate) fn allocation_range() -> impl Iterator<Item = Ipv4Addr> {
     (128u32..=255)
         .flat_map(|third| (1u32..=254).map(move |fourth| Ipv4Addr::from(0x0af4_0000 | (third << 8) | fourth)))
 }
@@ -251,11 +239,34 @@ fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {
     ips
 }
 
-fn set_running(pod: &mut Pod, ip: Ipv4Addr) {
+pub(crate) fn set_running(pod: &mut Pod, ip: Ipv4Addr) {
     let status = pod.status.get_or_insert_with(PodStatus::default);
     status.phase = Some("Running".into());
     status.pod_ip = Some(ip.to_string());
     status.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() }]);
+}
+
+/// The TCP and UDP ports `netpol-probe serve` listens on for a pod (a DNS pod's 53 is the
+/// DNS server's), and whether it declares SCTP ports (which are not served).
+pub(crate) fn served_ports(pod: &Pod, dns: bool) -> (Vec<u16>, Vec<u16>, bool) {
+    let (mut tcp, mut udp, mut sctp) = (BTreeSet::new(), BTreeSet::new(), false);
+    for port in declared_ports(pod) {
+        let Ok(number) = u16::try_from(port.container_port) else { continue };
+        match port.protocol.as_deref().unwrap_or("TCP") {
+            "UDP" => {
+                udp.insert(number);
+            }
+            "SCTP" => sctp = true,
+            _ => {
+                tcp.insert(number);
+            }
+        }
+    }
+    if dns {
+        tcp.remove(&53);
+        udp.remove(&53);
+    }
+    (tcp.into_iter().collect(), udp.into_iter().collect(), sctp)
 }
 
 /// Ports of the containers and of restartable init containers.

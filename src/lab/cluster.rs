@@ -1,0 +1,355 @@
+//! The lab as a [`Cluster`]: what a run does to a lab, done to the lab's namespaces and its
+//! CNI, which applies policy and pod changes the way a CNI does — at once, or after the lab's
+//! enforcement delay, in order.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, ContainerPort as ApiPort, Namespace, Pod, PodSpec};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use netpol_probe::wire::Plan;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Lab, LabError};
+use crate::cluster::{
+    APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, ProbePod, RUN_LABEL, Role,
+    Running, parse_batch_output,
+};
+use crate::model::{NAMESPACE_NAME_LABEL, ObjectKey, key_of};
+
+/// A running lab, driven through the [`Cluster`] trait.
+#[derive(Debug)]
+pub struct LabCluster {
+    lab: Arc<Mutex<Lab>>,
+    delay: Duration,
+    applier: Option<mpsc::UnboundedSender<(Instant, Lab)>>,
+    pending: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl LabCluster {
+    /// Drives `lab`. With an enforcement delay it needs a tokio runtime: changes are applied
+    /// by a task of its own.
+    pub fn new(lab: Lab) -> LabCluster {
+        let delay = lab.enforce_delay();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let applier = (!delay.is_zero()).then(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Lab)>();
+            let (pending, failures) = (pending.clone(), failures.clone());
+            tokio::spawn(async move {
+                // In order: every change waits the same delay, so due times only grow.
+                while let Some((due, lab)) = rx.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    if let Err(e) = lab.apply_policies(&lab.state.policies) {
+                        lock(&failures).push(e.to_string());
+                    }
+                    pending.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+            tx
+        });
+        LabCluster { lab: Arc::new(Mutex::new(lab)), delay, applier, pending, failures }
+    }
+
+    /// The lab as it is now.
+    pub fn lab(&self) -> Lab {
+        lock(&self.lab).clone()
+    }
+
+    /// Waits until every change so far is enforced; the failures of delayed applies, if any.
+    pub async fn settled(&self) -> Result<(), ClusterError> {
+        while self.pending.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let failures = std::mem::take(&mut *lock(&self.failures));
+        match failures.first() {
+            Some(first) => Err(ClusterError::Invalid(format!("a delayed policy change failed: {first}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Enforces the lab's state as it is now: at once, or after the delay.
+    fn changed(&self, lab: &Lab) -> Result<(), ClusterError> {
+        match &self.applier {
+            None => Ok(lab.apply_policies(&lab.state.policies)?),
+            Some(applier) => {
+                self.pending.fetch_add(1, Ordering::SeqCst);
+                applier
+                    .send((Instant::now() + self.delay, lab.clone()))
+                    .map_err(|_| ClusterError::Invalid("the lab's policy applier has stopped".into()))
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn probe_pod_object(pod: &ProbePod) -> Pod {
+    let serves = matches!(pod.role, Role::Server | Role::Control);
+    let ports: Vec<ApiPort> = pod
+        .ports
+        .iter()
+        .filter(|_| serves)
+        .map(|p| ApiPort {
+            container_port: i32::from(p.port),
+            protocol: Some(p.protocol.as_str().into()),
+            name: p.name.clone(),
+            ..ApiPort::default()
+        })
+        .collect();
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod.key.name.clone()),
+            namespace: Some(pod.key.namespace.clone()),
+            labels: Some(pod.all_labels()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "probe".into(),
+                image: Some("netpol-probe".into()),
+                ports: (!ports.is_empty()).then_some(ports),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn run_label(meta: &ObjectMeta) -> Option<&str> {
+    meta.labels.as_ref()?.get(RUN_LABEL).map(String::as_str)
+}
+
+impl Cluster for LabCluster {
+    async fn discover(&self) -> Result<Discovery, ClusterError> {
+        let lab = self.lab();
+        let (snapshot, notes) = lab.state.snapshot();
+        Ok(Discovery { snapshot, notes })
+    }
+
+    async fn create_namespace(&self, name: &str, run_id: &str) -> Result<(), ClusterError> {
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(BTreeMap::from([
+                    (NAMESPACE_NAME_LABEL.into(), name.into()),
+                    (APP_LABEL.into(), APP_VALUE.into()),
+                    (RUN_LABEL.into(), run_id.into()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Ok(lock(&self.lab).add_namespace(namespace)?)
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<(), ClusterError> {
+        let snapshot = {
+            let mut lab = lock(&self.lab);
+            if !lab.remove_namespace(name)? {
+                return Err(ClusterError::NotFound { what: format!("namespace {name}") });
+            }
+            lab.clone()
+        };
+        self.changed(&snapshot)
+    }
+
+    async fn create_probe_pod(&self, pod: &ProbePod) -> Result<(), ClusterError> {
+        let snapshot = {
+            let mut lab = lock(&self.lab);
+            let namespace = &pod.key.namespace;
+            if !lab.state.namespaces.iter().any(|n| n.metadata.name.as_deref() == Some(namespace.as_str())) {
+                return Err(ClusterError::NotFound { what: format!("namespace {namespace}") });
+            }
+            lab.add_pod(probe_pod_object(pod))?;
+            lab.clone()
+        };
+        self.changed(&snapshot)
+    }
+
+    async fn delete_pod(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+        let snapshot = {
+            let mut lab = lock(&self.lab);
+            if !lab.remove_pod(key)? {
+                return Err(ClusterError::NotFound { what: format!("pod {key}") });
+            }
+            lab.clone()
+        };
+        self.changed(&snapshot)
+    }
+
+    async fn create_policy(&self, policy: &NetworkPolicy, run_id: &str) -> Result<(), ClusterError> {
+        crate::engine::validate_policy(policy)
+            .map_err(|e| ClusterError::Invalid(format!("NetworkPolicy {}: {e}", key_of(&policy.metadata))))?;
+        let mut policy = policy.clone();
+        let labels = policy.metadata.labels.get_or_insert_with(BTreeMap::new);
+        labels.insert(APP_LABEL.into(), APP_VALUE.into());
+        labels.insert(RUN_LABEL.into(), run_id.into());
+        let snapshot = {
+            let mut lab = lock(&self.lab);
+            lab.add_policy(policy)?;
+            lab.clone()
+        };
+        self.changed(&snapshot)
+    }
+
+    async fn delete_policy(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+        let snapshot = {
+            let mut lab = lock(&self.lab);
+            if !lab.remove_policy(key)? {
+                return Err(ClusterError::NotFound { what: format!("NetworkPolicy {key}") });
+            }
+            lab.clone()
+        };
+        self.changed(&snapshot)
+    }
+
+    async fn wait_running(&self, pods: &[ObjectKey], limit: Duration) -> Result<Vec<Running>, ClusterError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let lab = self.lab();
+            if let Some(missing) = pods.iter().find(|k| !lab.state.pods.iter().any(|p| p.key == **k)) {
+                return Err(ClusterError::NotFound { what: format!("pod {missing}") });
+            }
+            let waiting: Vec<&ObjectKey> = pods.iter().filter(|k| !lab.pod_ready(k)).collect();
+            if waiting.is_empty() {
+                return Ok(pods
+                    .iter()
+                    .filter_map(|k| lab.state.pods.iter().find(|p| p.key == *k))
+                    .map(|p| Running { key: p.key.clone(), ip: p.ip.into() })
+                    .collect());
+            }
+            if Instant::now() >= deadline {
+                let names: Vec<String> = waiting.iter().map(ToString::to_string).collect();
+                return Err(ClusterError::Timeout {
+                    what: format!("pods {} running", names.join(", ")),
+                    limit,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn run_batch(
+        &self,
+        client: &ObjectKey,
+        plan: &Plan,
+        limit: Duration,
+    ) -> Result<BatchOutput, ClusterError> {
+        let (netns, probe) = {
+            let lab = lock(&self.lab);
+            let netns = lab
+                .pod_netns(client)
+                .ok_or_else(|| ClusterError::NotFound { what: format!("pod {client}") })?;
+            (netns, lab.state.probe.clone())
+        };
+        let text = serde_json::to_vec(plan)
+            .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
+        let concurrency = plan.probes.len().clamp(1, 4096).to_string();
+        let mut child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .arg(&probe)
+            .args(["batch", "--concurrency", &concurrency])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| LabError::Command {
+                command: format!("netpol-probe batch in {netns}"),
+                output: e.to_string(),
+            })?;
+        let mut stdin =
+            child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the batch".into()))?;
+        let mut stdout =
+            child.stdout.take().ok_or_else(|| ClusterError::Invalid("no stdout for the batch".into()))?;
+        let writer =
+            tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut stdin, &text).await });
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = stdout.read_to_end(&mut out).await;
+            out
+        });
+        if tokio::time::timeout(limit, child.wait()).await.is_err() {
+            // Out of time: what it printed so far stands, the rest did not run.
+            let _ = child.kill().await;
+        }
+        let _ = writer.await;
+        let out = reader.await.unwrap_or_default();
+        Ok(parse_batch_output(&String::from_utf8_lossy(&out)))
+    }
+
+    async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
+        let snapshot = {
+            let mut lab = lock(&self.lab);
+            let mut cleaned = Cleaned::default();
+            let pods: Vec<ObjectKey> = lab
+                .state
+                .pod_objects
+                .iter()
+                .filter(|p| run_label(&p.metadata) == Some(run_id))
+                .map(|p| key_of(&p.metadata))
+                .collect();
+            for pod in pods {
+                cleaned.pods += usize::from(lab.remove_pod(&pod)?);
+            }
+            let policies: Vec<ObjectKey> = lab
+                .state
+                .policies
+                .iter()
+                .filter(|p| run_label(&p.metadata) == Some(run_id))
+                .map(|p| key_of(&p.metadata))
+                .collect();
+            for policy in policies {
+                cleaned.policies += usize::from(lab.remove_policy(&policy)?);
+            }
+            let namespaces: Vec<String> = lab
+                .state
+                .namespaces
+                .iter()
+                .filter(|n| run_label(&n.metadata) == Some(run_id))
+                .filter_map(|n| n.metadata.name.clone())
+                .collect();
+            for namespace in namespaces {
+                cleaned.namespaces += usize::from(lab.remove_namespace(&namespace)?);
+            }
+            (lab.clone(), cleaned)
+        };
+        self.changed(&snapshot.0)?;
+        Ok(snapshot.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{ContainerPort, Protocol};
+
+    #[test]
+    fn probe_pods_carry_the_tools_labels_and_serve_only_as_servers() {
+        let mut pod = ProbePod {
+            key: ObjectKey::new("x", "probe-server"),
+            role: Role::Server,
+            run_id: "r1".into(),
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            ports: vec![ContainerPort { port: 80, protocol: Protocol::Tcp, name: Some("http".into()) }],
+        };
+        let object = probe_pod_object(&pod);
+        let labels = object.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(RUN_LABEL).map(String::as_str), Some("r1"));
+        assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+        let ports = object.spec.as_ref().and_then(|s| s.containers[0].ports.clone()).unwrap_or_default();
+        assert_eq!((ports[0].container_port, ports[0].name.as_deref()), (80, Some("http")));
+        pod.role = Role::Client;
+        assert!(probe_pod_object(&pod).spec.and_then(|s| s.containers[0].ports.clone()).is_none());
+    }
+}
