@@ -207,6 +207,7 @@ fn lab_up(args: &LabUpArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Writ
 /// Replaces this process with `command` inside the pod's network namespace.
 fn lab_exec(name: &str, pod: &str, command: &[String]) -> Result<(), Error> {
     use std::os::unix::process::CommandExt;
+    crate::lab::host::require_tools()?;
     let lab = Lab::open(name)?;
     let key = ObjectKey::parse(pod).ok_or_else(|| {
         Error::Usage(format!("{pod:?} is not a pod reference: write namespace/name, e.g. x/a"))

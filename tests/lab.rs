@@ -639,3 +639,32 @@ mod through_the_cluster_trait {
         assert_eq!(outcomes(&cluster, &from, &ip, "y/fresh").await, [Outcome::Timeout, Outcome::Timeout]);
     }
 }
+
+#[test]
+fn without_root_the_lab_says_what_it_needs() {
+    use std::os::unix::fs::PermissionsExt;
+    // Copies any user may run (the build tree may sit under a private home).
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let verify_copy = dir.path().join("netpol-verify");
+    std::fs::copy(verify(), &verify_copy).expect("copy");
+    std::fs::copy(probe(), dir.path().join("netpol-probe")).expect("copy");
+    let objects = dir.path().join("cluster.yaml");
+    std::fs::write(&objects, upstream_cluster_yaml()).expect("write");
+    for path in [&verify_copy, &dir.path().join("netpol-probe"), &objects] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    for args in [&["lab", "up", "--from-file"][..], &["lab", "down", "nothing"][..]] {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(&verify_copy).args(args);
+        if args[1] == "up" {
+            command.arg(&objects);
+        }
+        let output = command.output().expect("setpriv runs");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("the lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN)"), "{stderr}");
+        assert!(stderr.contains("sudo"), "{stderr}");
+    }
+}

@@ -402,6 +402,7 @@ impl Lab {
     /// names alone, so a lab whose creator was killed is removed too.
     pub fn down(name: &str) -> Result<usize, LabError> {
         state::validate_name(name).map_err(LabError::Name)?;
+        host::require_tools()?;
         let prefix = state::netns_prefix(name);
         let recorded = state::lab_dir(name).exists();
         let mut namespaces = host::namespaces_with_prefix(&prefix);
