@@ -23,3 +23,4 @@ pub mod lab;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod validate;

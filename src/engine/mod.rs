@@ -25,6 +25,7 @@ use policy::{CompiledPolicy, Rule};
 pub use explain::{Explanation, PeerCheck, PolicyCheck, RuleCheck, SideExplanation};
 pub use pod::validate_pod;
 pub(crate) use port::PortRule;
+pub(crate) use port::validate_port_name;
 pub use port::{ContainerPort, Protocol};
 pub use verdict::{Direction, DirectionVerdict, ImplementationDefined, Outcome, RuleRef, Verdict};
 

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::engine::{FieldError, validate_pod, validate_policy};
 use crate::model::{Note, Snapshot};
+use crate::validate::{validate_meta, validate_service};
 use tree::{FieldPath, Node, Value};
 
 /// The text of one input and the name to report it by.
@@ -288,6 +289,7 @@ fn load_object(
         "Service" => {
             let service: Service = typed(node, &origin, kind, UnknownFields::Note(&mut collected.notes))?;
             let name = required_name(node, &origin, kind, &service.metadata)?;
+            validate_service(&service).map_err(|e| field_error(node, &origin, kind, e))?;
             let key = (namespace_or_default(&service.metadata), name);
             place(&mut collected.services, kind, key, service, origin)
         }
@@ -321,15 +323,7 @@ fn required_name(
     kind: &str,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Result<String, InputError> {
-    match meta.name.as_deref() {
-        Some(name) if !name.is_empty() => Ok(name.to_string()),
-        _ => Err(field_error(
-            node,
-            origin,
-            kind,
-            FieldError::new("metadata.name", "required: every object needs a name"),
-        )),
-    }
+    validate_meta(kind, meta).map_err(|e| field_error(node, origin, kind, e))
 }
 
 /// An object that failed validation, located at the failing field.

@@ -382,3 +382,29 @@ fn an_object_without_a_namespace_collides_with_the_same_name_in_default() {
     let text = format!("{}---\n{}", pod(""), pod(", namespace: default"));
     assert!(error(&text).starts_with("Pod default/a is defined twice, differently"), "{}", error(&text));
 }
+
+#[test]
+fn names_the_api_server_would_refuse_are_errors_at_their_field() {
+    assert_eq!(
+        error("apiVersion: v1\nkind: Namespace\nmetadata: {name: Prod}\n"),
+        "cluster.yaml:3: document 1 (Namespace Prod): metadata.name: invalid value \"Prod\": a lowercase \
+         RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end \
+         with an alphanumeric character (e.g. 'my-name', or '123-abc')"
+    );
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                  metadata: {name: \"deny\\n  drop\", namespace: x}\nspec: {podSelector: {}}\n";
+    assert!(error(policy).contains("metadata.name: invalid value \"deny\\n  drop\""), "{}", error(policy));
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: my_ns}\n";
+    assert!(error(pod).contains("metadata.namespace: invalid value \"my_ns\""), "{}", error(pod));
+}
+
+#[test]
+fn service_ports_are_checked_like_the_api_server_does() {
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: x}\n\
+                   spec:\n  ports:\n  - {port: 53, protocol: DNS}\n";
+    assert_eq!(
+        error(service),
+        "cluster.yaml:6: document 1 (Service x/dns): spec.ports[0].protocol: unsupported value \"DNS\": \
+         must be \"TCP\", \"UDP\" or \"SCTP\""
+    );
+}
