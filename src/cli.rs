@@ -70,6 +70,12 @@ pub enum LabCommand {
     ServeDns {
         #[arg(long)]
         records: PathBuf,
+        /// TCP ports to answer on.
+        #[arg(long, value_delimiter = ',')]
+        tcp: Vec<u16>,
+        /// UDP ports to answer on.
+        #[arg(long, value_delimiter = ',')]
+        udp: Vec<u16>,
     },
 }
 

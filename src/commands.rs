@@ -146,7 +146,9 @@ pub fn lab(command: &LabCommand, quiet: bool, out: &mut dyn Write, err: &mut dyn
             Ok(())
         }
         LabCommand::Exec { name, pod, command } => lab_exec(name, pod, command),
-        LabCommand::ServeDns { records } => crate::lab::dns::serve(records).map_err(Error::Usage),
+        LabCommand::ServeDns { records, tcp, udp } => {
+            crate::lab::dns::serve(records, tcp, udp).map_err(Error::Usage)
+        }
     }
 }
 
@@ -186,7 +188,8 @@ fn lab_up(args: &LabUpArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Writ
             .iter()
             .map(|p| format!("{p}/TCP"))
             .chain(pod.udp.iter().map(|p| format!("{p}/UDP")))
-            .chain(pod.dns.then(|| "53/UDP+TCP (DNS)".to_string()))
+            .chain(pod.dns_udp.iter().map(|p| format!("{p}/UDP(DNS)")))
+            .chain(pod.dns_tcp.iter().map(|p| format!("{p}/TCP(DNS)")))
             .collect();
         writeln!(out, "    {:<30} {:<15} {}", pod.key.to_string(), pod.ip.to_string(), ports.join(" "))?;
     }

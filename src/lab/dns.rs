@@ -1,6 +1,7 @@
 //! The lab's cluster DNS: what its kube-dns pods run (`netpol-verify lab serve-dns`). Answers
 //! A queries for the lab's names (Services, pods, `kubernetes.default`), NXDOMAIN for the rest,
-//! over UDP and TCP on port 53. It resolves nothing outside the lab.
+//! over UDP and TCP on the ports the kube-dns Service sends to (53 unless the objects say
+//! otherwise). It resolves nothing outside the lab.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -17,7 +18,10 @@ use hickory_proto::rr::{RData, Record, RecordType};
 type Records = BTreeMap<String, Ipv4Addr>;
 
 /// Serves until killed. Errors only when it cannot start.
-pub fn serve(records: &Path) -> Result<(), String> {
+pub fn serve(records: &Path, tcp_ports: &[u16], udp_ports: &[u16]) -> Result<(), String> {
+    if tcp_ports.is_empty() && udp_ports.is_empty() {
+        return Err("give the DNS server at least one --tcp or --udp port".into());
+    }
     let text =
         std::fs::read_to_string(records).map_err(|e| format!("cannot read {}: {e}", records.display()))?;
     let records: Records = serde_json::from_str::<Records>(&text)
@@ -26,27 +30,49 @@ pub fn serve(records: &Path) -> Result<(), String> {
         .map(|(name, ip)| (name.to_ascii_lowercase(), ip))
         .collect();
     let records = Arc::new(records);
-    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 53))
-        .map_err(|e| format!("cannot listen on UDP port 53: {e}"))?;
-    let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 53))
-        .map_err(|e| format!("cannot listen on TCP port 53: {e}"))?;
+    let mut udp = Vec::new();
+    for port in udp_ports {
+        udp.push(
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, *port))
+                .map_err(|e| format!("cannot listen on UDP port {port}: {e}"))?,
+        );
+    }
+    let mut tcp = Vec::new();
+    for port in tcp_ports {
+        tcp.push(
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port))
+                .map_err(|e| format!("cannot listen on TCP port {port}: {e}"))?,
+        );
+    }
     let _ =
         writeln!(std::io::stderr(), "{{\"event\":\"ready\",\"name\":\"dns\",\"records\":{}}}", records.len());
 
-    let tcp_records = records.clone();
-    std::thread::spawn(move || {
-        for stream in tcp.incoming().flatten() {
-            let records = tcp_records.clone();
-            std::thread::spawn(move || answer_tcp(stream, &records));
-        }
-    });
-    let mut buf = [0u8; 4096];
-    loop {
-        let Ok((n, peer)) = udp.recv_from(&mut buf) else { continue };
-        if let Some(reply) = answer(&buf[..n], &records) {
-            let _ = udp.send_to(&reply, peer);
-        }
+    let mut threads = Vec::new();
+    for listener in tcp {
+        let records = records.clone();
+        threads.push(std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let records = records.clone();
+                std::thread::spawn(move || answer_tcp(stream, &records));
+            }
+        }));
     }
+    for socket in udp {
+        let records = records.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
+                if let Some(reply) = answer(&buf[..n], &records) {
+                    let _ = socket.send_to(&reply, peer);
+                }
+            }
+        }));
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    Ok(())
 }
 
 fn answer_tcp(mut stream: TcpStream, records: &Records) {

@@ -157,8 +157,8 @@ impl Lab {
                 creator_pid: std::process::id(),
                 probe: spec.probe.clone(),
                 verify: spec.verify.clone(),
-                pod_cidr: topology.pod_cidr,
-                service_cidr: topology.service_cidr,
+                pod_cidrs: topology.pod_cidrs.clone(),
+                service_cidrs: topology.service_cidrs.clone(),
                 dns_ip: topology.dns_ip,
                 pods: topology.pods.clone(),
                 nat: topology.nat.clone(),
@@ -235,7 +235,9 @@ impl Lab {
         }
         let (meta_node_mac, _) = state::macs(state::METADATA_INDEX);
         let mut commands = endpoint_commands(&format!("{METADATA_IP}/32"), &meta_node_mac);
-        commands.push(format!("route add {} via {GATEWAY_IP} dev eth0 onlink", self.state.pod_cidr));
+        for net in &self.state.pod_cidrs {
+            commands.push(format!("route add {net} via {GATEWAY_IP} dev eth0 onlink"));
+        }
         host::ip_batch(Some(&meta), &commands)?;
 
         host::nft(&node, &cni::service_ruleset(&self.state.nat))?;
@@ -256,8 +258,16 @@ impl Lab {
             if pod.dns {
                 let netns = state::pod_netns(name, pod.index);
                 let log = dir.join("logs").join(format!("{netns}-dns.log"));
-                let args =
+                let list =
+                    |ports: &[u16]| ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+                let mut args =
                     vec!["lab".into(), "serve-dns".into(), "--records".into(), records.display().to_string()];
+                if !pod.dns_tcp.is_empty() {
+                    args.extend(["--tcp".into(), list(&pod.dns_tcp)]);
+                }
+                if !pod.dns_udp.is_empty() {
+                    args.extend(["--udp".into(), list(&pod.dns_udp)]);
+                }
                 host::spawn_in(&netns, &self.state.verify, &args, &log)?;
                 started.push((format!("the DNS server of {}", pod.key), log));
             }
@@ -284,11 +294,9 @@ impl Lab {
         let netns = state::pod_netns(&self.state.name, pod.index);
         let (node_mac, _) = state::macs(pod.index);
         let mut commands = endpoint_commands(&format!("{}/32", pod.ip), &node_mac);
-        for net in [
-            self.state.pod_cidr.to_string(),
-            self.state.service_cidr.to_string(),
-            format!("{METADATA_IP}/32"),
-        ] {
+        let metadata = format!("{METADATA_IP}/32");
+        let nets = self.state.pod_cidrs.iter().chain(&self.state.service_cidrs).map(ToString::to_string);
+        for net in nets.chain([metadata]) {
             commands.push(format!("route add {net} via {GATEWAY_IP} dev eth0 onlink"));
         }
         host::ip_batch(Some(&netns), &commands)?;
@@ -334,9 +342,9 @@ impl Lab {
             .ok_or_else(|| LabError::State(format!("no free address for pod {key}")))?;
         let mut object = object;
         topology::set_running(&mut object, ip);
-        let (tcp, udp, _) = topology::served_ports(&object, false);
+        let (tcp, udp, _) = topology::served_ports(&object, &[], &[]);
         let index = self.state.pods.iter().map(|p| p.index + 1).max().unwrap_or(0);
-        let pod = LabPod { key, index, ip, tcp, udp, dns: false };
+        let pod = LabPod { key, index, ip, tcp, udp, dns: false, dns_tcp: Vec::new(), dns_udp: Vec::new() };
         // Record first: a failure half-way leaves a pod `remove_pod` (or `down`) can find.
         self.state.pods.push(pod.clone());
         self.state.pod_objects.push(object);
@@ -644,6 +652,8 @@ mod tests {
             tcp: vec![80, 81],
             udp: vec![53],
             dns: false,
+            dns_tcp: vec![],
+            dns_udp: vec![],
         };
         assert_eq!(serve_args(&pod).expect("ports").join(" "), "serve --tcp 80,81 --udp 53 --name x/a");
         assert_eq!(serve_args(&LabPod { tcp: vec![], udp: vec![], ..pod }), None);

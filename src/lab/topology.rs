@@ -37,8 +37,13 @@ pub struct LabPod {
     /// Ports `netpol-probe serve` listens on.
     pub tcp: Vec<u16>,
     pub udp: Vec<u16>,
-    /// Runs the lab's DNS server on port 53.
+    /// Runs the lab's DNS server (a kube-dns pod).
     pub dns: bool,
+    /// The ports the DNS server listens on: what kube-dns sends to this pod (53 when nothing).
+    #[serde(default)]
+    pub dns_tcp: Vec<u16>,
+    #[serde(default)]
+    pub dns_udp: Vec<u16>,
 }
 
 /// One Service port as kube-proxy translates it.
@@ -61,8 +66,10 @@ pub struct Topology {
     /// The pods' objects as the lab runs them: addresses filled in, DNS added when missing.
     pub pod_objects: Vec<Pod>,
     pub services: Vec<Service>,
-    pub pod_cidr: Ipv4Net,
-    pub service_cidr: Ipv4Net,
+    /// What pods route to the node: 10.244.0.0/16, and the /16 of any pod address outside it.
+    pub pod_cidrs: Vec<Ipv4Net>,
+    /// Likewise for Services: 10.96.0.0/12, and the /16 of any cluster IP outside it.
+    pub service_cidrs: Vec<Ipv4Net>,
     pub nat: Vec<ServiceNat>,
     pub dns_ip: Ipv4Addr,
     /// DNS names and their addresses (`name.` fully qualified).
@@ -82,7 +89,21 @@ pub enum TopologyError {
     /// No address left to allocate.
     #[error("no free address for pod {pod} in the lab's allocation range")]
     Exhausted { pod: ObjectKey },
+    /// An address the lab cannot give a pod or a Service.
+    #[error("{object} has the address {ip}, {why}: give it another address{hint}")]
+    Unusable { object: String, ip: Ipv4Addr, why: String, hint: &'static str },
 }
+
+/// Addresses no pod or Service may have in the lab, and why.
+const RESERVED: [(Ipv4Net, &str); 4] = [
+    (Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8), "which is not a host address"),
+    (Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8), "which is loopback"),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0), 16),
+        "which is link-local (the lab's node is 169.254.1.1, the metadata service 169.254.169.254)",
+    ),
+    (Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 3), "which is multicast or reserved"),
+];
 
 impl Topology {
     /// Plans the lab for `snapshot`.
@@ -114,6 +135,13 @@ impl Topology {
                 "lab: no kube-dns pod in the input: added kube-system/coredns to serve cluster DNS".into(),
             ));
         }
+
+        let mut services = snapshot.services().to_vec();
+        let kube_dns_key = ObjectKey::new("kube-system", "kube-dns");
+        if !services.iter().any(|s| key_of(&s.metadata) == kube_dns_key) {
+            services.push(kube_dns_service());
+        }
+        let kube_dns = services.iter().find(|s| key_of(&s.metadata) == kube_dns_key);
 
         // Addresses: the objects' own IPv4 ones first, then allocations for the rest.
         let mut used: BTreeMap<Ipv4Addr, ObjectKey> = BTreeMap::new();
@@ -153,7 +181,8 @@ impl Topology {
             };
             set_running(pod, ip);
             let dns = dns_label(pod);
-            let (tcp, udp, sctp) = served_ports(pod, dns);
+            let (dns_tcp, dns_udp) = if dns { dns_ports(kube_dns, pod) } else { (Vec::new(), Vec::new()) };
+            let (tcp, udp, sctp) = served_ports(pod, &dns_tcp, &dns_udp);
             if sctp {
                 sctp_pods.push(key.to_string());
             }
@@ -164,6 +193,8 @@ impl Topology {
                 tcp: tcp.into_iter().collect(),
                 udp: udp.into_iter().collect(),
                 dns,
+                dns_tcp,
+                dns_udp,
             });
         }
 
@@ -173,27 +204,31 @@ impl Topology {
                 sctp_pods.len()
             )));
         }
-        let mut services = snapshot.services().to_vec();
-        if !services.iter().any(|s| key_of(&s.metadata) == ObjectKey::new("kube-system", "kube-dns")) {
-            services.push(kube_dns_service());
-        }
-        let dns_ip = services
-            .iter()
-            .find(|s| key_of(&s.metadata) == ObjectKey::new("kube-system", "kube-dns"))
-            .and_then(cluster_ip)
-            .unwrap_or(DEFAULT_DNS_IP);
+        let dns_ip = match kube_dns.and_then(cluster_ip) {
+            Some(ip) => ip,
+            None => {
+                notes.push(Note(format!(
+                    "lab: Service {kube_dns_key} has no IPv4 clusterIP: pods' resolv.conf names \
+                     {DEFAULT_DNS_IP}, which nothing answers, so cluster DNS lookups fail"
+                )));
+                DEFAULT_DNS_IP
+            }
+        };
         let nat = service_nat(&services, &pod_objects, &pods, &mut notes);
 
-        let pod_cidr = covering(DEFAULT_POD_CIDR, pods.iter().map(|p| p.ip));
-        let service_cidr = covering(DEFAULT_SERVICE_CIDR, services.iter().filter_map(cluster_ip));
+        // The usual ranges first, so the error names the object that strays into the other's.
+        check_addresses(&pods, &services, &[DEFAULT_POD_CIDR], &[DEFAULT_SERVICE_CIDR])?;
+        let pod_cidrs = networks(DEFAULT_POD_CIDR, pods.iter().map(|p| p.ip));
+        let service_cidrs = networks(DEFAULT_SERVICE_CIDR, services.iter().filter_map(cluster_ip));
+        check_addresses(&pods, &services, &pod_cidrs, &service_cidrs)?;
         let records = records(&services, &pods);
         Ok(Topology {
             pods,
             namespaces,
             pod_objects,
             services,
-            pod_cidr,
-            service_cidr,
+            pod_cidrs,
+            service_cidrs,
             nat,
             dns_ip,
             records,
@@ -209,18 +244,41 @@ pub(crate) fn allocation_range() -> impl Iterator<Item = Ipv4Addr> {
         .flat_map(|third| (1u32..=254).map(move |fourth| Ipv4Addr::from(0x0af4_0000 | (third << 8) | fourth)))
 }
 
-/// The smallest prefix holding `base` and every address.
-fn covering(base: Ipv4Net, addresses: impl Iterator<Item = Ipv4Addr>) -> Ipv4Net {
-    let mut net = base;
+/// `base`, and the /16 of every address outside what is listed so far.
+fn networks(base: Ipv4Net, addresses: impl Iterator<Item = Ipv4Addr>) -> Vec<Ipv4Net> {
+    let mut nets = vec![base];
     for ip in addresses {
-        while !net.contains(&ip) {
-            net = net.supernet().unwrap_or(net);
-            if net.prefix_len() == 0 {
-                break;
-            }
+        if !nets.iter().any(|net| net.contains(&ip)) {
+            nets.push(Ipv4Net::new_assert(ip, 16).trunc());
         }
     }
-    net
+    nets
+}
+
+/// Refuses pod and Service addresses the lab cannot give: reserved ones (the node and the
+/// metadata service live in 169.254.0.0/16), and pods and Services in each other's ranges.
+fn check_addresses(
+    pods: &[LabPod],
+    services: &[Service],
+    pod_cidrs: &[Ipv4Net],
+    service_cidrs: &[Ipv4Net],
+) -> Result<(), TopologyError> {
+    let objects = pods.iter().map(|p| (format!("pod {}", p.key), p.ip, service_cidrs, "Service", " or none"));
+    let services = services.iter().filter_map(|s| {
+        let ip = cluster_ip(s)?;
+        Some((format!("Service {}", key_of(&s.metadata)), ip, pod_cidrs, "pod", ""))
+    });
+    for (object, ip, others, other, hint) in objects.chain(services) {
+        let why = if let Some((net, why)) = RESERVED.iter().find(|(net, _)| net.contains(&ip)) {
+            format!("{why} ({net})")
+        } else if let Some(net) = others.iter().find(|net| net.contains(&ip)) {
+            format!("inside the lab's {other} range {net}")
+        } else {
+            continue;
+        };
+        return Err(TopologyError::Unusable { object, ip, why, hint });
+    }
+    Ok(())
 }
 
 fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {
@@ -246,9 +304,9 @@ pub(crate) fn set_running(pod: &mut Pod, ip: Ipv4Addr) {
     status.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() }]);
 }
 
-/// The TCP and UDP ports `netpol-probe serve` listens on for a pod (a DNS pod's 53 is the
-/// DNS server's), and whether it declares SCTP ports (which are not served).
-pub(crate) fn served_ports(pod: &Pod, dns: bool) -> (Vec<u16>, Vec<u16>, bool) {
+/// The TCP and UDP ports `netpol-probe serve` listens on for a pod (a DNS pod's DNS ports are
+/// the DNS server's), and whether it declares SCTP ports (which are not served).
+pub(crate) fn served_ports(pod: &Pod, dns_tcp: &[u16], dns_udp: &[u16]) -> (Vec<u16>, Vec<u16>, bool) {
     let (mut tcp, mut udp, mut sctp) = (BTreeSet::new(), BTreeSet::new(), false);
     for port in declared_ports(pod) {
         let Ok(number) = u16::try_from(port.container_port) else { continue };
@@ -262,11 +320,34 @@ pub(crate) fn served_ports(pod: &Pod, dns: bool) -> (Vec<u16>, Vec<u16>, bool) {
             }
         }
     }
-    if dns {
-        tcp.remove(&53);
-        udp.remove(&53);
-    }
+    tcp.retain(|p| !dns_tcp.contains(p));
+    udp.retain(|p| !dns_udp.contains(p));
     (tcp.into_iter().collect(), udp.into_iter().collect(), sctp)
+}
+
+/// The TCP and UDP ports a kube-dns pod's DNS server listens on: those the kube-dns Service
+/// sends to it, or 53 when it sends none there (no such Service, or it does not select the pod).
+fn dns_ports(kube_dns: Option<&Service>, pod: &Pod) -> (Vec<u16>, Vec<u16>) {
+    let (mut tcp, mut udp) = (BTreeSet::new(), BTreeSet::new());
+    let spec = kube_dns.and_then(|s| s.spec.as_ref());
+    let selector = spec.and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty());
+    if let (Some(spec), Some(selector)) = (spec, selector) {
+        let selector: Selector = selector.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if selector.matches(pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())) {
+            for port in spec.ports.iter().flatten() {
+                let Some(target) = target_port(port, pod) else { continue };
+                match port.protocol.as_deref().unwrap_or("TCP") {
+                    "UDP" => udp.insert(target),
+                    "TCP" | "" => tcp.insert(target),
+                    _ => false,
+                };
+            }
+        }
+    }
+    if tcp.is_empty() && udp.is_empty() {
+        return (vec![53], vec![53]);
+    }
+    (tcp.into_iter().collect(), udp.into_iter().collect())
 }
 
 /// Ports of the containers and of restartable init containers.
@@ -292,8 +373,23 @@ fn service_nat(
     let mut nat = Vec::new();
     for service in services {
         let key = key_of(&service.metadata);
-        let (Some(spec), Some(ip)) = (service.spec.as_ref(), cluster_ip(service)) else { continue };
-        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else { continue };
+        let Some(spec) = service.spec.as_ref() else { continue };
+        let Some(ip) = cluster_ip(service) else {
+            if spec.type_.as_deref() != Some("ExternalName") {
+                notes.push(Note(format!(
+                    "lab: Service {key} has no IPv4 clusterIP (headless or IPv6): nothing to translate, \
+                     and its name does not resolve in the lab"
+                )));
+            }
+            continue;
+        };
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+            notes.push(Note(format!(
+                "lab: Service {key} has no selector: not translated (the lab makes endpoints from \
+                 selectors, it does not read EndpointSlices)"
+            )));
+            continue;
+        };
         let selector: Selector = selector.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let selected: Vec<(&Pod, &LabPod)> = objects
             .iter()
@@ -445,7 +541,9 @@ mod tests {
         let dns_udp = topology.nat.iter().find(|n| n.protocol == "udp").expect("DNS over UDP");
         assert_eq!(dns_udp.endpoints, vec![(dns.ip, 53)]);
         assert_eq!(topology.records.get("kube-dns.kube-system.svc.cluster.local."), Some(&DEFAULT_DNS_IP));
-        assert_eq!(topology.pod_cidr, DEFAULT_POD_CIDR);
+        assert_eq!(topology.pod_cidrs, vec![DEFAULT_POD_CIDR]);
+        assert_eq!((dns.dns_tcp.as_slice(), dns.dns_udp.as_slice()), (&[53][..], &[53][..]));
+        assert!(dns.tcp.is_empty() && dns.udp.is_empty(), "all its ports are DNS");
         assert!(topology.notes.iter().any(|n| n.0.contains("added kube-system/coredns")));
     }
 
@@ -471,8 +569,11 @@ spec:
         assert_eq!(topology.nat.len(), 1);
         assert_eq!(topology.nat[0].endpoints, vec![(Ipv4Addr::new(10, 244, 9, 9), 5353)], "named targetPort");
         let dns = topology.pods.iter().find(|p| p.dns).expect("the file's DNS pod");
-        assert_eq!(dns.tcp, vec![9153], "port 53 is the DNS server's; the rest is served by the probe");
-        assert!(topology.service_cidr.contains(&Ipv4Addr::new(10, 100, 0, 10)));
+        assert_eq!(dns.dns_udp, vec![5353], "the DNS server listens where the Service sends");
+        assert!(dns.dns_tcp.is_empty(), "the Service has no TCP port");
+        assert_eq!(dns.tcp, vec![9153], "the rest is served by the probe");
+        assert!(dns.udp.is_empty());
+        assert!(topology.service_cidrs.iter().any(|n| n.contains(&Ipv4Addr::new(10, 100, 0, 10))));
     }
 
     #[test]
@@ -491,8 +592,8 @@ status: {podIP: 10.250.0.5}
         let new = topology.pods.iter().find(|p| p.key.name == "new").expect("x/new");
         assert!(DEFAULT_POD_CIDR.contains(&new.ip));
         assert!(topology.pods.iter().filter(|p| p.ip == new.ip).count() == 1);
-        assert!(topology.pod_cidr.contains(&Ipv4Addr::new(10, 250, 0, 5)));
-        assert!(topology.pod_cidr.contains(&Ipv4Addr::new(10, 244, 1, 1)));
+        let far: Ipv4Net = "10.250.0.0/16".parse().expect("net");
+        assert_eq!(topology.pod_cidrs, vec![DEFAULT_POD_CIDR, far], "a /16 for the outlier, no wider");
     }
 
     #[test]
@@ -507,5 +608,64 @@ status: {podIP: 10.250.0.5}
         let dup =
             "apiVersion: v1\nkind: Pod\nmetadata: {name: twin, namespace: x}\nstatus: {podIP: 10.244.1.1}\n";
         assert!(matches!(plan(dup), Err(TopologyError::DuplicateIp { .. })));
+    }
+
+    #[test]
+    fn addresses_the_lab_reserves_or_mixes_up_are_refused() {
+        let pod = |ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: odd, namespace: x}}\nstatus: {{podIP: {ip}}}\n"
+            )
+        };
+        for (ip, why) in [
+            ("169.254.1.1", "link-local"),
+            ("169.254.169.254", "link-local"),
+            ("127.0.0.5", "loopback"),
+            ("0.1.2.3", "not a host address"),
+            ("239.1.1.1", "multicast"),
+            ("10.96.0.10", "inside the lab's Service range 10.96.0.0/12"),
+        ] {
+            let err = plan(&pod(ip)).expect_err(ip).to_string();
+            assert!(err.starts_with(&format!("pod x/odd has the address {ip}, ")), "{err}");
+            assert!(err.contains(why) && err.ends_with("give it another address or none"), "{ip}: {err}");
+        }
+        let service = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\n\
+                       spec: {clusterIP: 10.244.1.200, ports: [{port: 80}], selector: {pod: a}}\n";
+        let err = plan(service).expect_err("a Service among the pods").to_string();
+        assert!(
+            err.contains("Service x/s has the address 10.244.1.200, inside the lab's pod range"),
+            "{err}"
+        );
+        // A far-away pod is fine: it gets its own /16, and no pod gets a default route.
+        let topology = plan(&pod("192.168.7.7")).expect("plans");
+        assert!(topology.pod_cidrs.iter().all(|n| n.prefix_len() >= 12), "{:?}", topology.pod_cidrs);
+    }
+
+    #[test]
+    fn services_the_lab_cannot_translate_are_noted() {
+        let extra = "\
+apiVersion: v1
+kind: Service
+metadata: {name: external, namespace: x}
+spec: {clusterIP: 10.96.5.5, ports: [{port: 443}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: x}
+spec: {clusterIP: None, selector: {pod: a}, ports: [{port: 80}]}
+";
+        let topology = plan(extra).expect("plans");
+        let notes: Vec<&str> = topology.notes.iter().map(|n| n.0.as_str()).collect();
+        assert!(notes.iter().any(|n| n.contains("Service x/external has no selector")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("Service x/headless has no IPv4 clusterIP")), "{notes:?}");
+        assert!(topology.nat.iter().all(|n| n.service.namespace != "x"));
+        let dns = "apiVersion: v1\nkind: Service\nmetadata: {name: kube-dns, namespace: kube-system}\n\
+                   spec: {clusterIP: None, selector: {k8s-app: kube-dns}, ports: [{port: 53, protocol: UDP}]}\n";
+        let topology = plan(dns).expect("plans");
+        assert!(
+            topology.notes.iter().any(|n| n.0.contains("cluster DNS lookups fail")),
+            "{:?}",
+            topology.notes
+        );
     }
 }
