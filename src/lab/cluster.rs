@@ -23,66 +23,112 @@ use crate::cluster::{
 use crate::model::{NAMESPACE_NAME_LABEL, ObjectKey, key_of};
 
 /// A running lab, driven through the [`Cluster`] trait.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LabCluster {
-    lab: Arc<Mutex<Lab>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    lab: Mutex<Lab>,
     delay: Duration,
     applier: Option<mpsc::UnboundedSender<(Instant, Lab)>>,
-    pending: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
+    pending: AtomicUsize,
+    failures: Mutex<Vec<String>>,
 }
 
 impl LabCluster {
     /// Drives `lab`. With an enforcement delay it needs a tokio runtime: changes are applied
     /// by a task of its own.
-    pub fn new(lab: Lab) -> LabCluster {
+    pub fn new(lab: Lab) -> Result<LabCluster, ClusterError> {
         let delay = lab.enforce_delay();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut receiver = None;
         let applier = (!delay.is_zero()).then(|| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Lab)>();
-            let (pending, failures) = (pending.clone(), failures.clone());
-            tokio::spawn(async move {
+            let (tx, rx) = mpsc::unbounded_channel::<(Instant, Lab)>();
+            receiver = Some(rx);
+            tx
+        });
+        let inner = Arc::new(Inner {
+            lab: Mutex::new(lab),
+            delay,
+            applier,
+            pending: AtomicUsize::new(0),
+            failures: Mutex::new(Vec::new()),
+        });
+        if let Some(mut rx) = receiver {
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                ClusterError::Invalid(
+                    "a lab with an enforcement delay must be driven from a tokio runtime".into(),
+                )
+            })?;
+            // NB: the task holds only a weak reference: it ends with the last LabCluster.
+            let weak = Arc::downgrade(&inner);
+            runtime.spawn(async move {
                 // In order: every change waits the same delay, so due times only grow.
                 while let Some((due, lab)) = rx.recv().await {
                     tokio::time::sleep_until(due).await;
-                    if let Err(e) = lab.apply_policies(&lab.state.policies) {
-                        lock(&failures).push(e.to_string());
+                    let applied =
+                        tokio::task::spawn_blocking(move || lab.apply_policies(&lab.state.policies)).await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    match applied {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => lock(&inner.failures).push(e.to_string()),
+                        Err(e) => lock(&inner.failures).push(e.to_string()),
                     }
-                    pending.fetch_sub(1, Ordering::SeqCst);
+                    inner.pending.fetch_sub(1, Ordering::SeqCst);
                 }
             });
-            tx
-        });
-        LabCluster { lab: Arc::new(Mutex::new(lab)), delay, applier, pending, failures }
+        }
+        Ok(LabCluster { inner })
     }
 
     /// The lab as it is now.
     pub fn lab(&self) -> Lab {
-        lock(&self.lab).clone()
+        lock(&self.inner.lab).clone()
     }
 
     /// Waits until every change so far is enforced; the failures of delayed applies, if any.
     pub async fn settled(&self) -> Result<(), ClusterError> {
-        while self.pending.load(Ordering::SeqCst) > 0 {
+        while self.inner.pending.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let failures = std::mem::take(&mut *lock(&self.failures));
+        let failures = std::mem::take(&mut *lock(&self.inner.failures));
         match failures.first() {
             Some(first) => Err(ClusterError::Invalid(format!("a delayed policy change failed: {first}"))),
             None => Ok(()),
         }
     }
 
-    /// Enforces the lab's state as it is now: at once, or after the delay.
-    fn changed(&self, lab: &Lab) -> Result<(), ClusterError> {
+    /// Makes `change` to the lab on a blocking thread (it runs `ip` and `nft`), then has the
+    /// result enforced — at once, or queued for after the delay — before letting go of the
+    /// lab: changes are enforced in the order they were made, the last one last.
+    async fn change<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Lab) -> Result<T, ClusterError> + Send + 'static,
+    ) -> Result<T, ClusterError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut lab = lock(&inner.lab);
+            let out = change(&mut lab)?;
+            inner.enforce(&lab)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ClusterError::Invalid(format!("a change to the lab failed: {e}")))?
+    }
+}
+
+impl Inner {
+    /// Enforces `lab`'s state: at once, or after the delay.
+    fn enforce(&self, lab: &Lab) -> Result<(), ClusterError> {
         match &self.applier {
             None => Ok(lab.apply_policies(&lab.state.policies)?),
             Some(applier) => {
                 self.pending.fetch_add(1, Ordering::SeqCst);
-                applier
-                    .send((Instant::now() + self.delay, lab.clone()))
-                    .map_err(|_| ClusterError::Invalid("the lab's policy applier has stopped".into()))
+                applier.send((Instant::now() + self.delay, lab.clone())).map_err(|_| {
+                    self.pending.fetch_sub(1, Ordering::SeqCst);
+                    ClusterError::Invalid("the lab's policy applier has stopped".into())
+                })
             }
         }
     }
@@ -149,68 +195,61 @@ impl Cluster for LabCluster {
             },
             ..Namespace::default()
         };
-        Ok(lock(&self.lab).add_namespace(namespace)?)
+        checked("Namespace", &namespace.metadata)?;
+        self.change(move |lab| Ok(lab.add_namespace(namespace)?)).await
     }
 
     async fn delete_namespace(&self, name: &str) -> Result<(), ClusterError> {
-        let snapshot = {
-            let mut lab = lock(&self.lab);
-            if !lab.remove_namespace(name)? {
-                return Err(ClusterError::NotFound { what: format!("namespace {name}") });
-            }
-            lab.clone()
-        };
-        self.changed(&snapshot)
+        let name = name.to_string();
+        self.change(move |lab| match lab.remove_namespace(&name)? {
+            true => Ok(()),
+            false => Err(ClusterError::NotFound { what: format!("namespace {name}") }),
+        })
+        .await
     }
 
     async fn create_probe_pod(&self, pod: &ProbePod) -> Result<(), ClusterError> {
-        let snapshot = {
-            let mut lab = lock(&self.lab);
-            let namespace = &pod.key.namespace;
+        let object = probe_pod_object(pod);
+        checked("Pod", &object.metadata)?;
+        self.change(move |lab| {
+            let namespace = object.metadata.namespace.clone().unwrap_or_default();
             if !lab.state.namespaces.iter().any(|n| n.metadata.name.as_deref() == Some(namespace.as_str())) {
                 return Err(ClusterError::NotFound { what: format!("namespace {namespace}") });
             }
-            lab.add_pod(probe_pod_object(pod))?;
-            lab.clone()
-        };
-        self.changed(&snapshot)
+            lab.add_pod(object)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn delete_pod(&self, key: &ObjectKey) -> Result<(), ClusterError> {
-        let snapshot = {
-            let mut lab = lock(&self.lab);
-            if !lab.remove_pod(key)? {
-                return Err(ClusterError::NotFound { what: format!("pod {key}") });
-            }
-            lab.clone()
-        };
-        self.changed(&snapshot)
+        let key = key.clone();
+        self.change(move |lab| match lab.remove_pod(&key)? {
+            true => Ok(()),
+            false => Err(ClusterError::NotFound { what: format!("pod {key}") }),
+        })
+        .await
     }
 
     async fn create_policy(&self, policy: &NetworkPolicy, run_id: &str) -> Result<(), ClusterError> {
+        let key = key_of(&policy.metadata);
+        checked("NetworkPolicy", &policy.metadata)?;
         crate::engine::validate_policy(policy)
-            .map_err(|e| ClusterError::Invalid(format!("NetworkPolicy {}: {e}", key_of(&policy.metadata))))?;
+            .map_err(|e| ClusterError::Invalid(format!("NetworkPolicy {key}: {e}")))?;
         let mut policy = policy.clone();
         let labels = policy.metadata.labels.get_or_insert_with(BTreeMap::new);
         labels.insert(APP_LABEL.into(), APP_VALUE.into());
         labels.insert(RUN_LABEL.into(), run_id.into());
-        let snapshot = {
-            let mut lab = lock(&self.lab);
-            lab.add_policy(policy)?;
-            lab.clone()
-        };
-        self.changed(&snapshot)
+        self.change(move |lab| Ok(lab.add_policy(policy)?)).await
     }
 
     async fn delete_policy(&self, key: &ObjectKey) -> Result<(), ClusterError> {
-        let snapshot = {
-            let mut lab = lock(&self.lab);
-            if !lab.remove_policy(key)? {
-                return Err(ClusterError::NotFound { what: format!("NetworkPolicy {key}") });
-            }
-            lab.clone()
-        };
-        self.changed(&snapshot)
+        let key = key.clone();
+        self.change(move |lab| match lab.remove_policy(&key)? {
+            true => Ok(()),
+            false => Err(ClusterError::NotFound { what: format!("NetworkPolicy {key}") }),
+        })
+        .await
     }
 
     async fn wait_running(&self, pods: &[ObjectKey], limit: Duration) -> Result<Vec<Running>, ClusterError> {
@@ -246,7 +285,7 @@ impl Cluster for LabCluster {
         limit: Duration,
     ) -> Result<BatchOutput, ClusterError> {
         let (netns, probe) = {
-            let lab = lock(&self.lab);
+            let lab = self.lab();
             let netns = lab
                 .pod_netns(client)
                 .ok_or_else(|| ClusterError::NotFound { what: format!("pod {client}") })?;
@@ -289,14 +328,15 @@ impl Cluster for LabCluster {
     }
 
     async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
-        let snapshot = {
-            let mut lab = lock(&self.lab);
+        let run_id = run_id.to_string();
+        self.change(move |lab| {
+            let ours = |meta: &ObjectMeta| run_label(meta) == Some(run_id.as_str());
             let mut cleaned = Cleaned::default();
             let pods: Vec<ObjectKey> = lab
                 .state
                 .pod_objects
                 .iter()
-                .filter(|p| run_label(&p.metadata) == Some(run_id))
+                .filter(|p| ours(&p.metadata))
                 .map(|p| key_of(&p.metadata))
                 .collect();
             for pod in pods {
@@ -306,7 +346,7 @@ impl Cluster for LabCluster {
                 .state
                 .policies
                 .iter()
-                .filter(|p| run_label(&p.metadata) == Some(run_id))
+                .filter(|p| ours(&p.metadata))
                 .map(|p| key_of(&p.metadata))
                 .collect();
             for policy in policies {
@@ -316,17 +356,23 @@ impl Cluster for LabCluster {
                 .state
                 .namespaces
                 .iter()
-                .filter(|n| run_label(&n.metadata) == Some(run_id))
+                .filter(|n| ours(&n.metadata))
                 .filter_map(|n| n.metadata.name.clone())
                 .collect();
             for namespace in namespaces {
                 cleaned.namespaces += usize::from(lab.remove_namespace(&namespace)?);
             }
-            (lab.clone(), cleaned)
-        };
-        self.changed(&snapshot.0)?;
-        Ok(snapshot.1)
+            Ok(cleaned)
+        })
+        .await
     }
+}
+
+/// `meta` as the API server would accept it for a `kind`.
+fn checked(kind: &str, meta: &ObjectMeta) -> Result<(), ClusterError> {
+    crate::validate::validate_meta(kind, meta)
+        .map(|_| ())
+        .map_err(|e| ClusterError::Invalid(format!("{kind} {}: {e}", key_of(meta))))
 }
 
 #[cfg(test)]

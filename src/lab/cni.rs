@@ -270,7 +270,9 @@ pub fn service_ruleset(nat: &[ServiceNat]) -> String {
             }
         }
     }
-    out.push_str("  }\n  chain empty {\n    type filter hook forward priority -10; policy accept;\n");
+    // NB: the node routes the Service ranges to itself (as kube-proxy's IPVS mode binds them
+    // to a dummy device), so what is not translated arrives here, at the node's input hook.
+    out.push_str("  }\n  chain no_endpoints {\n    type filter hook input priority 0; policy accept;\n");
     for entry in nat.iter().filter(|e| e.endpoints.is_empty()) {
         let _ = writeln!(
             out,

@@ -83,11 +83,13 @@ pub fn sysctl(netns: &str, key: &str, value: &str) -> Result<(), LabError> {
 }
 
 /// Starts `program ARGS` inside `netns`, detached from our process group (it outlives us; a
-/// Ctrl-C aimed at `lab up` does not reach it), its output appended to `log`. Returns its pid.
+/// Ctrl-C aimed at `lab up` does not reach it), its output written to `log` (emptied first:
+/// readiness is read from it). Returns its pid.
 pub fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .write(true)
+        .truncate(true)
         .open(log)
         .map_err(|e| LabError::Io { what: format!("open {}", log.display()), error: e.to_string() })?;
     let err = file
@@ -108,18 +110,28 @@ pub fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> Res
     Ok(child.id())
 }
 
-/// Network namespaces whose names start with `prefix`.
-pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+/// Every network namespace, by name.
+pub fn namespaces() -> Vec<String> {
     let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return Vec::new() };
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(prefix))
         .map(str::to_string)
         .collect()
 }
 
-/// Kills every process inside `netns`, then deletes it and its `/etc/netns` directory.
+/// Directories under `/etc/netns` (per-namespace files such as resolv.conf), by name.
+pub fn netns_config_dirs() -> Vec<String> {
+    std::fs::read_dir("/etc/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}
+
+/// Kills every process inside `netns`, then deletes it and its `/etc/netns` directory (which
+/// may outlive the namespace; this removes it either way).
 pub fn remove_namespace(netns: &str) {
     if let Ok(output) = Command::new("ip").args(["netns", "pids", netns]).output() {
         for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {

@@ -140,11 +140,6 @@ impl Lab {
             }
             None => generated_name(),
         };
-        if state::lab_dir(&name).exists()
-            || !host::namespaces_with_prefix(&state::netns_prefix(&name)).is_empty()
-        {
-            return Err(LabError::Exists { name });
-        }
         let topology = Topology::plan(snapshot)?;
         let mut notes = topology.notes.clone();
         let lab = Lab {
@@ -161,6 +156,7 @@ impl Lab {
                 service_cidrs: topology.service_cidrs.clone(),
                 dns_ip: topology.dns_ip,
                 pods: topology.pods.clone(),
+                next_index: topology.pods.len(),
                 nat: topology.nat.clone(),
                 namespaces: topology.namespaces.clone(),
                 pod_objects: topology.pod_objects.clone(),
@@ -173,19 +169,56 @@ impl Lab {
         let (lab_snapshot, snapshot_notes) = lab.state.snapshot();
         notes.extend(snapshot_notes);
         Engine::new(&lab_snapshot)?;
-        lab.save()?;
-        match lab.build(&topology) {
-            Ok(()) => {
-                let mut lab = lab;
-                lab.state.status = Status::Up;
-                lab.save()?;
-                Ok((lab, notes))
+
+        // Claim the name (atomically: of two racing `lab up`s, one gets it), and from here on
+        // remove everything on any failure.
+        let taken = |name: &str| host::namespaces().iter().any(|n| state::lab_of_netns(n) == Some(name));
+        if taken(&name) {
+            return Err(LabError::Exists { name });
+        }
+        match state::claim(&name) {
+            Ok(true) => {}
+            Ok(false) => return Err(LabError::Exists { name }),
+            Err(e) => {
+                return Err(LabError::Io {
+                    what: format!("create the record of lab {name}"),
+                    error: e.to_string(),
+                });
             }
+        }
+        let built = lab.lock().and_then(|_lock| {
+            lab.save()?;
+            notes.extend(lab.build(&topology)?);
+            let mut lab = lab;
+            lab.state.status = Status::Up;
+            lab.save()?;
+            Ok(lab)
+        });
+        match built {
+            Ok(lab) => Ok((lab, notes)),
             Err(e) => {
                 Lab::down(&name).ok();
                 Err(e)
             }
         }
+    }
+
+    /// Holds the lab's lock until the guard drops, with the lab's record as it is on disk now
+    /// (another process may have changed it). Fails when the lab has been removed.
+    fn lock(&self) -> Result<std::fs::File, LabError> {
+        state::lock(&self.state.name).map_err(|e| {
+            LabError::State(format!(
+                "cannot lock lab {}: {e} (was it removed? `netpol-verify lab list` shows the labs)",
+                self.state.name
+            ))
+        })
+    }
+
+    /// [`Lab::lock`], then the record as it is on disk now: another process may have changed it.
+    fn lock_fresh(&mut self) -> Result<std::fs::File, LabError> {
+        let lock = self.lock()?;
+        self.state = LabState::load(&self.state.name).map_err(LabError::State)?;
+        Ok(lock)
     }
 
     fn save(&self) -> Result<(), LabError> {
@@ -195,7 +228,9 @@ impl Lab {
         })
     }
 
-    fn build(&self, topology: &Topology) -> Result<(), LabError> {
+    /// Builds what the record describes; what it noticed on the way.
+    fn build(&self, topology: &Topology) -> Result<Vec<Note>, LabError> {
+        let mut notes = Vec::new();
         let name = &self.state.name;
         let node = state::node_netns(name);
         let meta = state::metadata_netns(name);
@@ -210,8 +245,13 @@ impl Lab {
 
         // The node: a route and a neighbour entry for every pod and for the metadata service;
         // an address to send ICMP errors from.
+        // The Service ranges are the node's own: what kube-proxy does not translate (a port
+        // without endpoints, an unused address) is answered by the node, not routed on.
         let mut node_commands =
             vec!["link set lo up".to_string(), format!("addr add {GATEWAY_IP}/32 dev lo")];
+        for net in &self.state.service_cidrs {
+            node_commands.push(format!("route add local {net} dev lo"));
+        }
         for pod in &self.state.pods {
             node_commands.extend(node_commands_for(pod));
         }
@@ -228,7 +268,15 @@ impl Lab {
         // then one a second). The `reject` mode answers every denied UDP datagram with one;
         // rate-limited, many would pass for silence.
         host::sysctl(&node, "net.ipv4.icmp_ratelimit", "0")?;
-        host::sysctl(&node, "net.ipv4.icmp_msgs_per_sec", "1000000")?;
+        // NB: older kernels keep this one host-wide: not settable inside a namespace.
+        if host::sysctl(&node, "net.ipv4.icmp_msgs_per_sec", "1000000").is_err() {
+            notes.push(Note(
+                "lab: this kernel does not let a namespace lift the host-wide ICMP limit \
+                 (net.ipv4.icmp_msgs_per_sec): with --cni reject, some denied UDP probes may time out \
+                 instead of being refused"
+                    .into(),
+            ));
+        }
 
         for pod in &self.state.pods {
             self.plumb_pod(pod)?;
@@ -276,7 +324,8 @@ impl Lab {
         let args = ["serve", "--tcp", "80", "--name", "metadata"].map(String::from).to_vec();
         host::spawn_in(&meta, &self.state.probe, &args, &log)?;
         started.push(("the metadata service".into(), log));
-        wait_ready(&started)
+        wait_ready(&started)?;
+        Ok(notes)
     }
 
     /// Root-namespace commands for a pod: its namespace and its link.
@@ -331,6 +380,7 @@ impl Lab {
     /// Adds a pod to the running lab: its namespace, address and link, and its server. The
     /// policies are not re-applied here (the caller decides when: a slow CNI waits).
     pub fn add_pod(&mut self, object: Pod) -> Result<LabPod, LabError> {
+        let _lock = self.lock_fresh()?;
         let key = key_of(&object.metadata);
         if self.state.pods.iter().any(|p| p.key == key) {
             return Err(LabError::State(format!("lab {} already has a pod {key}", self.state.name)));
@@ -343,7 +393,8 @@ impl Lab {
         let mut object = object;
         topology::set_running(&mut object, ip);
         let (tcp, udp, _) = topology::served_ports(&object, &[], &[]);
-        let index = self.state.pods.iter().map(|p| p.index + 1).max().unwrap_or(0);
+        let index = self.state.next_index;
+        self.state.next_index += 1;
         let pod = LabPod { key, index, ip, tcp, udp, dns: false, dns_tcp: Vec::new(), dns_udp: Vec::new() };
         // Record first: a failure half-way leaves a pod `remove_pod` (or `down`) can find.
         self.state.pods.push(pod.clone());
@@ -358,9 +409,19 @@ impl Lab {
 
     /// Removes a pod: its processes, namespace and link. `false` when there was no such pod.
     pub fn remove_pod(&mut self, key: &ObjectKey) -> Result<bool, LabError> {
+        let _lock = self.lock_fresh()?;
+        self.remove_pod_locked(key)
+    }
+
+    fn remove_pod_locked(&mut self, key: &ObjectKey) -> Result<bool, LabError> {
         let Some(position) = self.state.pods.iter().position(|p| p.key == *key) else { return Ok(false) };
         let pod = self.state.pods.remove(position);
         host::remove_namespace(&state::pod_netns(&self.state.name, pod.index));
+        // NB: a namespace outlives `ip netns del` until its killed processes have exited, and
+        // with it the link and the node's route to the pod's address, which a new pod may get
+        // at once. Deleting the node end removes both ends and the route now.
+        let node = state::node_netns(&self.state.name);
+        let _ = host::ip_batch(Some(&node), &[format!("link del {}", state::pod_interface(pod.index))]);
         self.state.pod_objects.retain(|p| key_of(&p.metadata) != *key);
         self.save()?;
         Ok(true)
@@ -368,6 +429,7 @@ impl Lab {
 
     /// Adds a Namespace object (the lab's namespaces are only names and labels).
     pub fn add_namespace(&mut self, namespace: Namespace) -> Result<(), LabError> {
+        let _lock = self.lock_fresh()?;
         let name = namespace.metadata.name.clone().unwrap_or_default();
         if self.state.namespaces.iter().any(|n| n.metadata.name.as_deref() == Some(&name)) {
             return Err(LabError::State(format!("lab {} already has a namespace {name}", self.state.name)));
@@ -378,6 +440,7 @@ impl Lab {
 
     /// Removes a namespace with its pods and policies; `false` when there was none.
     pub fn remove_namespace(&mut self, name: &str) -> Result<bool, LabError> {
+        let _lock = self.lock_fresh()?;
         let Some(position) =
             self.state.namespaces.iter().position(|n| n.metadata.name.as_deref() == Some(name))
         else {
@@ -387,7 +450,7 @@ impl Lab {
         let pods: Vec<ObjectKey> =
             self.state.pods.iter().filter(|p| p.key.namespace == name).map(|p| p.key.clone()).collect();
         for pod in pods {
-            self.remove_pod(&pod)?;
+            self.remove_pod_locked(&pod)?;
         }
         self.state.policies.retain(|p| p.metadata.namespace.as_deref() != Some(name));
         self.save()?;
@@ -411,10 +474,13 @@ impl Lab {
     pub fn down(name: &str) -> Result<usize, LabError> {
         state::validate_name(name).map_err(LabError::Name)?;
         host::require_tools()?;
-        let prefix = state::netns_prefix(name);
+        let of_lab = |names: Vec<String>| -> Vec<String> {
+            names.into_iter().filter(|n| state::lab_of_netns(n) == Some(name)).collect()
+        };
         let recorded = state::lab_dir(name).exists();
-        let mut namespaces = host::namespaces_with_prefix(&prefix);
-        if namespaces.is_empty() && !recorded {
+        let mut namespaces = of_lab(host::namespaces());
+        let configs = of_lab(host::netns_config_dirs());
+        if namespaces.is_empty() && configs.is_empty() && !recorded {
             return Err(LabError::NotFound { name: name.into(), known: state::recorded_labs().join(", ") });
         }
         // NB: a killed `lab up` leaves its `ip -batch` running, still adding namespaces (and
@@ -427,10 +493,14 @@ impl Lab {
             }
             removed += namespaces.len();
             std::thread::sleep(Duration::from_millis(if namespaces.is_empty() { 0 } else { 100 }));
-            namespaces = host::namespaces_with_prefix(&prefix);
+            namespaces = of_lab(host::namespaces());
             if namespaces.is_empty() || Instant::now() > deadline {
                 break;
             }
+        }
+        // resolv.conf directories whose namespace is already gone, then the record.
+        for config in of_lab(host::netns_config_dirs()) {
+            host::remove_namespace(&config);
         }
         let _ = std::fs::remove_dir_all(state::lab_dir(name));
         if !namespaces.is_empty() {
@@ -442,22 +512,21 @@ impl Lab {
         Ok(removed)
     }
 
-    /// Removes every lab, and whatever any lab left behind.
+    /// Removes every lab, and whatever any lab left behind. One lab failing to go does not
+    /// stop the others; the error names every one that failed.
     pub fn down_all() -> Result<Vec<String>, LabError> {
         host::require_tools()?;
-        let mut names: Vec<String> = state::recorded_labs();
-        for netns in host::namespaces_with_prefix("npl-") {
-            if let Some(name) = lab_of_netns(&netns)
-                && !names.contains(&name)
-            {
-                names.push(name);
-            }
+        let names = every_lab(
+            state::recorded_labs(),
+            host::namespaces().into_iter().chain(host::netns_config_dirs()),
+        );
+        let failures: Vec<String> =
+            names.iter().filter_map(|name| Lab::down(name).err().map(|e| e.to_string())).collect();
+        if failures.is_empty() {
+            Ok(names)
+        } else {
+            Err(LabError::Command { command: "removing every lab".into(), output: failures.join("; ") })
         }
-        names.sort();
-        for name in &names {
-            Lab::down(name)?;
-        }
-        Ok(names)
     }
 
     /// Every lab with a record, and leftovers without one.
@@ -480,10 +549,11 @@ impl Lab {
             };
             summaries.push(summary);
         }
-        for netns in host::namespaces_with_prefix("npl-") {
-            if let Some(name) = lab_of_netns(&netns)
+        for netns in host::namespaces().into_iter().chain(host::netns_config_dirs()) {
+            if let Some(name) = state::lab_of_netns(&netns)
                 && !summaries.iter().any(|s| s.name == name)
             {
+                let name = name.to_string();
                 summaries.push(LabSummary { name, status: "leftover".into(), cni: None, pods: 0, age: None });
             }
         }
@@ -522,6 +592,7 @@ impl Lab {
 
     /// Stores `policy` and enforces the new set (the caller decides when: a slow CNI waits).
     pub fn add_policy(&mut self, policy: NetworkPolicy) -> Result<(), LabError> {
+        let _lock = self.lock_fresh()?;
         let key = key_of(&policy.metadata);
         self.state.policies.retain(|p| key_of(&p.metadata) != key);
         self.state.policies.push(policy);
@@ -530,6 +601,7 @@ impl Lab {
 
     /// Removes a stored policy; `false` when there was none by that name.
     pub fn remove_policy(&mut self, key: &ObjectKey) -> Result<bool, LabError> {
+        let _lock = self.lock_fresh()?;
         let before = self.state.policies.len();
         self.state.policies.retain(|p| key_of(&p.metadata) != *key);
         let removed = self.state.policies.len() != before;
@@ -616,11 +688,18 @@ fn wait_ready(started: &[(String, PathBuf)]) -> Result<(), LabError> {
     Ok(())
 }
 
-/// `npl-NAME-...` → `NAME`.
-fn lab_of_netns(netns: &str) -> Option<String> {
-    let rest = netns.strip_prefix("npl-")?;
-    let (name, _) = rest.rsplit_once('-')?;
-    state::validate_name(name).ok().map(|()| name.to_string())
+/// The labs with a record, and those whose namespaces or resolv.conf directories remain.
+fn every_lab(recorded: Vec<String>, netns: impl Iterator<Item = String>) -> Vec<String> {
+    let mut names = recorded;
+    for netns in netns {
+        if let Some(name) = state::lab_of_netns(&netns)
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    names
 }
 
 fn generated_name() -> String {
@@ -637,10 +716,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn namespaces_lead_back_to_their_lab() {
-        assert_eq!(lab_of_netns("npl-demo-p3").as_deref(), Some("demo"));
-        assert_eq!(lab_of_netns("npl-my-lab-node").as_deref(), Some("my-lab"));
-        assert_eq!(lab_of_netns("other"), None);
+    fn every_lab_is_found_from_records_namespaces_and_leftover_directories() {
+        let found = every_lab(
+            vec!["b".into()],
+            ["npl-b-node", "npl-a-b-p3", "npl-c-meta", "cni-1234", "npl-x", "npl-b-p0"]
+                .map(String::from)
+                .into_iter(),
+        );
+        assert_eq!(found, ["a-b", "b", "c"]);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! A lab's record on disk, and the names of everything it creates.
 //!
 //! `/run/netpol-verify/labs/NAME/` holds `state.json` (what the lab is), `records.json` (its
-//! DNS names) and `logs/` (each process's output). Kernel objects are named from the lab's
-//! name, so a lab whose record is lost can still be found and removed.
+//! DNS names), `logs/` (each process's output) and `lock`. Creating the directory claims the
+//! name; every change to a lab holds the lock, rereads the record and writes it back, so two
+//! processes driving one lab do not lose each other's changes. Kernel objects are named from
+//! the lab's name, so a lab whose record is lost can still be found and removed.
 
+use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -19,11 +22,6 @@ use crate::model::{Note, Snapshot};
 /// Where labs keep their records (tmpfs: nothing survives a reboot, like the namespaces).
 pub const LABS_DIR: &str = "/run/netpol-verify/labs";
 
-/// Every network namespace of lab `name` starts with this.
-pub fn netns_prefix(name: &str) -> String {
-    format!("npl-{name}-")
-}
-
 pub fn node_netns(name: &str) -> String {
     format!("npl-{name}-node")
 }
@@ -34,6 +32,17 @@ pub fn metadata_netns(name: &str) -> String {
 
 pub fn pod_netns(name: &str, index: usize) -> String {
     format!("npl-{name}-p{index}")
+}
+
+/// The lab a network namespace belongs to: `npl-NAME-node`, `npl-NAME-meta` or
+/// `npl-NAME-pN` → `NAME`. Nothing else matches, so lab `a` never claims lab `a-b`'s
+/// namespaces (`npl-a-b-p0` is lab `a-b`'s pod 0), nor another tool's.
+pub fn lab_of_netns(netns: &str) -> Option<&str> {
+    let rest = netns.strip_prefix("npl-")?;
+    let (name, role) = rest.rsplit_once('-')?;
+    let pod = role.strip_prefix('p').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let known = role == "node" || role == "meta" || pod;
+    (known && validate_name(name).is_ok()).then_some(name)
 }
 
 /// The node end of pod `index`'s link (the pod end is `eth0`).
@@ -78,6 +87,32 @@ pub enum Status {
     Up,
 }
 
+/// Claims lab `name`: creates its directory, which fails if another lab (or another `lab up`
+/// racing this one) has it. `Ok(false)` when taken.
+pub fn claim(name: &str) -> std::io::Result<bool> {
+    std::fs::create_dir_all(LABS_DIR)?;
+    match std::fs::create_dir(lab_dir(name)) {
+        Ok(()) => {
+            std::fs::create_dir(lab_dir(name).join("logs"))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Holds lab `name`'s lock until dropped (waiting for another holder). Fails when the lab's
+/// directory is gone: a removed lab is not brought back.
+pub fn lock(name: &str) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lab_dir(name).join("lock"))?;
+    file.lock()?;
+    Ok(file)
+}
+
 /// Everything the lab is, as recorded on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
@@ -93,6 +128,9 @@ pub struct LabState {
     pub service_cidrs: Vec<Ipv4Net>,
     pub dns_ip: Ipv4Addr,
     pub pods: Vec<LabPod>,
+    /// The index the next pod gets. Indexes are never reused: a new pod must not inherit a
+    /// removed one's namespace name, log or (under a slow CNI) rules.
+    pub next_index: usize,
     pub nat: Vec<ServiceNat>,
     pub namespaces: Vec<Namespace>,
     pub pod_objects: Vec<Pod>,
@@ -114,9 +152,9 @@ impl LabState {
         (snapshot.with_services(self.services.clone()), notes)
     }
 
+    /// Writes the record into the lab's directory, which must exist (see [`claim`]).
     pub fn save(&self) -> std::io::Result<()> {
         let dir = self.dir();
-        std::fs::create_dir_all(dir.join("logs"))?;
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         // Write then rename: a reader never sees half a record.
         let partial = dir.join("state.json.partial");
@@ -156,6 +194,13 @@ mod tests {
     #[test]
     fn names_and_macs_are_stable_and_short() {
         assert_eq!(pod_netns("demo", 3), "npl-demo-p3");
+        assert_eq!(lab_of_netns(&pod_netns("demo", 3)), Some("demo"));
+        assert_eq!(lab_of_netns(&node_netns("my-lab")), Some("my-lab"));
+        assert_eq!(lab_of_netns(&metadata_netns("a-b")), Some("a-b"));
+        assert_eq!(lab_of_netns("npl-a-b-p0"), Some("a-b"), "lab a-b's pod, never lab a's");
+        for other in ["other", "npl-a-b", "npl-a-p", "npl-a-p1x", "npl-a-nodes", "npl--p0", "npl-A-p0"] {
+            assert_eq!(lab_of_netns(other), None, "{other}");
+        }
         assert!(pod_interface(99_999).len() <= 15, "interface names are limited to 15 characters");
         assert_eq!(macs(0x010203), ("02:4e:00:01:02:03".to_string(), "02:4e:01:01:02:03".to_string()));
         assert_ne!(macs(1).0, macs(2).0);
