@@ -7,10 +7,10 @@
 //!              └──────────── pure: no I/O, deterministic ────────────┘
 //! ```
 //!
-//! Today the pipeline runs offline: [`input`] reads objects from files into a
-//! [`model::Snapshot`], the [`engine`] answers what the stored policies say about any
-//! connection, the [`plan`] lists the probes a run would make, and [`report`] prints them.
-//! The backends (a lab of network namespaces, a real cluster) and the judge come next.
+//! Today: [`input`] reads objects from files into a [`model::Snapshot`], the [`engine`]
+//! answers what the stored policies say about any connection, the [`plan`] lists the probes a
+//! run would make, and [`report`] prints them. The [`lab`] is a cluster in network namespaces
+//! behind the [`cluster::Cluster`] trait. The run, the judge and the Kubernetes backend come next.
 
 pub mod cli;
 pub mod cluster;

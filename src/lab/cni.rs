@@ -82,12 +82,13 @@ pub fn policy_ruleset(engine: &Engine<'_>, links: &[Link], mode: CniMode) -> Str
             map.push(format!("\"{}\" : jump {chain}", link.interface));
             let _ = writeln!(chains, "  chain {chain} {{");
             for rule in &rules {
-                let _ = writeln!(
-                    chains,
-                    "    # {} rule {}",
-                    engine.snapshot().policy_key(rule.policy),
-                    rule.index
-                );
+                // Names are checked on input; this keeps a comment one line whatever comes.
+                let policy = engine.snapshot().policy_key(rule.policy).to_string();
+                let policy: String = policy
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "-./".contains(c) { c } else { '_' })
+                    .collect();
+                let _ = writeln!(chains, "    # {policy} rule {}", rule.index);
                 for peer in peer_matches(rule.peers.as_deref(), direction, links) {
                     for port in port_matches(engine, rule.ports, direction, link.pod, links) {
                         let matched = [peer.as_str(), port.as_str()].join(" ");
@@ -332,6 +333,21 @@ spec:
         let engine = Engine::new(&s).expect("valid");
         let ruleset = policy_ruleset(&engine, &links(&s, &engine), CniMode::Enforcing);
         insta::assert_snapshot!(ruleset);
+    }
+
+    #[test]
+    fn a_policy_name_cannot_break_out_of_its_comment() {
+        let s = snapshot("");
+        let mut policy: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "evil\n  chain x {", "namespace": "x"}, "spec": {"podSelector": {}, "ingress": [{}]}}),
+        )
+        .expect("policy");
+        policy.metadata.namespace = Some("x".into());
+        let (s, _) = Snapshot::new(s.namespaces().to_vec(), s.pods().to_vec(), vec![policy]);
+        let engine = Engine::new(&s).expect("valid");
+        let ruleset = policy_ruleset(&engine, &links(&s, &engine), CniMode::Enforcing);
+        assert!(ruleset.contains("# x/evil___chain_x__ rule"), "{ruleset}");
+        assert!(!ruleset.contains("chain x {"), "{ruleset}");
     }
 
     #[test]

@@ -399,7 +399,9 @@ fn service_nat(
             .collect();
         for port in spec.ports.iter().flatten() {
             let Ok(number) = u16::try_from(port.port) else { continue };
-            let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
+            // Checked on input; what is not a protocol never reaches nftables.
+            let api = port.protocol.as_deref().filter(|p| !p.is_empty()).unwrap_or("TCP");
+            let Some(protocol) = crate::engine::Protocol::from_api(api) else { continue };
             let endpoints: Vec<(Ipv4Addr, u16)> = selected
                 .iter()
                 .filter_map(|(object, pod)| target_port(port, object).map(|target| (pod.ip, target)))
@@ -413,7 +415,7 @@ fn service_nat(
                 service: key.clone(),
                 ip,
                 port: number,
-                protocol: protocol.to_ascii_lowercase(),
+                protocol: protocol.as_str().to_ascii_lowercase(),
                 endpoints,
             });
         }
