@@ -35,6 +35,8 @@ struct Inner {
     applier: Option<mpsc::UnboundedSender<(Instant, Lab)>>,
     pending: AtomicUsize,
     failures: Mutex<Vec<String>>,
+    /// How long after each delayed change its enforcement began.
+    lags: Mutex<Vec<Duration>>,
 }
 
 impl LabCluster {
@@ -54,6 +56,7 @@ impl LabCluster {
             applier,
             pending: AtomicUsize::new(0),
             failures: Mutex::new(Vec::new()),
+            lags: Mutex::new(Vec::new()),
         });
         if let Some(mut rx) = receiver {
             let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -67,11 +70,20 @@ impl LabCluster {
                 // In order: every change waits the same delay, so due times only grow.
                 while let Some((due, lab)) = rx.recv().await {
                     tokio::time::sleep_until(due).await;
-                    let applied =
-                        tokio::task::spawn_blocking(move || lab.apply_policies(&lab.state.policies)).await;
+                    // The state as it was when the change was made, applied under the lab's lock.
+                    let applied = tokio::task::spawn_blocking(move || {
+                        let _lock = super::state::lock(&lab.state.name).map_err(|e| {
+                            LabError::State(format!("cannot lock lab {}: {e}", lab.state.name))
+                        })?;
+                        let started = Instant::now();
+                        lab.apply_policies(&lab.state.policies).map(|()| started)
+                    })
+                    .await;
                     let Some(inner) = weak.upgrade() else { break };
                     match applied {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(started)) => {
+                            lock(&inner.lags).push(started.saturating_duration_since(due - delay));
+                        }
                         Ok(Err(e)) => lock(&inner.failures).push(e.to_string()),
                         Err(e) => lock(&inner.failures).push(e.to_string()),
                     }
@@ -85,6 +97,11 @@ impl LabCluster {
     /// The lab as it is now.
     pub fn lab(&self) -> Lab {
         lock(&self.inner.lab).clone()
+    }
+
+    /// With an enforcement delay: how long after each change so far its enforcement began.
+    pub fn enforcement_lags(&self) -> Vec<Duration> {
+        lock(&self.inner.lags).clone()
     }
 
     /// Waits until every change so far is enforced; the failures of delayed applies, if any.
@@ -101,7 +118,8 @@ impl LabCluster {
 
     /// Makes `change` to the lab on a blocking thread (it runs `ip` and `nft`), then has the
     /// result enforced — at once, or queued for after the delay — before letting go of the
-    /// lab: changes are enforced in the order they were made, the last one last.
+    /// lab (this handle's mutex, and the lab's lock that other processes take too): changes
+    /// are enforced in the order they were made, the last one last.
     async fn change<T: Send + 'static>(
         &self,
         change: impl FnOnce(&mut Lab) -> Result<T, ClusterError> + Send + 'static,
@@ -109,9 +127,11 @@ impl LabCluster {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut lab = lock(&inner.lab);
-            let out = change(&mut lab)?;
-            inner.enforce(&lab)?;
-            Ok(out)
+            lab.locked(|lab| {
+                let out = change(lab)?;
+                inner.enforce(lab)?;
+                Ok(out)
+            })
         })
         .await
         .map_err(|e| ClusterError::Invalid(format!("a change to the lab failed: {e}")))?

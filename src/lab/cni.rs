@@ -82,17 +82,19 @@ pub fn policy_ruleset(engine: &Engine<'_>, links: &[Link], mode: CniMode) -> Str
             map.push(format!("\"{}\" : jump {chain}", link.interface));
             let _ = writeln!(chains, "  chain {chain} {{");
             for rule in &rules {
-                // Names are checked on input; this keeps a comment one line whatever comes.
+                // Each rule says where it comes from (`nft list ruleset` shows it). Names are
+                // checked on input; this keeps the comment inert whatever comes.
                 let policy = engine.snapshot().policy_key(rule.policy).to_string();
                 let policy: String = policy
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() || "-./".contains(c) { c } else { '_' })
+                    .take(100)
                     .collect();
-                let _ = writeln!(chains, "    # {policy} rule {}", rule.index);
+                let comment = format!("comment \"{policy} rule {}\"", rule.index);
                 for peer in peer_matches(rule.peers.as_deref(), direction, links) {
                     for port in port_matches(engine, rule.ports, direction, link.pod, links) {
                         let matched = [peer.as_str(), port.as_str()].join(" ");
-                        let _ = writeln!(chains, "    {} return", matched.trim());
+                        let _ = writeln!(chains, "    {} return {comment}", matched.trim());
                     }
                 }
             }
@@ -346,7 +348,7 @@ spec:
         let (s, _) = Snapshot::new(s.namespaces().to_vec(), s.pods().to_vec(), vec![policy]);
         let engine = Engine::new(&s).expect("valid");
         let ruleset = policy_ruleset(&engine, &links(&s, &engine), CniMode::Enforcing);
-        assert!(ruleset.contains("# x/evil___chain_x__ rule"), "{ruleset}");
+        assert!(ruleset.contains("return comment \"x/evil___chain_x__ rule 0\""), "{ruleset}");
         assert!(!ruleset.contains("chain x {"), "{ruleset}");
     }
 

@@ -85,7 +85,15 @@ pub fn sysctl(netns: &str, key: &str, value: &str) -> Result<(), LabError> {
 /// Starts `program ARGS` inside `netns`, detached from our process group (it outlives us; a
 /// Ctrl-C aimed at `lab up` does not reach it), its output written to `log` (emptied first:
 /// readiness is read from it). Returns its pid.
-pub fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+/// Each process carries `NETPOL_LAB=LAB` in its environment, so a lab's processes can be found
+/// even after their namespace is gone.
+pub fn spawn_in(
+    lab: &str,
+    netns: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<u32, LabError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -100,6 +108,7 @@ pub fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> Res
         .args(["netns", "exec", netns])
         .arg(program)
         .args(args)
+        .env(LAB_ENV, lab)
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err)
@@ -159,7 +168,37 @@ pub fn write_resolv_conf(netns: &str, text: &str) -> Result<(), LabError> {
     std::fs::write(dir.join("resolv.conf"), text).map_err(io)
 }
 
-/// Whether process `pid` still exists.
+/// Whether process `pid` still exists (one we may not signal, without root, exists too).
 pub fn alive(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+    i32::try_from(pid).is_ok_and(|pid| {
+        matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Ok(()) | Err(nix::errno::Errno::EPERM)
+        )
+    })
+}
+
+/// The environment variable naming the lab a process belongs to.
+pub const LAB_ENV: &str = "NETPOL_LAB";
+
+/// Processes started for lab `lab` (by their `NETPOL_LAB`), wherever they are.
+pub fn lab_processes(lab: &str) -> Vec<i32> {
+    let tag = format!("{LAB_ENV}={lab}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == tag.as_bytes()))
+        })
+        .collect()
+}
+
+/// Kills every process of lab `lab`.
+pub fn kill_lab_processes(lab: &str) {
+    for pid in lab_processes(lab) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
 }

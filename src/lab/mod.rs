@@ -7,7 +7,7 @@
 //!   metadata netns (169.254.169.254) ──veth─ meta┘
 //! ```
 //!
-//! Every pod routes the pod CIDR, the Service CIDR and the metadata address through
+//! Every pod routes the pod ranges, the Service ranges and the metadata address through
 //! 169.254.1.1, the node end of its link (as Calico does); nothing routes anywhere else, and
 //! the node has no link to the host. Policies are enforced on the node side of each pod's
 //! link, so a denied packet vanishes as on a real CNI. Pods run `netpol-probe serve` with their
@@ -97,9 +97,18 @@ pub struct LabSpec {
 }
 
 /// A running lab.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Lab {
     pub state: LabState,
+    /// Set while [`Lab::locked`] holds the lab's lock: changes made inside need not take it.
+    held: bool,
+}
+
+impl Clone for Lab {
+    /// A copy does not hold the original's lock.
+    fn clone(&self) -> Lab {
+        Lab { state: self.state.clone(), held: false }
+    }
 }
 
 /// A lab as `lab list` shows it.
@@ -143,6 +152,7 @@ impl Lab {
         let topology = Topology::plan(snapshot)?;
         let mut notes = topology.notes.clone();
         let lab = Lab {
+            held: false,
             state: LabState {
                 name: name.clone(),
                 status: Status::Creating,
@@ -214,11 +224,28 @@ impl Lab {
         })
     }
 
-    /// [`Lab::lock`], then the record as it is on disk now: another process may have changed it.
-    fn lock_fresh(&mut self) -> Result<std::fs::File, LabError> {
+    /// [`Lab::lock`], then the record as it is on disk now: another process may have changed
+    /// it. `None` inside [`Lab::locked`], which holds the lock already.
+    fn lock_fresh(&mut self) -> Result<Option<std::fs::File>, LabError> {
+        if self.held {
+            return Ok(None);
+        }
         let lock = self.lock()?;
         self.state = LabState::load(&self.state.name).map_err(LabError::State)?;
-        Ok(lock)
+        Ok(Some(lock))
+    }
+
+    /// Runs `work` with the lab's lock held and its record fresh from disk: several changes
+    /// (and enforcing their result) as one step no other process interleaves with.
+    pub fn locked<T, E: From<LabError>>(
+        &mut self,
+        work: impl FnOnce(&mut Lab) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _lock = self.lock_fresh()?;
+        let outer = std::mem::replace(&mut self.held, true);
+        let result = work(self);
+        self.held = outer;
+        result
     }
 
     fn save(&self) -> Result<(), LabError> {
@@ -251,6 +278,10 @@ impl Lab {
             vec!["link set lo up".to_string(), format!("addr add {GATEWAY_IP}/32 dev lo")];
         for net in &self.state.service_cidrs {
             node_commands.push(format!("route add local {net} dev lo"));
+        }
+        // A pod address no pod has is answered "host unreachable", as a node's CNI does.
+        for net in &self.state.pod_cidrs {
+            node_commands.push(format!("route add unreachable {net}"));
         }
         for pod in &self.state.pods {
             node_commands.extend(node_commands_for(pod));
@@ -316,13 +347,13 @@ impl Lab {
                 if !pod.dns_udp.is_empty() {
                     args.extend(["--udp".into(), list(&pod.dns_udp)]);
                 }
-                host::spawn_in(&netns, &self.state.verify, &args, &log)?;
+                host::spawn_in(name, &netns, &self.state.verify, &args, &log)?;
                 started.push((format!("the DNS server of {}", pod.key), log));
             }
         }
         let log = dir.join("logs").join(format!("{meta}.log"));
         let args = ["serve", "--tcp", "80", "--name", "metadata"].map(String::from).to_vec();
-        host::spawn_in(&meta, &self.state.probe, &args, &log)?;
+        host::spawn_in(name, &meta, &self.state.probe, &args, &log)?;
         started.push(("the metadata service".into(), log));
         wait_ready(&started)?;
         Ok(notes)
@@ -357,7 +388,7 @@ impl Lab {
         let Some(args) = serve_args(pod) else { return Ok(None) };
         let netns = state::pod_netns(&self.state.name, pod.index);
         let log = self.serve_log(pod);
-        host::spawn_in(&netns, &self.state.probe, &args, &log)?;
+        host::spawn_in(&self.state.name, &netns, &self.state.probe, &args, &log)?;
         Ok(Some((format!("pod {}", pod.key), log)))
     }
 
@@ -461,7 +492,7 @@ impl Lab {
     pub fn open(name: &str) -> Result<Lab, LabError> {
         state::validate_name(name).map_err(LabError::Name)?;
         match LabState::load(name) {
-            Ok(state) => Ok(Lab { state }),
+            Ok(state) => Ok(Lab { state, held: false }),
             Err(_) if !state::lab_dir(name).exists() => {
                 Err(LabError::NotFound { name: name.into(), known: state::recorded_labs().join(", ") })
             }
@@ -478,6 +509,9 @@ impl Lab {
             names.into_iter().filter(|n| state::lab_of_netns(n) == Some(name)).collect()
         };
         let recorded = state::lab_dir(name).exists();
+        // A change in progress finishes first (its namespaces would appear after our sweep);
+        // bounded: a hung holder does not keep a lab from going.
+        let _lock = state::lock_within(name, Duration::from_secs(10));
         let mut namespaces = of_lab(host::namespaces());
         let configs = of_lab(host::netns_config_dirs());
         if namespaces.is_empty() && configs.is_empty() && !recorded {
@@ -488,6 +522,7 @@ impl Lab {
         let mut removed = 0;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            host::kill_lab_processes(name);
             for netns in &namespaces {
                 host::remove_namespace(netns);
             }
@@ -498,7 +533,9 @@ impl Lab {
                 break;
             }
         }
-        // resolv.conf directories whose namespace is already gone, then the record.
+        // Processes whose namespace went first, resolv.conf directories whose namespace is
+        // already gone, then the record.
+        host::kill_lab_processes(name);
         for config in of_lab(host::netns_config_dirs()) {
             host::remove_namespace(&config);
         }
@@ -544,6 +581,14 @@ impl Lab {
                     pods: state.pods.len(),
                     age: Some(Duration::from_secs(now_unix().saturating_sub(state.created_unix))),
                     name,
+                },
+                // Claimed, not yet recorded: `lab up` holds the lock until it has written it.
+                Err(_) if !state::lab_dir(&name).join("state.json").exists() => LabSummary {
+                    status: if state::lock_held(&name) { "creating" } else { "creating (abandoned)" }.into(),
+                    name,
+                    cni: None,
+                    pods: 0,
+                    age: None,
                 },
                 Err(_) => LabSummary { name, status: "damaged".into(), cni: None, pods: 0, age: None },
             };

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -102,15 +103,43 @@ pub fn claim(name: &str) -> std::io::Result<bool> {
 }
 
 /// Holds lab `name`'s lock until dropped (waiting for another holder). Fails when the lab's
-/// directory is gone: a removed lab is not brought back.
+/// directory is gone, or was removed (and perhaps made again) while this waited: a removed lab
+/// is not brought back, nor another lab's record changed by mistake.
 pub fn lock(name: &str) -> std::io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lab_dir(name).join("lock"))?;
+    let path = lab_dir(name).join("lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
     file.lock()?;
+    let inode = |m: std::io::Result<std::fs::Metadata>| m.ok().map(|m| (m.dev(), m.ino()));
+    if inode(file.metadata()) != inode(std::fs::metadata(&path)) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the lab was removed while this change waited for it",
+        ));
+    }
     Ok(file)
+}
+
+/// Lab `name`'s lock, waiting at most `limit`; `None` when another process still holds it
+/// then, or there is no lock file.
+pub fn lock_within(name: &str, limit: std::time::Duration) -> Option<File> {
+    let file = File::open(lab_dir(name).join("lock")).ok()?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Some(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether some process holds lab `name`'s lock now (a lab without a lock file yet has just
+/// been claimed, so counts as held).
+pub fn lock_held(name: &str) -> bool {
+    let Ok(file) = File::open(lab_dir(name).join("lock")) else { return true };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Everything the lab is, as recorded on disk.

@@ -40,9 +40,7 @@ pub struct LabPod {
     /// Runs the lab's DNS server (a kube-dns pod).
     pub dns: bool,
     /// The ports the DNS server listens on: what kube-dns sends to this pod (53 when nothing).
-    #[serde(default)]
     pub dns_tcp: Vec<u16>,
-    #[serde(default)]
     pub dns_udp: Vec<u16>,
 }
 
