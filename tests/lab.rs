@@ -82,27 +82,12 @@ fn observe(lab: &Lab, timeout_ms: u64) -> HashMap<(String, String, u16, Protocol
                     query: None,
                 })
                 .collect();
-            let plan = serde_json::to_string(&Plan { schema: 1, probes }).expect("plan");
-            let netns = lab.pod_netns(&ObjectKey::parse(from).expect("key")).expect("netns");
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &netns])
-                .arg(probe())
-                .args(["batch", "--concurrency", "1000"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("batch starts");
-            std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), plan.as_bytes())
-                .expect("plan written");
-            drop(child.stdin.take());
-            (from.to_string(), child)
+            (from.to_string(), start_batch(lab, from, probes))
         })
         .collect();
     let mut seen = HashMap::new();
     for (from, child) in children {
-        let output = child.wait_with_output().expect("batch ends");
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let Ok(result) = serde_json::from_str::<ProbeResult>(line) else { continue };
+        for result in results(child) {
             let Some(id) = result.id.clone() else { continue };
             let mut parts = id.split('|');
             let (to, port, protocol) = (parts.next(), parts.next(), parts.next());
@@ -452,23 +437,9 @@ fn twenty_namespaces_come_up_and_every_pod_answers() {
             query: None,
         })
         .collect();
-    let plan = serde_json::to_string(&Plan { schema: 1, probes }).expect("plan");
-    let netns = lab.lab.pod_netns(&ObjectKey::new("ns0", "a")).expect("netns");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &netns])
-        .arg(probe())
-        .arg("batch")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("batch");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), plan.as_bytes()).expect("plan");
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("batch ends");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let summary: serde_json::Value =
-        serde_json::from_str(text.lines().last().expect("summary")).expect("json");
-    assert_eq!(summary["summary"]["reached"], 60, "{summary} (up took {took:?})");
+    let results = batch(&lab.lab, "ns0/a", probes);
+    let reached = results.iter().filter(|r| r.reached()).count();
+    assert_eq!((results.len(), reached), (60, 60), "{results:?} (up took {took:?})");
 }
 
 mod through_the_cluster_trait {
@@ -928,22 +899,32 @@ fn services_translate_to_their_pods_before_policies_look() {
     assert!(nowhere.message.as_deref().is_some_and(|m| m.contains("No route to host")), "{nowhere:?}");
 }
 
-/// Runs `probes` as one batch from `pod`; the results.
-fn batch(lab: &Lab, pod: &str, probes: Vec<ProbeSpec>) -> Vec<ProbeResult> {
+/// Starts `probes` as one `netpol-probe batch` in `pod`, all at once.
+fn start_batch(lab: &Lab, pod: &str, probes: Vec<ProbeSpec>) -> std::process::Child {
     let plan = serde_json::to_string(&Plan { schema: 1, probes }).expect("plan");
     let netns = lab.pod_netns(&ObjectKey::parse(pod).expect("key")).expect("netns");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &netns])
         .arg(probe())
-        .arg("batch")
+        .args(["batch", "--concurrency", "1000"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("batch starts");
     std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), plan.as_bytes()).expect("plan written");
     drop(child.stdin.take());
+    child
+}
+
+/// A batch's results (its summary line left out).
+fn results(child: std::process::Child) -> Vec<ProbeResult> {
     let output = child.wait_with_output().expect("batch ends");
     String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Runs `probes` as one batch from `pod`; the results.
+fn batch(lab: &Lab, pod: &str, probes: Vec<ProbeSpec>) -> Vec<ProbeResult> {
+    results(start_batch(lab, pod, probes))
 }
 
 fn spec(name: &str) -> LabSpec {

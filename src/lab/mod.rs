@@ -213,8 +213,7 @@ impl Lab {
         }
     }
 
-    /// Holds the lab's lock until the guard drops, with the lab's record as it is on disk now
-    /// (another process may have changed it). Fails when the lab has been removed.
+    /// Holds the lab's lock until the guard drops. Fails when the lab has been removed.
     fn lock(&self) -> Result<std::fs::File, LabError> {
         state::lock(&self.state.name).map_err(|e| {
             LabError::State(format!(
@@ -270,16 +269,16 @@ impl Lab {
         root.push(veth(&node, state::METADATA_INTERFACE, &meta, state::METADATA_INDEX));
         host::ip_batch(None, &root)?;
 
-        // The node: a route and a neighbour entry for every pod and for the metadata service;
-        // an address to send ICMP errors from.
-        // The Service ranges are the node's own: what kube-proxy does not translate (a port
-        // without endpoints, an unused address) is answered by the node, not routed on.
+        // The node: an address to send ICMP errors from; the Service ranges as its own, so what
+        // kube-proxy does not translate (a port without endpoints, an unused address) is
+        // answered by the node, not routed on; the pod ranges unreachable, so an address no pod
+        // has is answered "host unreachable" as a CNI's node does; then a route and a neighbour
+        // entry for every pod and for the metadata service.
         let mut node_commands =
             vec!["link set lo up".to_string(), format!("addr add {GATEWAY_IP}/32 dev lo")];
         for net in &self.state.service_cidrs {
             node_commands.push(format!("route add local {net} dev lo"));
         }
-        // A pod address no pod has is answered "host unreachable", as a node's CNI does.
         for net in &self.state.pod_cidrs {
             node_commands.push(format!("route add unreachable {net}"));
         }
