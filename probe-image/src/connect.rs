@@ -39,7 +39,7 @@ impl Observation {
         }
     }
 
-    fn new(outcome: Outcome, started: Instant) -> Self {
+    pub(crate) fn new(outcome: Outcome, started: Instant) -> Self {
         Observation { outcome, name: None, message: None, elapsed: started.elapsed(), attempts: None }
     }
 

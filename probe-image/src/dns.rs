@@ -163,7 +163,7 @@ async fn over_udp(
     match ended {
         Exchange::Reply(reply) => answered(started, attempts, reply),
         Exchange::Failed(outcome, message) => DnsObservation {
-            observation: Observation { outcome, name: None, message, elapsed: started.elapsed(), attempts },
+            observation: Observation { message, attempts, ..Observation::new(outcome, started) },
             reply: None,
         },
     }
@@ -177,7 +177,7 @@ async fn over_tcp(
     started: Instant,
 ) -> DnsObservation {
     let failed = |outcome, message: Option<String>| DnsObservation {
-        observation: Observation { outcome, name: None, message, elapsed: started.elapsed(), attempts: None },
+        observation: Observation { message, ..Observation::new(outcome, started) },
         reply: None,
     };
     let mut stream = match timeout(limit, TcpStream::connect(server)).await {

@@ -352,40 +352,27 @@ impl Cluster for LabCluster {
         self.change(move |lab| {
             let ours = |meta: &ObjectMeta| run_label(meta) == Some(run_id.as_str());
             let mut cleaned = Cleaned::default();
-            let pods: Vec<ObjectKey> = lab
-                .state
-                .pod_objects
-                .iter()
-                .filter(|p| ours(&p.metadata))
-                .map(|p| key_of(&p.metadata))
-                .collect();
-            for pod in pods {
+            for pod in keys_where(&lab.state.pod_objects, ours) {
                 cleaned.pods += usize::from(lab.remove_pod(&pod)?);
             }
-            let policies: Vec<ObjectKey> = lab
-                .state
-                .policies
-                .iter()
-                .filter(|p| ours(&p.metadata))
-                .map(|p| key_of(&p.metadata))
-                .collect();
-            for policy in policies {
+            for policy in keys_where(&lab.state.policies, ours) {
                 cleaned.policies += usize::from(lab.remove_policy(&policy)?);
             }
-            let namespaces: Vec<String> = lab
-                .state
-                .namespaces
-                .iter()
-                .filter(|n| ours(&n.metadata))
-                .filter_map(|n| n.metadata.name.clone())
-                .collect();
-            for namespace in namespaces {
-                cleaned.namespaces += usize::from(lab.remove_namespace(&namespace)?);
+            for namespace in keys_where(&lab.state.namespaces, ours) {
+                cleaned.namespaces += usize::from(lab.remove_namespace(&namespace.name)?);
             }
             Ok(cleaned)
         })
         .await
     }
+}
+
+/// The keys of the `objects` whose metadata passes `keep`.
+fn keys_where<T: k8s_openapi::Metadata<Ty = ObjectMeta>>(
+    objects: &[T],
+    keep: impl Fn(&ObjectMeta) -> bool,
+) -> Vec<ObjectKey> {
+    objects.iter().map(k8s_openapi::Metadata::metadata).filter(|m| keep(m)).map(key_of).collect()
 }
 
 /// `meta` as the API server would accept it for a `kind`.
