@@ -23,4 +23,5 @@ pub mod lab;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod scenario;
 pub mod validate;
