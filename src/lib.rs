@@ -23,5 +23,6 @@ pub mod lab;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod scenario;
 pub mod validate;

@@ -1,0 +1,498 @@
+//! The run's planner: scenarios in, checks (with the engine's answer for each) and control
+//! probes out, grouped into one batch per client pod. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube_core::{Selector, SelectorExt};
+use netpol_probe::wire::{self, Transport};
+
+use super::check::{Check, PolicyAnswer, Probe, TargetKey};
+use crate::engine::{ContainerPort, Endpoint, Engine, Protocol};
+use crate::model::{Note, ObjectKey, PodId, key_of};
+use crate::report::reason::{because, policy_list};
+use crate::scenario::{Body, DnsVia, Group, Intent, Namespaces, Relation, Scenario, Target};
+
+/// The name DNS probes look up. Any answer counts, NXDOMAIN included.
+pub const DNS_QUERY: &str = "kubernetes.default.svc.cluster.local.";
+/// Where NodeLocal DNSCache listens.
+pub const NODE_LOCAL_DNS: &str = "169.254.20.10";
+
+/// The probe pods of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Deployment {
+    /// Namespaces in scope, sorted.
+    pub namespaces: Vec<String>,
+    /// One client and one server per namespace in scope.
+    pub clients: BTreeMap<String, ObjectKey>,
+    pub servers: BTreeMap<String, ObjectKey>,
+    /// The tool's own vantage point, in its own namespace.
+    pub control: Option<ObjectKey>,
+}
+
+/// What the planner made of the scenarios.
+#[derive(Debug, Clone, Default)]
+pub struct Planned {
+    pub checks: Vec<Check>,
+    /// Probes from the control pod, made only to show targets alive.
+    pub controls: Vec<Probe>,
+    pub notes: Vec<Note>,
+}
+
+/// The ports probe servers listen on: every port a scenario probes them on. 80/TCP is named
+/// `http`, so policies naming that port select it.
+pub fn server_ports(scenarios: &[Scenario]) -> Vec<ContainerPort> {
+    let mut ports = BTreeSet::new();
+    for scenario in scenarios {
+        let Body::Groups(groups) = &scenario.body else { continue };
+        for group in groups {
+            if matches!(group.to, Target::ProbeServers { .. }) {
+                ports.extend(group.ports.iter().copied());
+            }
+        }
+    }
+    ports
+        .into_iter()
+        .map(|(port, protocol)| ContainerPort {
+            port,
+            protocol,
+            name: (port == 80 && protocol == Protocol::Tcp).then(|| "http".to_string()),
+        })
+        .collect()
+}
+
+/// One place a group's probes go, resolved against the snapshot.
+struct Destination {
+    to: String,
+    to_namespace: Option<String>,
+    address: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    dns: bool,
+    expect_name: Option<String>,
+    /// The pods (and their port) that answer: policies are evaluated against them. Empty: an
+    /// address outside the pods.
+    endpoints: Vec<(PodId, u16)>,
+}
+
+/// Plans every group of every scenario.
+pub fn plan(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment) -> Planned {
+    let mut planned = Planned::default();
+    for scenario in scenarios {
+        let Body::Groups(groups) = &scenario.body else { continue };
+        for group in groups {
+            plan_group(engine, scenario, group, deployment, &mut planned);
+        }
+    }
+    for (i, check) in planned.checks.iter_mut().enumerate() {
+        check.probe.id = format!("c{}", i + 1);
+    }
+    add_controls(engine, deployment, &mut planned);
+    planned
+}
+
+fn plan_group(
+    engine: &Engine<'_>,
+    scenario: &Scenario,
+    group: &Group,
+    deployment: &Deployment,
+    planned: &mut Planned,
+) {
+    let snapshot = engine.snapshot();
+    let chosen = |namespaces: &Namespaces, name: &str| {
+        let labels = snapshot
+            .find_namespace(name)
+            .and_then(|id| snapshot.namespaces()[id.0 as usize].metadata.labels.clone())
+            .unwrap_or_default();
+        namespaces.matches(name, &labels)
+    };
+    let label = format!("{}/{}", scenario.name, group.name);
+    let sources: Vec<(&String, &ObjectKey)> =
+        deployment.clients.iter().filter(|(ns, _)| chosen(&group.from, ns)).collect();
+    if sources.is_empty() {
+        planned.notes.push(Note(format!("{label}: skipped: no namespace in scope matches its sources")));
+        return;
+    }
+    let mut skipped_family = false;
+    let before = planned.checks.len();
+    for (namespace, client) in sources {
+        let Some(client_id) = snapshot.find_pod(client) else { continue };
+        let destinations = match destinations(engine, group, namespace, deployment, &chosen, &mut planned.notes)
+        {
+            Ok(d) => d,
+            Err(note) => {
+                planned.notes.push(Note(format!("{label}: skipped: {note}")));
+                return;
+            }
+        };
+        for d in destinations {
+            let (client_ip, _) = engine.connection_addresses(Endpoint::Pod(client_id), Endpoint::Ip(d.address));
+            if client_ip.is_none_or(|ip| ip.is_ipv4() != d.address.is_ipv4()) {
+                skipped_family = true;
+                continue;
+            }
+            let (policy, policies, why, defined) = answer(engine, client_id, &d);
+            planned.checks.push(Check {
+                scenario: scenario.name.clone(),
+                group: group.name.clone(),
+                probe: Probe {
+                    id: String::new(),
+                    client: client.clone(),
+                    target: TargetKey { address: d.address, port: d.port, protocol: d.protocol, dns: d.dns },
+                    expect_name: d.expect_name.clone(),
+                    query: d.dns.then(|| DNS_QUERY.to_string()),
+                },
+                from_namespace: namespace.clone(),
+                to: d.to.clone(),
+                to_namespace: d.to_namespace.clone(),
+                intent: (group.intent != Intent::Policy).then_some(group.intent),
+                policy,
+                policies,
+                because: why,
+                implementation_defined: defined,
+            });
+        }
+    }
+    if skipped_family {
+        planned.notes.push(Note(format!(
+            "{label}: some targets were skipped: the source pods have no address of their IP family"
+        )));
+    }
+    if planned.checks.len() == before && !skipped_family {
+        planned.notes.push(Note(format!("{label}: skipped: it matches no target in scope")));
+    }
+}
+
+/// What the stored policies say about `client` reaching `d`, the policies involved, why, and
+/// which implementation-defined rules the answer hinges on.
+fn answer(
+    engine: &Engine<'_>,
+    client: PodId,
+    d: &Destination,
+) -> (PolicyAnswer, Vec<String>, Vec<String>, Vec<&'static str>) {
+    let from = Endpoint::Pod(client);
+    if d.endpoints.is_empty() {
+        let to = Endpoint::Ip(d.address);
+        let verdict = engine.verdict(from, to, d.port, d.protocol);
+        let policies = policy_names(engine, &verdict);
+        let why = because(engine, from, to, d.port, d.protocol, &verdict);
+        return (PolicyAnswer::from_allowed(verdict.allowed), policies, why, verdict.implementation_defined.names());
+    }
+    let mut answers = Vec::new();
+    let mut policies = BTreeSet::new();
+    let mut why = Vec::new();
+    let mut defined = BTreeSet::new();
+    for &(pod, port) in &d.endpoints {
+        let to = Endpoint::Pod(pod);
+        let verdict = engine.verdict(from, to, port, d.protocol);
+        policies.extend(policy_names(engine, &verdict));
+        defined.extend(verdict.implementation_defined.names());
+        if why.is_empty() {
+            why = because(engine, from, to, port, d.protocol, &verdict);
+        }
+        answers.push((engine.name(to), verdict.allowed));
+    }
+    let policy = if answers.iter().all(|(_, allowed)| *allowed) {
+        PolicyAnswer::Allow
+    } else if answers.iter().all(|(_, allowed)| !*allowed) {
+        PolicyAnswer::Deny
+    } else {
+        let (allow, deny): (Vec<_>, Vec<_>) = answers.iter().partition(|(_, allowed)| *allowed);
+        let names = |v: Vec<&(String, bool)>| v.into_iter().map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", ");
+        why.insert(
+            0,
+            format!(
+                "the Service's endpoints differ: the policies allow {} but deny {}, and the Service picks one",
+                names(allow),
+                names(deny)
+            ),
+        );
+        PolicyAnswer::Unknown
+    };
+    (policy, policies.into_iter().collect(), why, defined.into_iter().collect())
+}
+
+fn policy_names(engine: &Engine<'_>, verdict: &crate::engine::Verdict<'_>) -> Vec<String> {
+    let mut ids = verdict.egress.isolated_by.to_vec();
+    ids.extend_from_slice(verdict.ingress.isolated_by);
+    let list = policy_list(engine, &ids);
+    list.split(", ").filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+fn destinations(
+    engine: &Engine<'_>,
+    group: &Group,
+    source_namespace: &str,
+    deployment: &Deployment,
+    chosen: &dyn Fn(&Namespaces, &str) -> bool,
+    notes: &mut Vec<Note>,
+) -> Result<Vec<Destination>, String> {
+    let snapshot = engine.snapshot();
+    let pod_destinations = |pod: PodId, name: Option<String>| -> Vec<Destination> {
+        let Some(address) = engine.pod_ip(pod) else { return Vec::new() };
+        let key = snapshot.pod_key(pod);
+        group
+            .ports
+            .iter()
+            .map(|&(port, protocol)| Destination {
+                to: key.to_string(),
+                to_namespace: Some(key.namespace.clone()),
+                address,
+                port,
+                protocol,
+                dns: false,
+                expect_name: name.clone(),
+                endpoints: vec![(pod, port)],
+            })
+            .collect()
+    };
+    match &group.to {
+        Target::ProbeServers { namespaces, relation } => Ok(deployment
+            .servers
+            .iter()
+            .filter(|(ns, _)| chosen(namespaces, ns))
+            .filter(|(ns, _)| match relation {
+                Relation::Any => true,
+                Relation::Same => *ns == source_namespace,
+                Relation::Other => *ns != source_namespace,
+            })
+            .filter_map(|(_, server)| snapshot.find_pod(server).map(|id| (id, server)))
+            .flat_map(|(id, server)| pod_destinations(id, Some(server.to_string())))
+            .collect()),
+        Target::Pods { namespaces, selector, .. } => Ok(snapshot
+            .pod_ids()
+            .filter(|&id| {
+                let pod = snapshot.pod(id);
+                let key = snapshot.pod_key(id);
+                deployment.namespaces.contains(&key.namespace)
+                    && chosen(namespaces, &key.namespace)
+                    && !is_tool_pod(pod.metadata.labels.as_ref())
+                    && selector.matches(&pod.metadata.labels.clone().unwrap_or_default())
+            })
+            .flat_map(|id| pod_destinations(id, None))
+            .collect()),
+        Target::Ip(address) => Ok(group
+            .ports
+            .iter()
+            .map(|&(port, protocol)| Destination {
+                to: address.to_string(),
+                to_namespace: None,
+                address: *address,
+                port,
+                protocol,
+                dns: false,
+                expect_name: None,
+                endpoints: Vec::new(),
+            })
+            .collect()),
+        Target::ClusterDns(via) => cluster_dns(engine, *via, notes),
+    }
+}
+
+fn is_tool_pod(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels.and_then(|l| l.get(crate::cluster::APP_LABEL)).is_some_and(|v| v == crate::cluster::APP_VALUE)
+}
+
+/// The cluster's DNS Service: kube-system/kube-dns, or a kube-system Service labelled
+/// `k8s-app=kube-dns` (some distributions name it coredns).
+pub fn kube_dns(services: &[Service]) -> Option<&Service> {
+    let in_kube_system = |s: &&Service| s.metadata.namespace.as_deref() == Some("kube-system");
+    services.iter().filter(in_kube_system).find(|s| s.metadata.name.as_deref() == Some("kube-dns")).or_else(|| {
+        services.iter().filter(in_kube_system).find(|s| {
+            s.metadata.labels.as_ref().and_then(|l| l.get("k8s-app")).is_some_and(|v| v == "kube-dns")
+        })
+    })
+}
+
+fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Result<Vec<Destination>, String> {
+    let snapshot = engine.snapshot();
+    if via == DnsVia::NodeLocal {
+        let node_local = snapshot.pod_ids().any(|id| {
+            let pod = snapshot.pod(id);
+            pod.metadata.namespace.as_deref() == Some("kube-system")
+                && pod.metadata.labels.as_ref().and_then(|l| l.get("k8s-app")).is_some_and(|v| v == "node-local-dns")
+        });
+        if !node_local {
+            return Err("NodeLocal DNSCache does not run here (no kube-system pod labelled k8s-app=node-local-dns)".into());
+        }
+        let address: IpAddr = NODE_LOCAL_DNS.parse().map_err(|_| "bad NodeLocal address".to_string())?;
+        return Ok([Protocol::Udp, Protocol::Tcp]
+            .into_iter()
+            .map(|protocol| Destination {
+                to: format!("NodeLocal DNSCache {NODE_LOCAL_DNS}"),
+                to_namespace: None,
+                address,
+                port: 53,
+                protocol,
+                dns: true,
+                expect_name: None,
+                endpoints: Vec::new(),
+            })
+            .collect());
+    }
+    let Some(service) = kube_dns(snapshot.services()) else {
+        return Err("no cluster DNS Service (kube-system/kube-dns) was found".into());
+    };
+    let spec = service.spec.clone().unwrap_or_default();
+    let key = key_of(&service.metadata);
+    let selector: Selector = spec.selector.clone().unwrap_or_default().into_iter().collect();
+    let pods: Vec<PodId> = if spec.selector.as_ref().is_none_or(BTreeMap::is_empty) {
+        Vec::new()
+    } else {
+        snapshot
+            .pod_ids()
+            .filter(|&id| {
+                let pod = snapshot.pod(id);
+                pod.metadata.namespace.as_deref() == Some("kube-system")
+                    && selector.matches(&pod.metadata.labels.clone().unwrap_or_default())
+            })
+            .collect()
+    };
+    if pods.is_empty() {
+        return Err(format!("Service {key} selects no running pod"));
+    }
+    let mut destinations = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+            "UDP" => Protocol::Udp,
+            "TCP" => Protocol::Tcp,
+            _ => continue,
+        };
+        let Ok(number) = u16::try_from(port.port) else { continue };
+        let target_port = |pod: PodId| -> Option<u16> {
+            match &port.target_port {
+                None => Some(number),
+                Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+                Some(IntOrString::String(name)) => engine
+                    .declared_ports(pod)
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol == protocol)
+                    .map(|p| p.port),
+            }
+        };
+        let endpoints: Vec<(PodId, u16)> = pods.iter().filter_map(|&p| Some((p, target_port(p)?))).collect();
+        if endpoints.is_empty() {
+            notes.push(Note(format!("Service {key} port {number}/{protocol}: no pod declares its targetPort")));
+            continue;
+        }
+        match via {
+            DnsVia::Service => {
+                let Some(address) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) else {
+                    return Err(format!("Service {key} has no ClusterIP"));
+                };
+                destinations.push(Destination {
+                    to: format!("{key} ({address})"),
+                    to_namespace: Some(key.namespace.clone()),
+                    address,
+                    port: number,
+                    protocol,
+                    dns: true,
+                    expect_name: None,
+                    endpoints,
+                });
+            }
+            _ => {
+                for (pod, target) in endpoints {
+                    let Some(address) = engine.pod_ip(pod) else { continue };
+                    destinations.push(Destination {
+                        to: snapshot.pod_key(pod).to_string(),
+                        to_namespace: Some(key.namespace.clone()),
+                        address,
+                        port: target,
+                        protocol,
+                        dns: true,
+                        expect_name: None,
+                        endpoints: vec![(pod, target)],
+                    });
+                }
+            }
+        }
+    }
+    Ok(destinations)
+}
+
+/// A control probe from the control pod to every target the policies let it reach.
+fn add_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &mut Planned) {
+    let Some(control) = &deployment.control else { return };
+    let Some(control_id) = engine.snapshot().find_pod(control) else { return };
+    let mut seen = BTreeSet::new();
+    let mut controls = Vec::new();
+    for check in &planned.checks {
+        if !seen.insert(check.probe.target.clone()) {
+            continue;
+        }
+        let d = Destination {
+            to: check.to.clone(),
+            to_namespace: None,
+            address: check.probe.target.address,
+            port: check.probe.target.port,
+            protocol: check.probe.target.protocol,
+            dns: check.probe.target.dns,
+            expect_name: None,
+            endpoints: endpoints_of(engine, check),
+        };
+        let (answer, _, _, defined) = self::answer(engine, control_id, &d);
+        if answer == PolicyAnswer::Allow && defined.is_empty() {
+            controls.push(Probe {
+                id: format!("k{}", controls.len() + 1),
+                client: control.clone(),
+                ..check.probe.clone()
+            });
+        }
+    }
+    planned.controls = controls;
+}
+
+/// The pods behind a check's target (by address; a Service's through its DNS pods).
+fn endpoints_of(engine: &Engine<'_>, check: &Check) -> Vec<(PodId, u16)> {
+    let snapshot = engine.snapshot();
+    let target = &check.probe.target;
+    if let Some(pod) = snapshot.pod_ids().find(|&id| engine.pod_ip(id) == Some(target.address)) {
+        return vec![(pod, target.port)];
+    }
+    if target.dns
+        && let Ok(dns) = cluster_dns(engine, DnsVia::Service, &mut Vec::new())
+    {
+        return dns
+            .into_iter()
+            .filter(|d| d.address == target.address && d.port == target.port && d.protocol == target.protocol)
+            .flat_map(|d| d.endpoints)
+            .collect();
+    }
+    Vec::new()
+}
+
+/// One batch plan per client pod (the control pod included), every probe with `timeout_ms`.
+pub fn batches(planned: &Planned, timeout_ms: u64) -> BTreeMap<ObjectKey, wire::Plan> {
+    let mut plans: BTreeMap<ObjectKey, wire::Plan> = BTreeMap::new();
+    for probe in planned.checks.iter().map(|c| &c.probe).chain(&planned.controls) {
+        plans
+            .entry(probe.client.clone())
+            .or_insert_with(|| wire::Plan { schema: wire::SCHEMA, probes: Vec::new() })
+            .probes
+            .push(spec(probe, timeout_ms));
+    }
+    plans
+}
+
+/// A probe as the batch reads it.
+pub fn spec(probe: &Probe, timeout_ms: u64) -> wire::ProbeSpec {
+    wire::ProbeSpec {
+        id: probe.id.clone(),
+        kind: probe.kind(),
+        target: probe.target.address.to_string(),
+        port: probe.target.port,
+        protocol: Some(match probe.target.protocol {
+            Protocol::Udp => Transport::Udp,
+            _ => Transport::Tcp,
+        }),
+        timeout_ms,
+        expect_name: probe.expect_name.clone(),
+        query: probe.query.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
