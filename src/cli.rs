@@ -28,9 +28,86 @@ pub enum Command {
     /// distinct pods on every port the destination declares, and prints what the stored
     /// policies say about each.
     Plan(PlanArgs),
+    /// Probe the cluster: does its network enforce what its NetworkPolicies say?
+    ///
+    /// Deploys a probe client and a probe server into every namespace in scope, probes the
+    /// connections the scenarios name (all concurrently, one batch per client), compares what
+    /// got through with what the stored policies allow, reports a verdict per connection, and
+    /// removes everything it created. Exit status: 0 all pass, 1 findings, 2 could not run,
+    /// 3 only inconclusive checks besides passes.
+    Run(RunArgs),
     /// A cluster emulated in Linux network namespaces, with a CNI you choose (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run against this lab (see `netpol-verify lab up`) instead of a Kubernetes cluster.
+    #[arg(long, value_name = "NAME")]
+    pub lab: Option<String>,
+
+    #[command(flatten)]
+    pub options: RunOptionArgs,
+}
+
+/// What every run takes, on a cluster or a lab.
+#[derive(Debug, Clone, Args)]
+pub struct RunOptionArgs {
+    /// A scenario to run: a built-in (canary, matrix, dns, metadata, default-deny, gitops) or a
+    /// scenario file (repeatable; default: canary, matrix, dns, metadata).
+    #[arg(short, long = "scenario", value_name = "NAME|FILE")]
+    pub scenarios: Vec<String>,
+
+    /// Probe only this namespace (repeatable; default: every namespace but kube-system,
+    /// kube-public and kube-node-lease).
+    #[arg(short, long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+
+    /// Never probe this namespace (repeatable).
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Probe only namespaces whose labels match, e.g. `team=shop,env!=dev,!legacy`.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub namespace_selector: Option<String>,
+
+    /// Also probe kube-system, kube-public and kube-node-lease.
+    #[arg(long)]
+    pub include_system: bool,
+
+    /// Output format on standard output.
+    #[arg(short, long, value_enum, default_value_t = RunOutput::Text)]
+    pub output: RunOutput,
+
+    /// Also write a JUnit XML report here (a testsuite per scenario, a testcase per check).
+    #[arg(long, value_name = "PATH")]
+    pub junit_file: Option<PathBuf>,
+
+    /// Also write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).
+    #[arg(long, value_name = "PATH")]
+    pub markdown_file: Option<PathBuf>,
+
+    /// How long each probe waits for an answer.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = netpol_probe::text::parse_duration)]
+    pub probe_timeout: Duration,
+
+    /// How long probe pods may take to start.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = netpol_probe::text::parse_duration)]
+    pub timeout: Duration,
+
+    /// Also print truth tables (text output).
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// How `run` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunOutput {
+    /// The summary, capabilities and failures, for people.
+    Text,
+    /// One JSON document with every check (schema: docs/run-json.md).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +119,8 @@ pub enum LabCommand {
     /// chosen CNI mode enforces the NetworkPolicies. Cluster DNS answers on the kube-dns Service
     /// IP; a metadata service answers on 169.254.169.254:80. Nothing routes out of the lab.
     Up(LabUpArgs),
+    /// Build a lab, run `netpol-verify run` against it, and remove it: one command.
+    Run(LabRunArgs),
     /// Remove a lab: its processes, namespaces and record.
     Down {
         /// The lab to remove.
@@ -96,6 +175,15 @@ pub struct LabUpArgs {
     /// How late policy changes take effect, like a slow CNI: 500ms, 2s, 1m (default: at once).
     #[arg(long, value_name = "DURATION", value_parser = netpol_probe::text::parse_duration)]
     pub enforce_delay: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct LabRunArgs {
+    #[command(flatten)]
+    pub lab: LabUpArgs,
+
+    #[command(flatten)]
+    pub options: RunOptionArgs,
 }
 
 #[derive(Debug, Args)]

@@ -163,6 +163,17 @@ pub trait Cluster {
         limit: Duration,
     ) -> impl Future<Output = Result<BatchOutput, ClusterError>> + Send;
 
+    /// Runs `plan` from the pods' node, at most `limit`. NetworkPolicy always allows traffic
+    /// from a pod's own node (the kubelet's health checks rely on it), so what the node
+    /// reaches is alive: the positive control for targets no pod may reach. Results only for
+    /// the probes the backend can make from there (the lab: all; Kubernetes: what readiness
+    /// probes show); the rest are absent, never failed.
+    fn run_node_batch(
+        &self,
+        plan: &Plan,
+        limit: Duration,
+    ) -> impl Future<Output = Result<BatchOutput, ClusterError>> + Send;
+
     /// Removes every pod, policy and namespace labelled with `run_id`.
     fn cleanup(&self, run_id: &str) -> impl Future<Output = Result<Cleaned, ClusterError>> + Send;
 }

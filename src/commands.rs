@@ -2,14 +2,18 @@
 
 use std::io::Write;
 
-use crate::cli::{LabCommand, LabUpArgs, Output, PlanArgs};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{LabCommand, LabRunArgs, LabUpArgs, Output, PlanArgs, RunArgs, RunOptionArgs, RunOutput};
 use crate::engine::{Endpoint, Engine, Protocol};
-use crate::error::Error;
+use crate::error::{Error, Exit};
 use crate::input::{load, read_sources};
-use crate::lab::{Lab, LabSpec};
+use crate::lab::{Lab, LabCluster, LabSpec};
 use crate::model::{Note, ObjectKey, PodId, Snapshot};
 use crate::plan::{self, Probe};
 use crate::report;
+use crate::run::progress::{self, Progress};
+use crate::run::{RunOptions, Scope};
 
 /// `netpol-verify plan`.
 pub fn plan(args: &PlanArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
@@ -117,6 +121,7 @@ fn parse_port(engine: &Engine<'_>, to: PodId, text: &str) -> Result<(u16, Protoc
 pub fn lab(command: &LabCommand, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
     match command {
         LabCommand::Up(args) => lab_up(args, quiet, out, err),
+        LabCommand::Run(_) => Err(Error::Usage("lab run is an async command: use commands::lab_run".into())),
         LabCommand::Down { name: Some(name), .. } => {
             let removed = Lab::down(name)?;
             writeln!(out, "lab {name} removed ({removed} network namespaces)")?;
@@ -224,4 +229,140 @@ fn lab_exec(name: &str, pod: &str, command: &[String]) -> Result<(), Error> {
     let failure =
         std::process::Command::new("ip").args(["netns", "exec", &netns, &program]).args(rest).exec();
     Err(Error::Usage(format!("cannot run {program} in {netns}: {failure}")))
+}
+
+/// `netpol-verify run`: against a lab (`--lab`); the Kubernetes backend is not built yet.
+pub async fn run(
+    args: &RunArgs,
+    quiet: bool,
+    out: &mut dyn Write,
+    cancel: &CancellationToken,
+) -> Result<Exit, Error> {
+    let Some(name) = &args.lab else {
+        return Err(Error::Usage(
+            "the Kubernetes backend is not built yet: run against a lab with --lab NAME, or try \
+             `netpol-verify lab run --from-file FILE` (lab up + run + lab down in one command)"
+                .into(),
+        ));
+    };
+    let options = run_options(&args.options)?;
+    crate::lab::host::require_tools()?;
+    let lab = Lab::open(name)?;
+    let target = format!("lab {} (CNI {})", lab.state.name, lab.state.cni.as_str());
+    let cluster = LabCluster::new(lab).map_err(|e| Error::Usage(e.to_string()))?;
+    run_on(&cluster, &target, &options, &args.options, quiet, out, cancel).await
+}
+
+/// `netpol-verify lab run`: lab up, run, lab down (the lab goes whatever happens).
+pub async fn lab_run(
+    args: &LabRunArgs,
+    quiet: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    cancel: &CancellationToken,
+) -> Result<Exit, Error> {
+    let options = run_options(&args.options)?;
+    let sources = read_sources(&args.lab.from_file)?;
+    let loaded = load(&sources)?;
+    Engine::new(&loaded.snapshot)?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
+    let (probe, verify) = crate::lab::binaries_next_to(exe)?;
+    let spec = LabSpec {
+        name: Some(args.lab.name.clone().unwrap_or_else(|| format!("run-{}", options.run_id))),
+        cni: args.lab.cni,
+        enforce_delay: args.lab.enforce_delay.unwrap_or_default(),
+        probe,
+        verify,
+    };
+    let (lab, notes) = Lab::up(&spec, &loaded.snapshot)?;
+    let name = lab.state.name.clone();
+    let delay = match lab.state.enforce_delay_ms {
+        0 => String::new(),
+        ms => format!(", enforcement delay {ms} ms"),
+    };
+    let target = format!("lab {name} (CNI {}{delay})", lab.state.cni.as_str());
+    if !quiet {
+        for note in loaded.notes.iter().chain(&notes) {
+            writeln!(err, "note: {note}")?;
+        }
+    }
+    let result = match LabCluster::new(lab) {
+        Ok(cluster) => run_on(&cluster, &target, &options, &args.options, quiet, out, cancel).await,
+        Err(e) => Err(Error::Usage(e.to_string())),
+    };
+    let down = tokio::task::spawn_blocking(move || Lab::down(&name)).await;
+    match (result, down) {
+        (Ok(exit), Ok(Ok(_))) => Ok(exit),
+        (Ok(_), Ok(Err(e))) => Err(e.into()),
+        (Ok(_), Err(e)) => Err(Error::Usage(format!("removing the lab failed: {e}"))),
+        (Err(e), _) => Err(e),
+    }
+}
+
+fn run_options(args: &RunOptionArgs) -> Result<RunOptions, Error> {
+    let scenarios = crate::scenario::resolve(&args.scenarios)?;
+    let selector = args
+        .namespace_selector
+        .as_deref()
+        .map(crate::run::parse_selector)
+        .transpose()
+        .map_err(|e| Error::Usage(format!("--namespace-selector: {e}")))?;
+    if args.probe_timeout.is_zero() || args.probe_timeout > std::time::Duration::from_secs(300) {
+        return Err(Error::Usage("--probe-timeout must be more than 0 and at most 5m".into()));
+    }
+    Ok(RunOptions {
+        run_id: crate::run::new_run_id(),
+        scenarios,
+        scope: Scope {
+            namespaces: args.namespaces.clone(),
+            exclude: args.exclude_namespaces.clone(),
+            selector,
+            include_system: args.include_system,
+        },
+        probe_timeout: args.probe_timeout,
+        pod_timeout: args.timeout,
+    })
+}
+
+async fn run_on<C: crate::cluster::Cluster + Clone + Send + Sync + 'static>(
+    cluster: &C,
+    target: &str,
+    options: &RunOptions,
+    args: &RunOptionArgs,
+    quiet: bool,
+    out: &mut dyn Write,
+    cancel: &CancellationToken,
+) -> Result<Exit, Error> {
+    use std::io::IsTerminal;
+    let progress: Box<dyn Progress> = if quiet {
+        Box::new(progress::Quiet)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(progress::Bars::new())
+    } else {
+        Box::new(progress::Lines::new())
+    };
+    let mut report = crate::run::run(cluster, options, progress.as_ref(), cancel).await?;
+    report.target = target.to_string();
+    if let Some(path) = &args.junit_file {
+        let file = std::fs::File::create(path)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+        report::junit::write(std::io::BufWriter::new(file), &report)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.markdown_file {
+        std::fs::write(path, report::markdown::render(&report))
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    match args.output {
+        RunOutput::Text => {
+            let style = report::run_text::Style { color: std::io::stdout().is_terminal(), verbose: args.verbose };
+            out.write_all(report::run_text::render(&report, style).as_bytes())?;
+        }
+        RunOutput::Json => {
+            report::run_json::write(&mut *out, &report).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(report.exit())
 }

@@ -36,6 +36,12 @@ pub enum Error {
     /// A lab could not be built, found or removed.
     #[error(transparent)]
     Lab(#[from] crate::lab::LabError),
+    /// A scenario file is unreadable or invalid.
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::ScenarioError),
+    /// A run could not finish.
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
     /// The command line names something that does not exist or cannot work.
     #[error("{0}")]
     Usage(String),

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use netpol_verify::cli::{Cli, Command};
+use netpol_verify::cli::{Cli, Command, LabCommand};
 use netpol_verify::commands;
 use netpol_verify::error::{Error, Exit};
 
@@ -15,12 +15,16 @@ fn main() -> ExitCode {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut err = std::io::stderr();
     let result = match &cli.command {
-        Command::Plan(args) => commands::plan(args, cli.quiet, &mut out, &mut err),
-        Command::Lab(command) => commands::lab(command, cli.quiet, &mut out, &mut err),
+        Command::Plan(args) => commands::plan(args, cli.quiet, &mut out, &mut err).map(|()| Exit::Pass),
+        Command::Run(args) => with_runtime(|cancel| commands::run(args, cli.quiet, &mut out, cancel)),
+        Command::Lab(LabCommand::Run(args)) => {
+            with_runtime(|cancel| commands::lab_run(args, cli.quiet, &mut out, &mut err, cancel))
+        }
+        Command::Lab(command) => commands::lab(command, cli.quiet, &mut out, &mut err).map(|()| Exit::Pass),
     };
-    let result = result.and_then(|()| out.flush().map_err(Error::from));
+    let result = result.and_then(|exit| out.flush().map(|()| exit).map_err(Error::from));
     match result {
-        Ok(()) => Exit::Pass.into(),
+        Ok(exit) => exit.into(),
         // A reader that went away (`| head`) is not a failure worth a message.
         Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Pass.into(),
         Err(e) => {
@@ -28,4 +32,37 @@ fn main() -> ExitCode {
             e.exit().into()
         }
     }
+}
+
+/// Runs an async command on a runtime of its own, with Ctrl-C and SIGTERM cancelling it (the
+/// command then cleans up before it returns).
+fn with_runtime<'a, F>(command: impl FnOnce(&'a tokio_util::sync::CancellationToken) -> F) -> Result<Exit, Error>
+where
+    F: std::future::Future<Output = Result<Exit, Error>> + 'a,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+    // NB: leaked so the command may borrow it for the runtime's whole life; one per process.
+    let cancel: &'static tokio_util::sync::CancellationToken =
+        Box::leak(Box::new(tokio_util::sync::CancellationToken::new()));
+    runtime.block_on(async {
+        let signals = cancel.clone();
+        tokio::spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("interrupted: cleaning up (interrupt again to abandon the cleanup)");
+            signals.cancel();
+            let _ = tokio::signal::ctrl_c().await;
+            std::process::exit(130);
+        });
+        command(cancel).await
+    })
 }

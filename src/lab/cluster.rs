@@ -311,40 +311,13 @@ impl Cluster for LabCluster {
                 .ok_or_else(|| ClusterError::NotFound { what: format!("pod {client}") })?;
             (netns, lab.state.probe.clone())
         };
-        let text = serde_json::to_vec(plan)
-            .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
-        let concurrency = plan.probes.len().clamp(1, 4096).to_string();
-        let mut child = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &netns])
-            .arg(&probe)
-            .args(["batch", "--concurrency", &concurrency])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| LabError::Command {
-                command: format!("netpol-probe batch in {netns}"),
-                output: e.to_string(),
-            })?;
-        let mut stdin =
-            child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the batch".into()))?;
-        let mut stdout =
-            child.stdout.take().ok_or_else(|| ClusterError::Invalid("no stdout for the batch".into()))?;
-        let writer =
-            tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut stdin, &text).await });
-        let reader = tokio::spawn(async move {
-            let mut out = Vec::new();
-            let _ = stdout.read_to_end(&mut out).await;
-            out
-        });
-        if tokio::time::timeout(limit, child.wait()).await.is_err() {
-            // Out of time: what it printed so far stands, the rest did not run.
-            let _ = child.kill().await;
-        }
-        let _ = writer.await;
-        let out = reader.await.unwrap_or_default();
-        Ok(parse_batch_output(&String::from_utf8_lossy(&out)))
+        batch_in(&netns, &probe, plan, limit).await
+    }
+
+    async fn run_node_batch(&self, plan: &Plan, limit: Duration) -> Result<BatchOutput, ClusterError> {
+        let lab = self.lab();
+        let netns = super::state::node_netns(&lab.state.name);
+        batch_in(&netns, &lab.state.probe, plan, limit).await
     }
 
     async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
@@ -365,6 +338,47 @@ impl Cluster for LabCluster {
         })
         .await
     }
+}
+
+/// Runs `plan` as one `netpol-probe batch` in network namespace `netns`, at most `limit`.
+async fn batch_in(
+    netns: &str,
+    probe: &std::path::Path,
+    plan: &Plan,
+    limit: Duration,
+) -> Result<BatchOutput, ClusterError> {
+    let text =
+        serde_json::to_vec(plan).map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
+    let concurrency = plan.probes.len().clamp(1, 4096).to_string();
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(probe)
+        .args(["batch", "--concurrency", &concurrency])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| LabError::Command {
+            command: format!("netpol-probe batch in {netns}"),
+            output: e.to_string(),
+        })?;
+    let mut stdin = child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the batch".into()))?;
+    let mut stdout =
+        child.stdout.take().ok_or_else(|| ClusterError::Invalid("no stdout for the batch".into()))?;
+    let writer = tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut stdin, &text).await });
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out).await;
+        out
+    });
+    if tokio::time::timeout(limit, child.wait()).await.is_err() {
+        // Out of time: what it printed so far stands, the rest did not run.
+        let _ = child.kill().await;
+    }
+    let _ = writer.await;
+    let out = reader.await.unwrap_or_default();
+    Ok(parse_batch_output(&String::from_utf8_lossy(&out)))
 }
 
 /// The keys of the `objects` whose metadata passes `keep`.

@@ -1,6 +1,10 @@
-//! Reports: pure functions from engine answers to text.
+//! Reports: pure functions from engine answers and judged runs to text.
 
 pub mod explain;
 pub mod json;
 pub mod reason;
 pub mod table;
+pub mod junit;
+pub mod markdown;
+pub mod run_json;
+pub mod run_text;

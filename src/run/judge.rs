@@ -33,7 +33,12 @@ pub fn alive_targets<'p>(
     let mut alive = HashMap::new();
     for probe in probes {
         if results.get(&probe.id).is_some_and(ProbeResult::reached) {
-            alive.entry(probe.target.clone()).or_insert_with(|| probe.client.to_string());
+            let who = if probe.client.namespace.is_empty() {
+                format!("the {} (NetworkPolicy always allows it)", probe.client.name)
+            } else {
+                probe.client.to_string()
+            };
+            alive.entry(probe.target.clone()).or_insert(who);
         }
     }
     alive

@@ -1,5 +1,426 @@
-//! `netpol-verify run`: discover, plan, deploy, probe, judge, report, clean up.
+//! `netpol-verify run`: discover → engine → plan → deploy probe pods → one batch per client
+//! pod → judge → report, and clean up on every path.
+//!
+//! The orchestration here is the only async, I/O-doing part of a run besides the backend; the
+//! planner ([`plan`]), the judge ([`judge`]) and the reports are pure.
 
+pub mod canary;
 pub mod check;
 pub mod judge;
 pub mod plan;
+pub mod progress;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube_core::{Selector, SelectorExt};
+use netpol_probe::wire::ProbeResult;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{APP_LABEL, APP_VALUE, Cleaned, Cluster, ClusterError, ProbePod, Role};
+use crate::engine::Engine;
+use crate::model::{Note, ObjectKey, name_of};
+use crate::scenario::{Body, Scenario};
+use check::Judged;
+use plan::Deployment;
+use progress::Progress;
+
+/// Namespaces left out unless asked for: the control plane's own.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// Which namespaces a run probes.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Only these (empty: all).
+    pub namespaces: Vec<String>,
+    /// Never these.
+    pub exclude: Vec<String>,
+    /// Only namespaces whose labels match.
+    pub selector: Option<Selector>,
+    /// Include kube-system, kube-public and kube-node-lease.
+    pub include_system: bool,
+}
+
+impl Scope {
+    /// The namespaces in scope, sorted; the tool's own are never in it.
+    pub fn apply(&self, namespaces: &[Namespace]) -> Vec<String> {
+        namespaces
+            .iter()
+            .filter(|ns| {
+                let name = name_of(&ns.metadata);
+                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                let tools = labels.get(APP_LABEL).is_some_and(|v| v == APP_VALUE);
+                let system = SYSTEM_NAMESPACES.contains(&name);
+                let named = self.namespaces.iter().any(|n| n == name);
+                !tools
+                    && (self.namespaces.is_empty() || named)
+                    && (!system || self.include_system || named)
+                    && !self.exclude.iter().any(|n| n == name)
+                    && self.selector.as_ref().is_none_or(|s| s.matches(&labels))
+            })
+            .map(|ns| name_of(&ns.metadata).to_string())
+            .collect()
+    }
+}
+
+/// How a run is done.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub run_id: String,
+    pub scenarios: Vec<Scenario>,
+    pub scope: Scope,
+    /// Each probe's timeout.
+    pub probe_timeout: Duration,
+    /// How long probe pods may take to start.
+    pub pod_timeout: Duration,
+}
+
+/// Everything a run found: the input of every report.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub run_id: String,
+    /// Where it ran, e.g. `lab shop (CNI none)`.
+    pub target: String,
+    pub scenarios: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub judged: Vec<Judged>,
+    pub canary: Option<canary::CanaryReport>,
+    pub notes: Vec<Note>,
+    /// Wall time per phase, in order.
+    pub phases: Vec<(String, Duration)>,
+    pub cleaned: Cleaned,
+}
+
+impl RunReport {
+    /// How many checks got each verdict.
+    pub fn counts(&self) -> BTreeMap<check::Verdict, usize> {
+        let mut counts: BTreeMap<check::Verdict, usize> = check::Verdict::ALL.iter().map(|v| (*v, 0)).collect();
+        for judged in self.all_checks() {
+            *counts.entry(judged.verdict).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Scenario checks and the canary's, in report order.
+    pub fn all_checks(&self) -> impl Iterator<Item = &Judged> {
+        self.canary.iter().flat_map(|c| c.checks.iter()).chain(&self.judged)
+    }
+
+    /// The exit status the run deserves (docs/cli.md).
+    pub fn exit(&self) -> crate::error::Exit {
+        let counts = self.counts();
+        let count = |v| counts.get(&v).copied().unwrap_or(0);
+        if check::Verdict::ALL.iter().any(|v| v.is_failure() && count(*v) > 0) {
+            crate::error::Exit::Findings
+        } else if count(check::Verdict::Inconclusive) > 0 {
+            crate::error::Exit::Inconclusive
+        } else {
+            crate::error::Exit::Pass
+        }
+    }
+}
+
+/// Why a run could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The cluster refused or failed a step.
+    #[error("{step}: {source}")]
+    Cluster { step: String, source: ClusterError },
+    /// A stored policy is invalid.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// Ctrl-C or SIGTERM.
+    #[error("interrupted; removed {} pods, {} policies and {} namespaces of run {run_id}", cleaned.pods, cleaned.policies, cleaned.namespaces)]
+    Interrupted { run_id: String, cleaned: Cleaned },
+}
+
+fn step(step: &str) -> impl FnOnce(ClusterError) -> RunError + '_ {
+    move |source| RunError::Cluster { step: step.to_string(), source }
+}
+
+/// A fresh run id: six lowercase letters and digits.
+pub fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut seed = nanos ^ (u128::from(std::process::id()) << 64);
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut id = String::new();
+    for _ in 0..6 {
+        // The first character is a letter, so names built from it are valid everywhere.
+        let range = if id.is_empty() { 26 } else { alphabet.len() as u128 };
+        id.push(alphabet[(seed % range) as usize] as char);
+        seed = seed / range ^ (seed >> 17);
+    }
+    id
+}
+
+/// The namespace of the tool's own pods in run `run_id`.
+pub fn tool_namespace(run_id: &str) -> String {
+    format!("netpol-verify-{run_id}")
+}
+
+/// Runs everything, then cleans up whatever happened (also when `cancel` fires).
+pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
+    cluster: &C,
+    options: &RunOptions,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<RunReport, RunError> {
+    let mut report = RunReport {
+        run_id: options.run_id.clone(),
+        scenarios: options.scenarios.iter().map(|s| s.name.clone()).collect(),
+        ..RunReport::default()
+    };
+    let outcome = tokio::select! {
+        outcome = run_steps(cluster, options, progress, &mut report) => Some(outcome),
+        () = cancel.cancelled() => None,
+    };
+    let started = Instant::now();
+    progress.phase("cleaning up", 0);
+    let cleaned = tokio::time::timeout(Duration::from_secs(60), cluster.cleanup(&options.run_id)).await;
+    progress.finish();
+    report.phases.push(("cleanup".into(), started.elapsed()));
+    let cleaned = match cleaned {
+        Ok(Ok(cleaned)) => cleaned,
+        Ok(Err(e)) => {
+            report.notes.push(Note(format!(
+                "cleanup of run {} failed ({e}): remove what is left with `netpol-verify cleanup`",
+                options.run_id
+            )));
+            Cleaned::default()
+        }
+        Err(_) => {
+            report.notes.push(Note(format!(
+                "cleanup of run {} took over 60s: remove what is left with `netpol-verify cleanup`",
+                options.run_id
+            )));
+            Cleaned::default()
+        }
+    };
+    report.cleaned = cleaned.clone();
+    match outcome {
+        None => Err(RunError::Interrupted { run_id: options.run_id.clone(), cleaned }),
+        Some(Err(e)) => Err(e),
+        Some(Ok(())) => Ok(report),
+    }
+}
+
+async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
+    cluster: &C,
+    options: &RunOptions,
+    progress: &dyn Progress,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    let mut clock = Instant::now();
+    let mut lap = |report: &mut RunReport, name: &str| {
+        report.phases.push((name.to_string(), clock.elapsed()));
+        clock = Instant::now();
+    };
+
+    progress.phase("discovering", 0);
+    let discovery = cluster.discover().await.map_err(step("discovering the cluster"))?;
+    report.notes.extend(discovery.notes);
+    // Invalid stored policies stop the run before anything is created.
+    Engine::new(&discovery.snapshot)?;
+    let namespaces = options.scope.apply(discovery.snapshot.namespaces());
+    report.namespaces = namespaces.clone();
+    let has_groups = options.scenarios.iter().any(|s| matches!(s.body, Body::Groups(_)));
+    if namespaces.is_empty() && has_groups {
+        report.notes.push(Note("no namespace is in scope: only the canary can run".into()));
+    }
+    lap(report, "discover");
+
+    // Deploy: a client and a server per namespace in scope, and the control pod.
+    let run_id = &options.run_id;
+    let ports = plan::server_ports(&options.scenarios);
+    let mut deployment = Deployment { namespaces: namespaces.clone(), ..Deployment::default() };
+    let mut pods = Vec::new();
+    if has_groups && !namespaces.is_empty() {
+        let tool_ns = tool_namespace(run_id);
+        cluster.create_namespace(&tool_ns, run_id).await.map_err(step("creating the tool's namespace"))?;
+        let control = ObjectKey::new(&tool_ns, format!("nv-control-{run_id}"));
+        pods.push(probe_pod(&control, Role::Control, run_id, &ports));
+        deployment.control = Some(control);
+        for ns in &namespaces {
+            let client = ObjectKey::new(ns, format!("nv-client-{run_id}"));
+            let server = ObjectKey::new(ns, format!("nv-server-{run_id}"));
+            pods.push(probe_pod(&client, Role::Client, run_id, &[]));
+            pods.push(probe_pod(&server, Role::Server, run_id, &ports));
+            deployment.clients.insert(ns.clone(), client);
+            deployment.servers.insert(ns.clone(), server);
+        }
+    }
+    progress.phase("starting probe pods", pods.len() as u64);
+    for pod in &pods {
+        cluster.create_probe_pod(pod).await.map_err(step(&format!("creating pod {}", pod.key)))?;
+        progress.advance(1);
+    }
+    let keys: Vec<ObjectKey> = pods.iter().map(|p| p.key.clone()).collect();
+    if !keys.is_empty() {
+        cluster.wait_running(&keys, options.pod_timeout).await.map_err(step("waiting for the probe pods"))?;
+    }
+    lap(report, "deploy");
+
+    let canary = options.scenarios.iter().find_map(|s| match &s.body {
+        Body::Canary(o) => Some((s.name.clone(), o.clone())),
+        Body::Groups(_) => None,
+    });
+    let probing = probe(cluster, options, &deployment, progress);
+    let canary_run = async {
+        match &canary {
+            Some((name, o)) => Some(canary::run(cluster, name, o, run_id, options.probe_timeout).await),
+            None => None,
+        }
+    };
+    let (probed, canary_report) = tokio::join!(probing, canary_run);
+    let (judged, notes) = probed?;
+    report.judged = judged;
+    report.notes.extend(notes);
+    if let Some(canary_report) = canary_report {
+        report.canary = Some(canary_report.map_err(step("running the canary"))?);
+    }
+    lap(report, "probe");
+    Ok(())
+}
+
+/// Plans against the cluster as it is now (the probe pods included), runs one batch per
+/// client, and judges.
+async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
+    cluster: &C,
+    options: &RunOptions,
+    deployment: &Deployment,
+    progress: &dyn Progress,
+) -> Result<(Vec<Judged>, Vec<Note>), RunError> {
+    if deployment.clients.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let discovery = cluster.discover().await.map_err(step("reading the cluster with the probe pods"))?;
+    let engine = Engine::new(&discovery.snapshot)?;
+    let planned = plan::plan(&engine, &options.scenarios, deployment);
+    let timeout_ms = options.probe_timeout.as_millis().clamp(1, 300_000) as u64;
+    let batches = plan::batches(&planned, timeout_ms);
+    let limit = options.probe_timeout + Duration::from_secs(15);
+    let total: usize = batches.values().map(|b| b.probes.len()).sum();
+    progress.phase("probing", total as u64);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, batch) in batches {
+        let cluster = cluster.clone();
+        tasks.spawn(async move {
+            let output = cluster.run_batch(&client, &batch, limit).await;
+            (client, batch.probes.len(), output)
+        });
+    }
+    let node = {
+        let cluster = cluster.clone();
+        let plan = plan::node_batch(&planned, timeout_ms);
+        tokio::spawn(async move { cluster.run_node_batch(&plan, limit).await })
+    };
+    let mut results: HashMap<String, ProbeResult> = HashMap::new();
+    let mut notes = planned.notes.clone();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((client, count, output)) = joined else {
+            notes.push(Note("a probe batch task failed; its probes did not run".into()));
+            continue;
+        };
+        progress.advance(count as u64);
+        match output {
+            Ok(output) => {
+                if output.summary.is_none() {
+                    notes.push(Note(format!(
+                        "the batch in {client} did not finish: {} of {count} probes reported",
+                        output.results.len()
+                    )));
+                }
+                for result in output.results {
+                    if let Some(id) = result.id.clone() {
+                        results.insert(id, result);
+                    }
+                }
+            }
+            Err(e) => notes.push(Note(format!("the batch in {client} failed ({e}): its probes did not run"))),
+        }
+    }
+    if let Ok(Ok(output)) = node.await {
+        results.extend(output.results.into_iter().filter_map(|r| Some((r.id.clone()?, r))));
+    }
+    let controls: Vec<_> = planned.controls.iter().chain(&planned.node_controls).cloned().collect();
+    Ok((judge::judge(planned.checks, &controls, &results), notes))
+}
+
+/// A probe pod of this run.
+pub fn probe_pod(key: &ObjectKey, role: Role, run_id: &str, ports: &[crate::engine::ContainerPort]) -> ProbePod {
+    ProbePod {
+        key: key.clone(),
+        role,
+        run_id: run_id.to_string(),
+        labels: BTreeMap::new(),
+        ports: ports.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Parses a label selector as kubectl's `-l` takes it: `k=v`, `k==v`, `k!=v`, `k`, `!k`,
+/// `k in (a,b)`, `k notin (a,b)`, joined by commas.
+pub fn parse_selector(text: &str) -> Result<Selector, String> {
+    use kube_core::Expression;
+    let mut expressions = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        // A term ends at the first comma outside parentheses.
+        let mut depth = 0;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                c == ',' && depth == 0
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let term = rest[..end].trim();
+        rest = rest.get(end + 1..).unwrap_or("").trim();
+        let bad = || format!("{term:?} is not a selector term (write k=v, k!=v, k, !k, k in (a,b) or k notin (a,b))");
+        let key_ok = |k: &str| !k.is_empty() && !k.contains(|c: char| c.is_whitespace() || "=!(),".contains(c));
+        let set = |values: &str| -> Option<std::collections::BTreeSet<String>> {
+            let inner = values.trim().strip_prefix('(')?.strip_suffix(')')?;
+            Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+        };
+        let expression = if let Some((k, v)) = term.split_once("!=") {
+            Expression::NotEqual(k.trim().into(), v.trim().into())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            Expression::Equal(k.trim().into(), v.trim().into())
+        } else if let Some(k) = term.strip_prefix('!') {
+            Expression::DoesNotExist(k.trim().into())
+        } else if let Some((k, values)) = term.split_once(" notin ") {
+            Expression::NotIn(k.trim().into(), set(values).ok_or_else(bad)?)
+        } else if let Some((k, values)) = term.split_once(" in ") {
+            Expression::In(k.trim().into(), set(values).ok_or_else(bad)?)
+        } else {
+            Expression::Exists(term.into())
+        };
+        let key = match &expression {
+            Expression::In(k, _)
+            | Expression::NotIn(k, _)
+            | Expression::Equal(k, _)
+            | Expression::NotEqual(k, _)
+            | Expression::Exists(k)
+            | Expression::DoesNotExist(k) => k,
+        };
+        if !key_ok(key) {
+            return Err(bad());
+        }
+        expressions.push(expression);
+    }
+    if expressions.is_empty() {
+        return Err("an empty selector: leave the flag out to select every namespace".into());
+    }
+    Ok(expressions.into_iter().collect())
+}

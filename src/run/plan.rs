@@ -38,6 +38,8 @@ pub struct Planned {
     pub checks: Vec<Check>,
     /// Probes from the control pod, made only to show targets alive.
     pub controls: Vec<Probe>,
+    /// Probes from the pods' node (always allowed by NetworkPolicy), one per target.
+    pub node_controls: Vec<Probe>,
     pub notes: Vec<Note>,
 }
 
@@ -91,6 +93,11 @@ pub fn plan(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment
     }
     add_controls(engine, deployment, &mut planned);
     planned
+}
+
+/// The client key of probes made from the node.
+pub fn node_key() -> ObjectKey {
+    ObjectKey::new("", "node")
 }
 
 fn plan_group(
@@ -415,14 +422,14 @@ fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Resul
 
 /// A control probe from the control pod to every target the policies let it reach.
 fn add_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &mut Planned) {
-    let Some(control) = &deployment.control else { return };
-    let Some(control_id) = engine.snapshot().find_pod(control) else { return };
     let mut seen = BTreeSet::new();
     let mut controls = Vec::new();
+    let control = deployment.control.as_ref().and_then(|c| Some((c, engine.snapshot().find_pod(c)?)));
     for check in &planned.checks {
         if !seen.insert(check.probe.target.clone()) {
             continue;
         }
+        let Some((control, control_id)) = control else { continue };
         let d = Destination {
             to: check.to.clone(),
             to_namespace: None,
@@ -443,6 +450,20 @@ fn add_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &mut Plan
         }
     }
     planned.controls = controls;
+    planned.node_controls = seen
+        .into_iter()
+        .enumerate()
+        .map(|(i, target)| {
+            let like = planned.checks.iter().find(|c| c.probe.target == target).map(|c| &c.probe);
+            Probe {
+                id: format!("n{}", i + 1),
+                client: node_key(),
+                expect_name: like.and_then(|p| p.expect_name.clone()),
+                query: like.and_then(|p| p.query.clone()),
+                target,
+            }
+        })
+        .collect();
 }
 
 /// The pods behind a check's target (by address; a Service's through its DNS pods).
@@ -465,6 +486,7 @@ fn endpoints_of(engine: &Engine<'_>, check: &Check) -> Vec<(PodId, u16)> {
 }
 
 /// One batch plan per client pod (the control pod included), every probe with `timeout_ms`.
+/// The node's probes are not among them: see [`node_batch`].
 pub fn batches(planned: &Planned, timeout_ms: u64) -> BTreeMap<ObjectKey, wire::Plan> {
     let mut plans: BTreeMap<ObjectKey, wire::Plan> = BTreeMap::new();
     for probe in planned.checks.iter().map(|c| &c.probe).chain(&planned.controls) {
@@ -475,6 +497,11 @@ pub fn batches(planned: &Planned, timeout_ms: u64) -> BTreeMap<ObjectKey, wire::
             .push(spec(probe, timeout_ms));
     }
     plans
+}
+
+/// The node's batch.
+pub fn node_batch(planned: &Planned, timeout_ms: u64) -> wire::Plan {
+    wire::Plan { schema: wire::SCHEMA, probes: planned.node_controls.iter().map(|p| spec(p, timeout_ms)).collect() }
 }
 
 /// A probe as the batch reads it.
