@@ -356,7 +356,8 @@ async fn run_on<C: crate::cluster::Cluster + Clone + Send + Sync + 'static>(
     }
     match args.output {
         RunOutput::Text => {
-            let style = report::run_text::Style { color: std::io::stdout().is_terminal(), verbose: args.verbose };
+            let style =
+                report::run_text::Style { color: std::io::stdout().is_terminal(), verbose: args.verbose };
             out.write_all(report::run_text::render(&report, style).as_bytes())?;
         }
         RunOutput::Json => {

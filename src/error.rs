@@ -38,16 +38,28 @@ pub enum Error {
     Lab(#[from] crate::lab::LabError),
     /// A scenario file is unreadable or invalid.
     #[error(transparent)]
-    Scenario(#[from] crate::scenario::ScenarioError),
+    Scenario(Box<crate::scenario::ScenarioError>),
     /// A run could not finish.
     #[error(transparent)]
-    Run(#[from] crate::run::RunError),
+    Run(Box<crate::run::RunError>),
     /// The command line names something that does not exist or cannot work.
     #[error("{0}")]
     Usage(String),
     /// Writing the result failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+impl From<crate::scenario::ScenarioError> for Error {
+    fn from(error: crate::scenario::ScenarioError) -> Self {
+        Error::Scenario(Box::new(error))
+    }
+}
+
+impl From<crate::run::RunError> for Error {
+    fn from(error: crate::run::RunError) -> Self {
+        Error::Run(Box::new(error))
+    }
 }
 
 impl Error {

@@ -36,7 +36,9 @@ fn main() -> ExitCode {
 
 /// Runs an async command on a runtime of its own, with Ctrl-C and SIGTERM cancelling it (the
 /// command then cleans up before it returns).
-fn with_runtime<'a, F>(command: impl FnOnce(&'a tokio_util::sync::CancellationToken) -> F) -> Result<Exit, Error>
+fn with_runtime<'a, F>(
+    command: impl FnOnce(&'a tokio_util::sync::CancellationToken) -> F,
+) -> Result<Exit, Error>
 where
     F: std::future::Future<Output = Result<Exit, Error>> + 'a,
 {

@@ -347,8 +347,8 @@ async fn batch_in(
     plan: &Plan,
     limit: Duration,
 ) -> Result<BatchOutput, ClusterError> {
-    let text =
-        serde_json::to_vec(plan).map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
+    let text = serde_json::to_vec(plan)
+        .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
     let concurrency = plan.probes.len().clamp(1, 4096).to_string();
     let mut child = tokio::process::Command::new("ip")
         .args(["netns", "exec", netns])
@@ -363,7 +363,8 @@ async fn batch_in(
             command: format!("netpol-probe batch in {netns}"),
             output: e.to_string(),
         })?;
-    let mut stdin = child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the batch".into()))?;
+    let mut stdin =
+        child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the batch".into()))?;
     let mut stdout =
         child.stdout.take().ok_or_else(|| ClusterError::Invalid("no stdout for the batch".into()))?;
     let writer = tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut stdin, &text).await });

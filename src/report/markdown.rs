@@ -22,24 +22,35 @@ pub fn render(report: &RunReport) -> String {
         _ => "⚠️ inconclusive",
     };
     let _ = writeln!(out, "## netpol-verify: {headline}\n");
-    let _ = writeln!(out, "Run `{}` on {} — exit code {}.\n", report.run_id, escape(&report.target), exit as u8);
+    let _ =
+        writeln!(out, "Run `{}` on {} — exit code {}.\n", report.run_id, escape(&report.target), exit as u8);
     let _ = writeln!(out, "| verdict | checks |\n|---|---:|");
     for (verdict, count) in report.counts() {
         let _ = writeln!(out, "| {verdict} | {count} |");
     }
     if let Some(canary) = &report.canary {
-        let _ = writeln!(out, "\n### CNI capabilities (canary)\n\n| capability | status | detail |\n|---|---|---|");
+        let _ = writeln!(
+            out,
+            "\n### CNI capabilities (canary)\n\n| capability | status | detail |\n|---|---|---|"
+        );
         for c in &canary.capabilities {
             let _ = writeln!(out, "| {} | {} | {} |", c.name, c.status, escape(&c.detail));
         }
-        let latency = canary.enforce_latency.map_or("not enforced".to_string(), |d| format!("{} ms", d.as_millis()));
-        let window = canary.pod_start_window.map_or("not measured".to_string(), |d| format!("{} ms", d.as_millis()));
+        let latency =
+            canary.enforce_latency.map_or("not enforced".to_string(), |d| format!("{} ms", d.as_millis()));
+        let window =
+            canary.pod_start_window.map_or("not measured".to_string(), |d| format!("{} ms", d.as_millis()));
         let _ = writeln!(out, "\nEnforcement latency: **{latency}** · pod-start window: **{window}**");
     }
-    let findings: Vec<_> =
-        report.all_checks().filter(|j| j.verdict.is_failure() || j.verdict == Verdict::Inconclusive).collect();
+    let findings: Vec<_> = report
+        .all_checks()
+        .filter(|j| j.verdict.is_failure() || j.verdict == Verdict::Inconclusive)
+        .collect();
     if !findings.is_empty() {
-        let _ = writeln!(out, "\n### Findings\n\n| verdict | scenario | from | to | port | detail | policies |\n|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "\n### Findings\n\n| verdict | scenario | from | to | port | detail | policies |\n|---|---|---|---|---|---|---|"
+        );
         for judged in findings.iter().take(MAX_ROWS) {
             let c = &judged.check;
             let _ = writeln!(
@@ -57,7 +68,8 @@ pub fn render(report: &RunReport) -> String {
             );
         }
         if findings.len() > MAX_ROWS {
-            let _ = writeln!(out, "\n… and {} more (see the JSON or JUnit report).", findings.len() - MAX_ROWS);
+            let _ =
+                writeln!(out, "\n… and {} more (see the JSON or JUnit report).", findings.len() - MAX_ROWS);
         }
     }
     if !report.notes.is_empty() {

@@ -2,9 +2,9 @@
 
 pub mod explain;
 pub mod json;
-pub mod reason;
-pub mod table;
 pub mod junit;
 pub mod markdown;
+pub mod reason;
 pub mod run_json;
 pub mod run_text;
+pub mod table;

@@ -66,6 +66,8 @@ struct CheckJson<'a> {
     kind: &'static str,
     intent: Option<&'static str>,
     policy: &'static str,
+    egress: Option<&'static str>,
+    ingress: Option<&'static str>,
     observed: &'static str,
     denied_by: Option<&'static str>,
     verdict: &'static str,
@@ -91,6 +93,8 @@ fn check(judged: &Judged) -> CheckJson<'_> {
         kind: if c.probe.target.dns { "dns" } else { "connect" },
         intent: c.intent.map(|i| i.as_str()),
         policy: c.policy.as_str(),
+        egress: c.egress.map(allow_or_deny),
+        ingress: c.ingress.map(allow_or_deny),
         observed: judged.observed.as_str(),
         denied_by: match judged.observed {
             Observed::Dropped => Some("dropped"),
@@ -104,6 +108,10 @@ fn check(judged: &Judged) -> CheckJson<'_> {
         because: &c.because,
         implementation_defined: &c.implementation_defined,
     }
+}
+
+fn allow_or_deny(allows: bool) -> &'static str {
+    if allows { "allow" } else { "deny" }
 }
 
 /// Writes the run document.

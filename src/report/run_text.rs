@@ -35,7 +35,13 @@ pub fn render(report: &RunReport, style: Style) -> String {
     let mut out = String::new();
     let total = report.all_checks().count();
     let wall: u128 = report.phases.iter().map(|(_, d)| d.as_millis()).sum();
-    let _ = writeln!(out, "netpol-verify run {} on {}: {total} checks in {:.1} s", report.run_id, report.target, wall as f64 / 1000.0);
+    let _ = writeln!(
+        out,
+        "netpol-verify run {} on {}: {total} checks in {:.1} s",
+        report.run_id,
+        report.target,
+        wall as f64 / 1000.0
+    );
     let counts = report.counts();
     let line: Vec<String> = counts
         .iter()
@@ -85,7 +91,8 @@ pub fn render(report: &RunReport, style: Style) -> String {
             }
         }
     }
-    let inconclusive: Vec<&Judged> = report.all_checks().filter(|j| j.verdict == Verdict::Inconclusive).collect();
+    let inconclusive: Vec<&Judged> =
+        report.all_checks().filter(|j| j.verdict == Verdict::Inconclusive).collect();
     if !inconclusive.is_empty() {
         let _ = writeln!(out, "\nInconclusive ({})", inconclusive.len());
         for judged in inconclusive {
@@ -148,7 +155,11 @@ fn truth_tables(out: &mut String, report: &RunReport) {
     let mut tables: BTreeMap<(String, String, String), Vec<&Judged>> = BTreeMap::new();
     for judged in &report.judged {
         let c = &judged.check;
-        let key = (c.scenario.clone(), c.group.clone(), format!("{}/{}", c.probe.target.port, c.probe.target.protocol));
+        let key = (
+            c.scenario.clone(),
+            c.group.clone(),
+            format!("{}/{}", c.probe.target.port, c.probe.target.protocol),
+        );
         tables.entry(key).or_default().push(judged);
     }
     let _ = writeln!(
@@ -177,7 +188,8 @@ fn truth_tables(out: &mut String, report: &RunReport) {
             let cells: String = columns
                 .iter()
                 .map(|column| {
-                    let judged = checks.iter().find(|j| j.check.from_namespace == row && j.check.to == *column);
+                    let judged =
+                        checks.iter().find(|j| j.check.from_namespace == row && j.check.to == *column);
                     format!("{:>3}", judged.map_or(' ', |j| cell(j)))
                 })
                 .collect();
@@ -188,5 +200,9 @@ fn truth_tables(out: &mut String, report: &RunReport) {
 
 fn column_label(i: usize) -> String {
     let letters = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    if i < 26 { (letters[i] as char).to_string() } else { format!("{}{}", letters[i / 26 - 1] as char, letters[i % 26] as char) }
+    if i < 26 {
+        (letters[i] as char).to_string()
+    } else {
+        format!("{}{}", letters[i / 26 - 1] as char, letters[i % 26] as char)
+    }
 }

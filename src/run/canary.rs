@@ -55,8 +55,11 @@ pub struct CanaryReport {
     pub checks: Vec<Judged>,
 }
 
-/// The canary's pods: name, role, ports, and the namespace (`false`: the main scratch one).
-const PODS: [(&str, Role, &[(u16, Protocol)], bool); 11] = [
+/// A canary pod: name, role, ports, and whether it lives in the peer namespace.
+type CanaryPod = (&'static str, Role, &'static [(u16, Protocol)], bool);
+
+/// The canary's pods.
+const PODS: [CanaryPod; 11] = [
     ("client", Role::Client, &[], false),
     ("control", Role::Control, &[(80, Protocol::Tcp)], false),
     ("ingress", Role::Server, &[(80, Protocol::Tcp), (80, Protocol::Udp)], false),
@@ -204,8 +207,14 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let mut judged = judge::judge(all, &controls, &results);
     if let Some(first) = judged.first_mut() {
         first.detail = match report.enforce_latency {
-            Some(latency) => format!("{}; enforced {} ms after the policy was stored", first.detail, latency.as_millis()),
-            None => format!("{}; still not enforced {} s after the policy was stored", first.detail, options.enforce_timeout.as_secs()),
+            Some(latency) => {
+                format!("{}; enforced {} ms after the policy was stored", first.detail, latency.as_millis())
+            }
+            None => format!(
+                "{}; still not enforced {} s after the policy was stored",
+                first.detail,
+                options.enforce_timeout.as_secs()
+            ),
         };
     }
     report.capabilities = capabilities(&judged);
@@ -235,11 +244,21 @@ async fn checks<C: Cluster>(
     let mut checks = Vec::new();
     for (i, (capability, from, to, port, protocol)) in PROBES.iter().enumerate() {
         let (from, to) = (names.pod(from), names.pod(to));
-        let (Some(&address), Some(f), Some(t)) = (ips.get(&to), snapshot.find_pod(&from), snapshot.find_pod(&to))
+        let (Some(&address), Some(f), Some(t)) =
+            (ips.get(&to), snapshot.find_pod(&from), snapshot.find_pod(&to))
         else {
             return Err(ClusterError::NotFound { what: format!("canary pod {from} or {to}") });
         };
-        checks.push(pod_check(&engine, scenario, capability, (f, &from), (t, &to, address), *port, *protocol, i));
+        checks.push(pod_check(
+            &engine,
+            scenario,
+            capability,
+            (f, &from),
+            (t, &to, address),
+            *port,
+            *protocol,
+            i,
+        ));
     }
     Ok(checks)
 }
@@ -273,6 +292,8 @@ fn pod_check(
         to_namespace: Some(to.namespace.clone()),
         intent: None,
         policy: PolicyAnswer::from_allowed(verdict.allowed),
+        egress: Some(verdict.egress.outcome.permits()),
+        ingress: Some(verdict.ingress.outcome.permits()),
         policies: ids.iter().map(|p| engine.snapshot().policy_key(*p).to_string()).collect(),
         because: because(engine, Endpoint::Pod(from_id), Endpoint::Pod(to_id), port, protocol, &verdict),
         implementation_defined: verdict.implementation_defined.names(),
@@ -288,12 +309,9 @@ fn controls_for(checks: &[Check], names: &Names) -> Vec<Probe> {
         if controls.iter().any(|c| c.target == check.probe.target) || check.to == control.to_string() {
             continue;
         }
-        let client = if check.to == names.pod("target").to_string() { names.pod("client") } else { control.clone() };
-        controls.push(Probe {
-            id: format!("canary-k{}", controls.len() + 1),
-            client,
-            ..check.probe.clone()
-        });
+        let client =
+            if check.to == names.pod("target").to_string() { names.pod("client") } else { control.clone() };
+        controls.push(Probe { id: format!("canary-k{}", controls.len() + 1), client, ..check.probe.clone() });
     }
     controls
 }
@@ -314,14 +332,19 @@ async fn round<C: Cluster + Clone + Send + Sync + 'static>(
     for probe in checks.iter().map(|c| &c.probe).chain(controls) {
         plans
             .entry(probe.client.clone())
-            .or_insert_with(|| netpol_probe::wire::Plan { schema: netpol_probe::wire::SCHEMA, probes: Vec::new() })
+            .or_insert_with(|| netpol_probe::wire::Plan {
+                schema: netpol_probe::wire::SCHEMA,
+                probes: Vec::new(),
+            })
             .probes
             .push(super::plan::spec(probe, timeout_ms));
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (client, plan) in plans {
         let cluster = cluster.clone();
-        tasks.spawn(async move { cluster.run_batch(&client, &plan, POLL_TIMEOUT + Duration::from_secs(10)).await });
+        tasks.spawn(async move {
+            cluster.run_batch(&client, &plan, POLL_TIMEOUT + Duration::from_secs(10)).await
+        });
     }
     let mut results = HashMap::new();
     while let Some(joined) = tasks.join_next().await {
@@ -371,7 +394,10 @@ fn capability_policies(names: &Names, ips: &HashMap<ObjectKey, IpAddr>) -> Vec<N
             "range",
             serde_json::json!({"from": [pods("client")], "ports": [{"port": 82, "endPort": 83, "protocol": "TCP"}]}),
         ),
-        ingress("sctp", serde_json::json!({"from": [pods("client")], "ports": [{"port": 80, "protocol": "SCTP"}]})),
+        ingress(
+            "sctp",
+            serde_json::json!({"from": [pods("client")], "ports": [{"port": 80, "protocol": "SCTP"}]}),
+        ),
         ingress(
             "nsel",
             serde_json::json!({"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": names.peer_namespace}}}]}),
@@ -436,7 +462,16 @@ fn capabilities(judged: &[Judged]) -> Vec<Capability> {
             .iter()
             .find(|j| j.verdict != Verdict::Pass && j.verdict != Verdict::Informational)
             .or(mine.first())
-            .map(|j| format!("{} → {} {}/{}: {}", j.check.probe.client, j.check.to, j.check.probe.target.port, j.check.probe.target.protocol, j.detail))
+            .map(|j| {
+                format!(
+                    "{} → {} {}/{}: {}",
+                    j.check.probe.client,
+                    j.check.to,
+                    j.check.probe.target.port,
+                    j.check.probe.target.protocol,
+                    j.detail
+                )
+            })
             .unwrap_or_default();
         capabilities.push(Capability { name, status, detail });
     }
@@ -458,15 +493,26 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
     cluster.create_probe_pod(&pod).await?;
     let running = cluster.wait_running(std::slice::from_ref(&key), pod_timeout).await?;
     let started = Instant::now();
-    let address = running.first().map(|r| r.ip).ok_or_else(|| ClusterError::NotFound { what: format!("pod {key}") })?;
+    let address =
+        running.first().map(|r| r.ip).ok_or_else(|| ClusterError::NotFound { what: format!("pod {key}") })?;
     let snapshot = cluster.discover().await?.snapshot;
     let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     let client = names.pod("client");
     let (Some(from), Some(to)) = (snapshot.find_pod(&client), snapshot.find_pod(&key)) else {
         return Err(ClusterError::NotFound { what: format!("pod {client} or {key}") });
     };
-    let check = pod_check(&engine, scenario, "pod-start window", (from, &client), (to, &key, address), 80, Protocol::Tcp, 100);
-    let control = Probe { id: "canary-late-control".into(), client: names.pod("control"), ..check.probe.clone() };
+    let check = pod_check(
+        &engine,
+        scenario,
+        "pod-start window",
+        (from, &client),
+        (to, &key, address),
+        80,
+        Protocol::Tcp,
+        100,
+    );
+    let control =
+        Probe { id: "canary-late-control".into(), client: names.pod("control"), ..check.probe.clone() };
     let controls = [control];
 
     let mut last_through: Option<Duration> = None;
@@ -485,7 +531,10 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
     }
     let mut judged = judge::judge(vec![check.clone()], &controls, &results).remove(0);
     let window = if check.policy != PolicyAnswer::Deny {
-        judged.detail = format!("{}; the stored policies do not deny it, so there is no window to measure", judged.detail);
+        judged.detail = format!(
+            "{}; the stored policies do not deny it, so there is no window to measure",
+            judged.detail
+        );
         None
     } else if let Some(last) = last_through {
         judged.verdict = Verdict::NotEnforced;
@@ -516,8 +565,15 @@ mod tests {
 
     #[test]
     fn the_canarys_policies_are_valid_networkpolicies() {
-        let names = Names { namespace: "nv-canary-r1".into(), peer_namespace: "nv-canary-peer-r1".into(), run_id: "r1".into() };
-        let ips = HashMap::from([(names.pod("target"), "10.244.0.7".parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0])))]);
+        let names = Names {
+            namespace: "nv-canary-r1".into(),
+            peer_namespace: "nv-canary-peer-r1".into(),
+            run_id: "r1".into(),
+        };
+        let ips = HashMap::from([(
+            names.pod("target"),
+            "10.244.0.7".parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        )]);
         let mut policies = capability_policies(&names, &ips);
         policies.push(ingress_policy(&names));
         assert_eq!(policies.len(), 7);

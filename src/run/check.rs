@@ -156,6 +156,10 @@ pub struct Check {
     /// `None`: the scenario only asks what the policies say.
     pub intent: Option<Intent>,
     pub policy: PolicyAnswer,
+    /// What each direction says on its own: the source's egress, the destination's ingress
+    /// (`None` when the destination is not a pod, or a Service's endpoints disagree).
+    pub egress: Option<bool>,
+    pub ingress: Option<bool>,
     /// The policies isolating either end.
     pub policies: Vec<String>,
     /// Why the policies say so, one line per direction.

@@ -95,7 +95,8 @@ pub struct RunReport {
 impl RunReport {
     /// How many checks got each verdict.
     pub fn counts(&self) -> BTreeMap<check::Verdict, usize> {
-        let mut counts: BTreeMap<check::Verdict, usize> = check::Verdict::ALL.iter().map(|v| (*v, 0)).collect();
+        let mut counts: BTreeMap<check::Verdict, usize> =
+            check::Verdict::ALL.iter().map(|v| (*v, 0)).collect();
         for judged in self.all_checks() {
             *counts.entry(judged.verdict).or_default() += 1;
         }
@@ -152,7 +153,7 @@ pub fn new_run_id() -> String {
         // The first character is a letter, so names built from it are valid everywhere.
         let range = if id.is_empty() { 26 } else { alphabet.len() as u128 };
         id.push(alphabet[(seed % range) as usize] as char);
-        seed = seed / range ^ (seed >> 17);
+        seed = (seed / range) ^ (seed >> 17);
     }
     id
 }
@@ -352,7 +353,12 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
 }
 
 /// A probe pod of this run.
-pub fn probe_pod(key: &ObjectKey, role: Role, run_id: &str, ports: &[crate::engine::ContainerPort]) -> ProbePod {
+pub fn probe_pod(
+    key: &ObjectKey,
+    role: Role,
+    run_id: &str,
+    ports: &[crate::engine::ContainerPort],
+) -> ProbePod {
     ProbePod {
         key: key.clone(),
         role,
@@ -387,8 +393,11 @@ pub fn parse_selector(text: &str) -> Result<Selector, String> {
             .map_or(rest.len(), |(i, _)| i);
         let term = rest[..end].trim();
         rest = rest.get(end + 1..).unwrap_or("").trim();
-        let bad = || format!("{term:?} is not a selector term (write k=v, k!=v, k, !k, k in (a,b) or k notin (a,b))");
-        let key_ok = |k: &str| !k.is_empty() && !k.contains(|c: char| c.is_whitespace() || "=!(),".contains(c));
+        let bad = || {
+            format!("{term:?} is not a selector term (write k=v, k!=v, k, !k, k in (a,b) or k notin (a,b))")
+        };
+        let key_ok =
+            |k: &str| !k.is_empty() && !k.contains(|c: char| c.is_whitespace() || "=!(),".contains(c));
         let set = |values: &str| -> Option<std::collections::BTreeSet<String>> {
             let inner = values.trim().strip_prefix('(')?.strip_suffix(')')?;
             Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())

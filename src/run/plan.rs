@@ -126,21 +126,22 @@ fn plan_group(
     let before = planned.checks.len();
     for (namespace, client) in sources {
         let Some(client_id) = snapshot.find_pod(client) else { continue };
-        let destinations = match destinations(engine, group, namespace, deployment, &chosen, &mut planned.notes)
-        {
-            Ok(d) => d,
-            Err(note) => {
-                planned.notes.push(Note(format!("{label}: skipped: {note}")));
-                return;
-            }
-        };
+        let destinations =
+            match destinations(engine, group, namespace, deployment, &chosen, &mut planned.notes) {
+                Ok(d) => d,
+                Err(note) => {
+                    planned.notes.push(Note(format!("{label}: skipped: {note}")));
+                    return;
+                }
+            };
         for d in destinations {
-            let (client_ip, _) = engine.connection_addresses(Endpoint::Pod(client_id), Endpoint::Ip(d.address));
+            let (client_ip, _) =
+                engine.connection_addresses(Endpoint::Pod(client_id), Endpoint::Ip(d.address));
             if client_ip.is_none_or(|ip| ip.is_ipv4() != d.address.is_ipv4()) {
                 skipped_family = true;
                 continue;
             }
-            let (policy, policies, why, defined) = answer(engine, client_id, &d);
+            let answer = answer(engine, client_id, &d);
             planned.checks.push(Check {
                 scenario: scenario.name.clone(),
                 group: group.name.clone(),
@@ -155,10 +156,12 @@ fn plan_group(
                 to: d.to.clone(),
                 to_namespace: d.to_namespace.clone(),
                 intent: (group.intent != Intent::Policy).then_some(group.intent),
-                policy,
-                policies,
-                because: why,
-                implementation_defined: defined,
+                policy: answer.policy,
+                egress: answer.egress,
+                ingress: answer.ingress,
+                policies: answer.policies,
+                because: answer.because,
+                implementation_defined: answer.implementation_defined,
             });
         }
     }
@@ -172,21 +175,34 @@ fn plan_group(
     }
 }
 
-/// What the stored policies say about `client` reaching `d`, the policies involved, why, and
-/// which implementation-defined rules the answer hinges on.
-fn answer(
-    engine: &Engine<'_>,
-    client: PodId,
-    d: &Destination,
-) -> (PolicyAnswer, Vec<String>, Vec<String>, Vec<&'static str>) {
+/// What the stored policies say about a connection, and why.
+struct Answer {
+    policy: PolicyAnswer,
+    egress: Option<bool>,
+    ingress: Option<bool>,
+    policies: Vec<String>,
+    because: Vec<String>,
+    implementation_defined: Vec<&'static str>,
+}
+
+/// What the stored policies say about `client` reaching `d`: over every endpoint, when a
+/// Service has several.
+fn answer(engine: &Engine<'_>, client: PodId, d: &Destination) -> Answer {
     let from = Endpoint::Pod(client);
     if d.endpoints.is_empty() {
         let to = Endpoint::Ip(d.address);
         let verdict = engine.verdict(from, to, d.port, d.protocol);
-        let policies = policy_names(engine, &verdict);
-        let why = because(engine, from, to, d.port, d.protocol, &verdict);
-        return (PolicyAnswer::from_allowed(verdict.allowed), policies, why, verdict.implementation_defined.names());
+        return Answer {
+            policy: PolicyAnswer::from_allowed(verdict.allowed),
+            egress: Some(verdict.egress.outcome.permits()),
+            ingress: None,
+            policies: policy_names(engine, &verdict),
+            because: because(engine, from, to, d.port, d.protocol, &verdict),
+            implementation_defined: verdict.implementation_defined.names(),
+        };
     }
+    let mut egress = Vec::new();
+    let mut ingress = Vec::new();
     let mut answers = Vec::new();
     let mut policies = BTreeSet::new();
     let mut why = Vec::new();
@@ -194,6 +210,8 @@ fn answer(
     for &(pod, port) in &d.endpoints {
         let to = Endpoint::Pod(pod);
         let verdict = engine.verdict(from, to, port, d.protocol);
+        egress.push(verdict.egress.outcome.permits());
+        ingress.push(verdict.ingress.outcome.permits());
         policies.extend(policy_names(engine, &verdict));
         defined.extend(verdict.implementation_defined.names());
         if why.is_empty() {
@@ -207,7 +225,8 @@ fn answer(
         PolicyAnswer::Deny
     } else {
         let (allow, deny): (Vec<_>, Vec<_>) = answers.iter().partition(|(_, allowed)| *allowed);
-        let names = |v: Vec<&(String, bool)>| v.into_iter().map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", ");
+        let names =
+            |v: Vec<&(String, bool)>| v.into_iter().map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", ");
         why.insert(
             0,
             format!(
@@ -218,7 +237,15 @@ fn answer(
         );
         PolicyAnswer::Unknown
     };
-    (policy, policies.into_iter().collect(), why, defined.into_iter().collect())
+    let agreed = |answers: Vec<bool>| answers.iter().all(|a| *a == answers[0]).then_some(answers[0]);
+    Answer {
+        policy,
+        egress: agreed(egress),
+        ingress: agreed(ingress),
+        policies: policies.into_iter().collect(),
+        because: why,
+        implementation_defined: defined.into_iter().collect(),
+    }
 }
 
 fn policy_names(engine: &Engine<'_>, verdict: &crate::engine::Verdict<'_>) -> Vec<String> {
@@ -306,11 +333,13 @@ fn is_tool_pod(labels: Option<&BTreeMap<String, String>>) -> bool {
 /// `k8s-app=kube-dns` (some distributions name it coredns).
 pub fn kube_dns(services: &[Service]) -> Option<&Service> {
     let in_kube_system = |s: &&Service| s.metadata.namespace.as_deref() == Some("kube-system");
-    services.iter().filter(in_kube_system).find(|s| s.metadata.name.as_deref() == Some("kube-dns")).or_else(|| {
-        services.iter().filter(in_kube_system).find(|s| {
-            s.metadata.labels.as_ref().and_then(|l| l.get("k8s-app")).is_some_and(|v| v == "kube-dns")
-        })
-    })
+    services.iter().filter(in_kube_system).find(|s| s.metadata.name.as_deref() == Some("kube-dns")).or_else(
+        || {
+            services.iter().filter(in_kube_system).find(|s| {
+                s.metadata.labels.as_ref().and_then(|l| l.get("k8s-app")).is_some_and(|v| v == "kube-dns")
+            })
+        },
+    )
 }
 
 fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Result<Vec<Destination>, String> {
@@ -319,10 +348,18 @@ fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Resul
         let node_local = snapshot.pod_ids().any(|id| {
             let pod = snapshot.pod(id);
             pod.metadata.namespace.as_deref() == Some("kube-system")
-                && pod.metadata.labels.as_ref().and_then(|l| l.get("k8s-app")).is_some_and(|v| v == "node-local-dns")
+                && pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("k8s-app"))
+                    .is_some_and(|v| v == "node-local-dns")
         });
         if !node_local {
-            return Err("NodeLocal DNSCache does not run here (no kube-system pod labelled k8s-app=node-local-dns)".into());
+            return Err(
+                "NodeLocal DNSCache does not run here (no kube-system pod labelled k8s-app=node-local-dns)"
+                    .into(),
+            );
         }
         let address: IpAddr = NODE_LOCAL_DNS.parse().map_err(|_| "bad NodeLocal address".to_string())?;
         return Ok([Protocol::Udp, Protocol::Tcp]
@@ -381,12 +418,15 @@ fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Resul
         };
         let endpoints: Vec<(PodId, u16)> = pods.iter().filter_map(|&p| Some((p, target_port(p)?))).collect();
         if endpoints.is_empty() {
-            notes.push(Note(format!("Service {key} port {number}/{protocol}: no pod declares its targetPort")));
+            notes.push(Note(format!(
+                "Service {key} port {number}/{protocol}: no pod declares its targetPort"
+            )));
             continue;
         }
         match via {
             DnsVia::Service => {
-                let Some(address) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) else {
+                let Some(address) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok())
+                else {
                     return Err(format!("Service {key} has no ClusterIP"));
                 };
                 destinations.push(Destination {
@@ -440,8 +480,8 @@ fn add_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &mut Plan
             expect_name: None,
             endpoints: endpoints_of(engine, check),
         };
-        let (answer, _, _, defined) = self::answer(engine, control_id, &d);
-        if answer == PolicyAnswer::Allow && defined.is_empty() {
+        let answer = self::answer(engine, control_id, &d);
+        if answer.policy == PolicyAnswer::Allow && answer.implementation_defined.is_empty() {
             controls.push(Probe {
                 id: format!("k{}", controls.len() + 1),
                 client: control.clone(),
@@ -501,7 +541,10 @@ pub fn batches(planned: &Planned, timeout_ms: u64) -> BTreeMap<ObjectKey, wire::
 
 /// The node's batch.
 pub fn node_batch(planned: &Planned, timeout_ms: u64) -> wire::Plan {
-    wire::Plan { schema: wire::SCHEMA, probes: planned.node_controls.iter().map(|p| spec(p, timeout_ms)).collect() }
+    wire::Plan {
+        schema: wire::SCHEMA,
+        probes: planned.node_controls.iter().map(|p| spec(p, timeout_ms)).collect(),
+    }
 }
 
 /// A probe as the batch reads it.

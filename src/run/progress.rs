@@ -97,7 +97,11 @@ impl Progress for Bars {
         } else {
             ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
         };
-        let template = if total > 0 { "{spinner} {msg:<20} [{bar:30}] {pos}/{len} {elapsed}" } else { "{spinner} {msg:<20} {elapsed}" };
+        let template = if total > 0 {
+            "{spinner} {msg:<20} [{bar:30}] {pos}/{len} {elapsed}"
+        } else {
+            "{spinner} {msg:<20} {elapsed}"
+        };
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
         }

@@ -9,7 +9,9 @@ fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
     Namespace {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()),
+            labels: Some(
+                labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            ),
             ..ObjectMeta::default()
         },
         ..Namespace::default()
@@ -39,10 +41,7 @@ fn scope_filters_combine() {
     assert_eq!(named.apply(&cluster()), ["kube-system", "shop"], "naming a system namespace includes it");
     let excluded = Scope { exclude: vec!["default".into()], ..Scope::default() };
     assert_eq!(excluded.apply(&cluster()), ["argocd", "shop"]);
-    let selected = Scope {
-        selector: Some(Selector::from_iter([("team", "shop")])),
-        ..Scope::default()
-    };
+    let selected = Scope { selector: Some(Selector::from_iter([("team", "shop")])), ..Scope::default() };
     assert_eq!(selected.apply(&cluster()), ["shop"]);
     let tool = Scope { namespaces: vec!["netpol-verify-abc123".into()], ..Scope::default() };
     assert!(tool.apply(&cluster()).is_empty(), "the tool's own namespaces are never probed");

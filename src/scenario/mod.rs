@@ -319,7 +319,9 @@ pub fn load(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
         return Err(fail("name", "lowercase letters, digits and '-', at most 63 characters".into()));
     }
     let body = match (raw.groups, raw.canary) {
-        (Some(_), Some(_)) => return Err(fail("canary", "a scenario has either groups or canary, not both".into())),
+        (Some(_), Some(_)) => {
+            return Err(fail("canary", "a scenario has either groups or canary, not both".into()));
+        }
         (None, None) => return Err(fail("", "a scenario needs groups (or canary)".into())),
         (None, Some(canary)) => Body::Canary(CanaryOptions {
             enforce_timeout: duration(canary.enforce_timeout.as_deref(), Duration::from_secs(20))
@@ -336,7 +338,10 @@ pub fn load(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
                 let field = format!("groups[{i}]");
                 let group = validate_group(group, &field).map_err(|(f, m)| fail(&f, m))?;
                 if valid.iter().any(|g| g.name == group.name) {
-                    return Err(fail(&format!("{field}.name"), format!("another group is named {:?}", group.name)));
+                    return Err(fail(
+                        &format!("{field}.name"),
+                        format!("another group is named {:?}", group.name),
+                    ));
                 }
                 valid.push(group);
             }
@@ -377,7 +382,8 @@ fn validate_group(raw: RawGroup, field: &str) -> Result<Group, FieldFailure> {
         let selector_text = serde_json::to_string(&pods.selector).unwrap_or_default();
         Target::Pods {
             namespaces: namespaces(pods.namespaces, &format!("{field}.to.pods.namespaces"))?,
-            selector: Selector::try_from(pods.selector).map_err(|e| fail("to.pods.selector", &e.to_string()))?,
+            selector: Selector::try_from(pods.selector)
+                .map_err(|e| fail("to.pods.selector", &e.to_string()))?,
             selector_text,
         }
     } else if let Some(ip) = t.ip {
@@ -433,7 +439,9 @@ pub fn parse_port(text: &str) -> Result<(u16, Protocol), String> {
         None => (text, Protocol::Tcp),
     };
     match number.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("{text:?} is not a port: write 1-65535 with /TCP or /UDP, e.g. 80/TCP")),
+        Ok(0) | Err(_) => {
+            Err(format!("{text:?} is not a port: write 1-65535 with /TCP or /UDP, e.g. 80/TCP"))
+        }
         Ok(port) => Ok((port, protocol)),
     }
 }

@@ -68,7 +68,8 @@ fn the_header_is_checked() {
     assert!(message.starts_with("s.yaml:1: apiVersion: must be netpol-verify.io/v1alpha1"), "{message}");
     let message = error(&format!("{HEAD}groups: []\n"));
     assert!(message.starts_with("s.yaml:4: groups: needs at least one group"), "{message}");
-    let message = error("apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: Bad_Name\ngroups: []\n");
+    let message =
+        error("apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: Bad_Name\ngroups: []\n");
     assert!(message.starts_with("s.yaml:3: name:"), "{message}");
     let message = error("a: [\n");
     assert!(message.starts_with("s.yaml:"), "{message}");
@@ -85,7 +86,8 @@ fn a_selector_with_a_bad_operator_is_an_error() {
 
 #[test]
 fn canary_options_are_durations() {
-    let scenario = load("c.yaml", &format!("{HEAD}canary: {{enforceTimeout: 5s}}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let scenario =
+        load("c.yaml", &format!("{HEAD}canary: {{enforceTimeout: 5s}}\n")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         scenario.body,
         Body::Canary(CanaryOptions {

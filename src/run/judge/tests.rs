@@ -31,6 +31,8 @@ fn check(id: &str, client: &str, policy: PolicyAnswer, intent: Option<Intent>) -
         to_namespace: Some("y".into()),
         intent,
         policy,
+        egress: None,
+        ingress: None,
         policies: vec![],
         because: vec![],
         implementation_defined: vec![],
@@ -70,7 +72,8 @@ fn a_denied_probe_passes_only_when_the_target_was_shown_alive() {
     assert_eq!(verdicts(checks(), &[], &nothing_alive), [Verdict::Inconclusive, Verdict::Inconclusive]);
     // The tool's control pod proves it alive just as well.
     let control = [probe("k", "netpol-verify-r1", 80)];
-    let with_control = [result("a", Outcome::Refused), result("b", Outcome::Timeout), result("k", Outcome::Connected)];
+    let with_control =
+        [result("a", Outcome::Refused), result("b", Outcome::Timeout), result("k", Outcome::Connected)];
     assert_eq!(verdicts(checks(), &control, &with_control), [Verdict::Pass, Verdict::OverBlocked]);
 }
 
@@ -104,7 +107,8 @@ fn an_intent_the_policies_do_not_implement_is_an_intent_gap() {
         check("b", "x", Deny, Some(Intent::Deny)),
         check("c", "z", Allow, Some(Intent::Allow)),
     ];
-    let results = [result("a", Outcome::Connected), result("b", Outcome::Timeout), result("c", Outcome::Connected)];
+    let results =
+        [result("a", Outcome::Connected), result("b", Outcome::Timeout), result("c", Outcome::Connected)];
     assert_eq!(verdicts(checks, &[], &results), [Verdict::IntentGap, Verdict::Pass, Verdict::Pass]);
     // Even when the observation proves nothing, the gap is in the policies themselves.
     let checks = vec![check("a", "x", Deny, Some(Intent::Allow))];

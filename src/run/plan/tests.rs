@@ -77,7 +77,8 @@ fn snapshot() -> (Snapshot, Deployment) {
 }
 
 fn scenarios(names: &[&str]) -> Vec<Scenario> {
-    scenario::resolve(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e}"))
+    scenario::resolve(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn row(check: &Check) -> String {
@@ -114,8 +115,11 @@ fn the_matrix_probes_every_server_from_every_client_with_the_policies_answer() {
     assert_eq!(planned.checks[0].probe.expect_name.as_deref(), Some("a/nv-server"));
     assert_eq!(planned.checks[2].policies, ["a/no-dns", "b/same-namespace-only"].map(String::from).to_vec());
     // The control pod can reach a's server (not isolated for ingress), not b's.
-    let controls: Vec<String> =
-        planned.controls.iter().map(|p| format!("{}:{}/{}", p.target.address, p.target.port, p.target.protocol)).collect();
+    let controls: Vec<String> = planned
+        .controls
+        .iter()
+        .map(|p| format!("{}:{}/{}", p.target.address, p.target.port, p.target.protocol))
+        .collect();
     assert_eq!(controls, ["10.244.9.20:80/TCP", "10.244.9.20:80/UDP"]);
     let batches = batches(&planned, 1000);
     assert_eq!(batches.len(), 3);
@@ -142,7 +146,12 @@ fn cluster_dns_is_probed_through_the_service_and_at_its_pods() {
         ]
     );
     assert!(planned.checks.iter().all(|c| c.probe.target.dns && c.probe.query.as_deref() == Some(DNS_QUERY)));
-    assert!(planned.notes.iter().any(|n| n.0.contains("dns/nodelocal-dns: skipped: NodeLocal DNSCache does not run")));
+    assert!(
+        planned
+            .notes
+            .iter()
+            .any(|n| n.0.contains("dns/nodelocal-dns: skipped: NodeLocal DNSCache does not run"))
+    );
     // Controls go through the Service too: the control pod is not isolated.
     assert_eq!(planned.controls.len(), 4);
 }
@@ -153,12 +162,24 @@ fn metadata_skips_the_other_ip_family_and_absent_gitops_namespaces_are_noted() {
     let engine = Engine::new(&snapshot).unwrap_or_else(|e| panic!("{e}"));
     let planned = plan(&engine, &scenarios(&["metadata", "gitops"]), &deployment);
     let rows: Vec<String> = planned.checks.iter().map(row).collect();
-    assert_eq!(rows, ["metadata-ipv4 a -> 169.254.169.254 80/TCP allow", "metadata-ipv4 b -> 169.254.169.254 80/TCP allow"]);
+    assert_eq!(
+        rows,
+        [
+            "metadata-ipv4 a -> 169.254.169.254 80/TCP allow",
+            "metadata-ipv4 b -> 169.254.169.254 80/TCP allow"
+        ]
+    );
     assert_eq!(planned.checks[0].intent, Some(Intent::Deny));
     let notes: Vec<&str> = planned.notes.iter().map(|n| n.0.as_str()).collect();
-    assert!(notes.iter().any(|n| n.starts_with("metadata/metadata-ipv6: some targets were skipped")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.starts_with("metadata/metadata-ipv6: some targets were skipped")),
+        "{notes:?}"
+    );
     assert!(notes.contains(&"gitops/into-gitops: skipped: it matches no target in scope"), "{notes:?}");
-    assert!(notes.contains(&"gitops/out-of-gitops: skipped: no namespace in scope matches its sources"), "{notes:?}");
+    assert!(
+        notes.contains(&"gitops/out-of-gitops: skipped: no namespace in scope matches its sources"),
+        "{notes:?}"
+    );
 }
 
 #[test]
@@ -167,13 +188,20 @@ fn default_deny_probes_only_other_namespaces() {
     let engine = Engine::new(&snapshot).unwrap_or_else(|e| panic!("{e}"));
     let planned = plan(&engine, &scenarios(&["default-deny"]), &deployment);
     let rows: Vec<String> = planned.checks.iter().map(row).collect();
-    assert_eq!(rows, ["cross-namespace-ingress a -> b/nv-server 80/TCP deny", "cross-namespace-ingress b -> a/nv-server 80/TCP allow"]);
+    assert_eq!(
+        rows,
+        [
+            "cross-namespace-ingress a -> b/nv-server 80/TCP deny",
+            "cross-namespace-ingress b -> a/nv-server 80/TCP allow"
+        ]
+    );
     assert_eq!(planned.checks[1].intent, Some(Intent::Deny));
 }
 
 #[test]
 fn probe_servers_listen_on_every_port_scenarios_probe_them_on() {
     let ports = server_ports(&scenarios(&["matrix", "default-deny", "dns"]));
-    let ports: Vec<String> = ports.iter().map(|p| format!("{}/{} {:?}", p.port, p.protocol, p.name)).collect();
+    let ports: Vec<String> =
+        ports.iter().map(|p| format!("{}/{} {:?}", p.port, p.protocol, p.name)).collect();
     assert_eq!(ports, ["80/TCP Some(\"http\")", "80/UDP None"]);
 }

@@ -1,0 +1,403 @@
+//! `netpol-verify lab run` end to end (root): a lab per test, real packets, and the exact
+//! verdicts every CNI mode must produce, read back from the JSON and JUnit reports. Probes go
+//! only to addresses inside the lab.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use netpol_verify::lab::Lab;
+use serde_json::Value;
+
+/// x admits only its own namespace; y may reach only x, y and DNS; z has no policy.
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: z}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec:
+  containers: [{name: web, ports: [{containerPort: 8080}]}]
+status: {phase: Running, podIP: 10.244.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  containers:
+  - name: coredns
+    ports: [{name: dns, containerPort: 53, protocol: UDP}, {name: dns-tcp, containerPort: 53}]
+status: {phase: Running, podIP: 10.244.0.10}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {k8s-app: kube-dns}
+  ports:
+  - {name: dns, port: 53, protocol: UDP, targetPort: dns}
+  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: same-namespace, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{podSelector: {}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: limited-egress, namespace: y}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [x, y]}]}}]
+  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+    ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
+"#;
+
+fn verify() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_netpol-verify"))
+}
+
+fn unique_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("r{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+struct Run {
+    output: Output,
+    json: Value,
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+
+    fn checks(&self) -> Vec<&Value> {
+        self.json["checks"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+    }
+
+    /// `verdict from→to port/protocol` of every check whose verdict is `verdict`.
+    fn with_verdict(&self, verdict: &str) -> BTreeSet<String> {
+        self.checks().into_iter().filter(|c| c["verdict"] == verdict).map(cell).collect()
+    }
+
+    fn count(&self, verdict: &str) -> u64 {
+        self.json["counts"][verdict].as_u64().unwrap_or(u64::MAX)
+    }
+}
+
+/// `group from-namespace→to port/protocol`.
+fn cell(check: &Value) -> String {
+    format!(
+        "{} {}→{} {}/{}",
+        check["group"].as_str().unwrap_or("?"),
+        check["from_namespace"].as_str().unwrap_or("?"),
+        check["to_namespace"].as_str().unwrap_or(check["to"].as_str().unwrap_or("?")),
+        check["port"],
+        check["protocol"].as_str().unwrap_or("?")
+    )
+}
+
+/// `lab run` on the test cluster with `args`; the JSON report, and a check that the lab and
+/// everything the run made are gone.
+fn lab_run(cni: &str, args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(&cluster, CLUSTER).expect("write the cluster");
+    let name = unique_name();
+    let output = Command::new(verify())
+        .args(["lab", "run", "--from-file"])
+        .arg(&cluster)
+        .args(["--name", &name, "--cni", cni, "--output", "json", "--probe-timeout", "500ms"])
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .expect("netpol-verify runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(Lab::list().iter().all(|l| l.name != name), "lab {name} was left behind; stderr: {stderr}");
+    let json: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}); exit {:?}, stderr: {stderr}", output.status.code()));
+    Run { output, json, dir }
+}
+
+const SCENARIOS: [&str; 6] = ["-s", "matrix", "-s", "dns", "-s", "metadata"];
+
+/// The verdicts every mode must give: each check's expected verdict from the engine's answer
+/// per direction and what the mode enforces.
+fn expected_not_enforced(run: &Run, enforced: impl Fn(&Value) -> bool) -> BTreeSet<String> {
+    run.checks().into_iter().filter(|c| c["policy"] == "deny" && !enforced(c)).map(cell).collect()
+}
+
+const METADATA_GAPS: [&str; 2] =
+    ["metadata-ipv4 x→169.254.169.254 80/TCP", "metadata-ipv4 z→169.254.169.254 80/TCP"];
+
+fn assert_common(run: &Run) {
+    assert_eq!(run.count("over-blocked"), 0, "{:#?}", run.with_verdict("over-blocked"));
+    assert_eq!(run.count("inconclusive"), 0, "{:#?}", run.with_verdict("inconclusive"));
+    assert_eq!(run.with_verdict("intent-gap"), METADATA_GAPS.iter().map(|s| s.to_string()).collect());
+    // 3 clients + 3 servers + the control pod, and the tool's namespace.
+    assert_eq!(run.json["run"]["cleaned"]["pods"], 7, "{}", run.json["run"]);
+    assert_eq!(run.json["run"]["cleaned"]["namespaces"], 1);
+}
+
+#[test]
+fn enforcing_passes_everything_but_the_metadata_the_policies_allow() {
+    let run = lab_run("enforcing", &SCENARIOS);
+    assert_common(&run);
+    assert_eq!(run.count("not-enforced"), 0, "{:#?}", run.with_verdict("not-enforced"));
+    // 18 matrix + 12 DNS + 3 metadata checks.
+    assert_eq!(run.checks().len(), 33);
+    assert_eq!(run.count("pass"), 31);
+    assert_eq!(run.code(), 1, "intent gaps fail the run");
+    let denied = run.checks().into_iter().filter(|c| c["policy"] == "deny").count();
+    assert_eq!(denied, 7, "y→x, y→z, z→x on TCP and UDP, y→metadata");
+    assert!(run.checks().into_iter().filter(|c| c["policy"] == "deny").all(|c| c["denied_by"] == "dropped"));
+}
+
+#[test]
+fn none_leaves_every_denial_unenforced_and_nothing_over_blocked() {
+    let junit = "report.xml";
+    let run = lab_run(
+        "none",
+        &[&SCENARIOS[..], &["--junit-file", junit, "--markdown-file", "summary.md"]].concat(),
+    );
+    assert_common(&run);
+    assert_eq!(run.with_verdict("not-enforced"), expected_not_enforced(&run, |_| false));
+    assert_eq!(run.count("not-enforced"), 7);
+    assert_eq!(run.code(), 1);
+
+    // The JUnit report says the same as the JSON.
+    let xml = std::fs::read_to_string(run.dir.path().join(junit)).expect("the JUnit file");
+    let doc = roxmltree::Document::parse(&xml).expect("valid XML");
+    let suites: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .filter_map(|n| n.attribute("name"))
+        .collect();
+    assert_eq!(suites, ["matrix", "dns", "metadata"]);
+    let cases: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testcase")).collect();
+    assert_eq!(cases.len(), run.checks().len());
+    let failures = cases.iter().filter(|c| c.children().any(|n| n.has_tag_name("failure"))).count() as u64;
+    let skipped = cases.iter().filter(|c| c.children().any(|n| n.has_tag_name("skipped"))).count() as u64;
+    assert_eq!(failures, run.count("not-enforced") + run.count("over-blocked") + run.count("intent-gap"));
+    assert_eq!(skipped, run.count("inconclusive"));
+    let failure = doc.descendants().find(|n| n.has_tag_name("failure")).expect("a failure");
+    assert!(failure.attribute("message").is_some_and(|m| !m.is_empty()));
+
+    let markdown = std::fs::read_to_string(run.dir.path().join("summary.md")).expect("the Markdown file");
+    assert!(
+        markdown.contains("## netpol-verify: ❌ findings") && markdown.contains("| not-enforced | 7 |"),
+        "{markdown}"
+    );
+}
+
+#[test]
+fn ingress_only_leaves_exactly_the_egress_denials_unenforced() {
+    let run = lab_run("ingress-only", &SCENARIOS);
+    assert_common(&run);
+    let expected = expected_not_enforced(&run, |c| c["ingress"] == "deny");
+    assert_eq!(
+        expected,
+        ["pod-to-pod y→z 80/TCP", "pod-to-pod y→z 80/UDP", "metadata-ipv4 y→169.254.169.254 80/TCP"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    assert_eq!(run.with_verdict("not-enforced"), expected);
+}
+
+#[test]
+fn egress_only_leaves_exactly_the_ingress_denials_unenforced() {
+    let run = lab_run("egress-only", &SCENARIOS);
+    assert_common(&run);
+    let expected = expected_not_enforced(&run, |c| c["egress"] == "deny");
+    assert_eq!(expected.len(), 4, "y→x and z→x, TCP and UDP: {expected:#?}");
+    assert_eq!(run.with_verdict("not-enforced"), expected);
+}
+
+#[test]
+fn tcp_only_leaves_exactly_the_udp_denials_unenforced() {
+    let run = lab_run("tcp-only", &SCENARIOS);
+    assert_common(&run);
+    let expected = expected_not_enforced(&run, |c| c["protocol"] == "TCP");
+    assert_eq!(expected.len(), 3, "y→x, y→z, z→x on UDP: {expected:#?}");
+    assert_eq!(run.with_verdict("not-enforced"), expected);
+}
+
+#[test]
+fn reject_passes_with_every_denial_rejected() {
+    let run = lab_run("reject", &SCENARIOS);
+    assert_common(&run);
+    assert_eq!(run.count("not-enforced"), 0);
+    let denied: Vec<&Value> = run.checks().into_iter().filter(|c| c["policy"] == "deny").collect();
+    assert_eq!(denied.len(), 7);
+    for check in denied {
+        assert_eq!(
+            (&check["verdict"], &check["denied_by"]),
+            (&Value::from("pass"), &Value::from("rejected")),
+            "{check}"
+        );
+    }
+}
+
+#[test]
+fn without_metadata_findings_an_enforcing_lab_exits_zero() {
+    let run = lab_run("enforcing", &["-s", "matrix", "-s", "dns", "--exclude-namespace", "z"]);
+    assert_eq!(run.code(), 0, "{}", String::from_utf8_lossy(&run.output.stderr));
+    assert_eq!(run.json["exit_code"], 0);
+    assert_eq!(run.json["run"]["namespaces"], serde_json::json!(["x", "y"]));
+    assert_eq!(run.count("pass"), run.checks().len() as u64);
+}
+
+fn scenario_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write the scenario");
+    path
+}
+
+#[test]
+fn a_target_with_nothing_listening_is_inconclusive_never_a_pass() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let scenario = scenario_file(
+        dir.path(),
+        "closed.yaml",
+        "apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: closed\ngroups:\n- name: web-closed-port\n  to:\n    pods:\n      selector: {matchLabels: {app: web}}\n  ports: [9999/TCP]\n  intent: policy\n",
+    );
+    let scenario = scenario.display().to_string();
+    let run = lab_run("enforcing", &["-s", &scenario]);
+    assert_eq!(run.checks().len(), 3);
+    assert_eq!(run.count("inconclusive"), 3, "{:#?}", run.checks());
+    assert_eq!(run.code(), 3);
+    for check in run.checks() {
+        assert!(
+            check["detail"].as_str().is_some_and(|d| d.contains("a dead target looks the same")
+                || d.contains("cannot be told from a dead target")),
+            "{check}"
+        );
+    }
+}
+
+fn canary(cni: &str, extra: &[&str], timeouts: &str) -> Run {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let scenario = scenario_file(
+        dir.path(),
+        "canary.yaml",
+        &format!("apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: canary\ncanary: {timeouts}\n"),
+    );
+    let scenario = scenario.display().to_string();
+    lab_run(cni, &[&["-s", scenario.as_str()], extra].concat())
+}
+
+fn capabilities(run: &Run) -> Vec<(String, String)> {
+    run.json["canary"]["capabilities"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    (
+                        c["name"].as_str().unwrap_or("?").to_string(),
+                        c["status"].as_str().unwrap_or("?").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const CAPABILITIES: [&str; 9] = [
+    "ingress deny",
+    "UDP",
+    "named port",
+    "endPort",
+    "SCTP is not TCP",
+    "namespaceSelector",
+    "egress deny",
+    "ipBlock except",
+    "pod-start window",
+];
+
+#[test]
+fn the_canary_finds_every_capability_enforced_by_an_enforcing_cni() {
+    let run = canary("enforcing", &[], "{enforceTimeout: 5s, podStartWindow: 1s}");
+    let expected: Vec<(String, String)> =
+        CAPABILITIES.iter().map(|c| (c.to_string(), "enforced".to_string())).collect();
+    assert_eq!(capabilities(&run), expected, "{:#}", run.json["canary"]);
+    assert_eq!(run.json["canary"]["pod_start_window_ms"], 0);
+    assert!(run.json["canary"]["enforce_latency_ms"].as_u64().is_some_and(|ms| ms < 1000));
+    assert_eq!(run.code(), 0, "{:#}", run.json);
+    // Its two scratch namespaces and 12 pods are gone with the run.
+    assert_eq!(run.json["run"]["cleaned"]["namespaces"], 2);
+    assert_eq!(run.json["run"]["cleaned"]["pods"], 12);
+}
+
+#[test]
+fn the_canary_finds_nothing_enforced_without_a_cni_that_enforces() {
+    let run = canary("none", &[], "{enforceTimeout: 1s, podStartWindow: 500ms}");
+    let statuses: Vec<(String, String)> = capabilities(&run);
+    assert_eq!(statuses.len(), CAPABILITIES.len());
+    assert!(statuses.iter().all(|(_, s)| s == "not enforced"), "{statuses:?}");
+    assert_eq!(run.json["canary"]["enforce_latency_ms"], Value::Null);
+    assert_eq!(run.code(), 1);
+}
+
+#[test]
+fn the_canary_measures_a_slow_cni_and_its_pod_start_window() {
+    let run = canary("enforcing", &["--enforce-delay", "1s"], "{enforceTimeout: 10s, podStartWindow: 2s}");
+    let latency = run.json["canary"]["enforce_latency_ms"].as_u64().expect("enforced within the bound");
+    assert!((1000..5000).contains(&latency), "latency {latency} ms");
+    let window = run.json["canary"]["pod_start_window_ms"].as_u64().expect("a measured window");
+    assert!(window >= 500, "a fresh pod is open until the delayed policy applies: {window} ms");
+    let statuses = capabilities(&run);
+    assert!(statuses.contains(&("pod-start window".to_string(), "not enforced".to_string())), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|(n, _)| n != "pod-start window").all(|(_, s)| s == "enforced"),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn scenario_errors_name_the_file_line_and_field_and_exit_2() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let scenario = scenario_file(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: bad\ngroups:\n- name: g\n  to: {ip: 10.0.0.1}\n  ports: [80]\n  intent: sometimes\n",
+    );
+    let output = Command::new(verify())
+        .args(["lab", "run", "--from-file", "/nonexistent.yaml", "-s"])
+        .arg(&scenario)
+        .output()
+        .expect("netpol-verify runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.yaml:8: groups[0].intent: unknown variant `sometimes`"), "{stderr}");
+}
+
+#[test]
+fn run_without_a_lab_says_the_kubernetes_backend_is_not_built_yet() {
+    let output = Command::new(verify()).args(["run"]).output().expect("netpol-verify runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the Kubernetes backend is not built yet"), "{stderr}");
+}
