@@ -55,3 +55,340 @@ fn run_ids_are_short_valid_label_values() {
     assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{id}");
     crate::validate::NameRule::Label.check(&tool_namespace(&id)).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// An in-memory cluster whose network enforces the stored policies perfectly, with faults to
+/// inject: pods that never answer, clients whose batch output is lost, a pod that cannot be
+/// created.
+mod fake {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use k8s_openapi::api::core::v1::{Container, ContainerPort as ApiPort, Pod, PodSpec, PodStatus};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use netpol_probe::wire::{Outcome, Plan, ProbeResult, Summary};
+
+    use super::*;
+    use crate::cluster::{BatchOutput, Discovery, RUN_LABEL, Running};
+    use crate::engine::Endpoint;
+    use crate::model::{Snapshot, key_of};
+
+    #[derive(Debug, Default)]
+    pub struct State {
+        pub namespaces: Vec<Namespace>,
+        pub pods: Vec<Pod>,
+        pub policies: Vec<NetworkPolicy>,
+        pub dead: BTreeSet<String>,
+        pub lost: BTreeSet<String>,
+        pub fail_create: Option<String>,
+        pub calls: Vec<String>,
+    }
+
+    #[derive(Debug, Clone, Default)]
+    pub struct FakeCluster(pub Arc<Mutex<State>>);
+
+    impl FakeCluster {
+        pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        fn snapshot(&self) -> Snapshot {
+            let state = self.state();
+            Snapshot::new(state.namespaces.clone(), state.pods.clone(), state.policies.clone()).0
+        }
+
+        fn answer(&self, plan: &Plan, client: Option<&ObjectKey>) -> BatchOutput {
+            let snapshot = self.snapshot();
+            let engine = Engine::new(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+            let dead = self.state().dead.clone();
+            let mut output = BatchOutput { results: Vec::new(), summary: Some(Summary::default()) };
+            for spec in &plan.probes {
+                let target = snapshot
+                    .pod_ids()
+                    .find(|&id| engine.pod_ip(id).map(|ip| ip.to_string()) == Some(spec.target.clone()));
+                let reached = match (target, client.and_then(|c| snapshot.find_pod(c))) {
+                    (Some(t), _) if dead.contains(&snapshot.pod_key(t).name) => false,
+                    (Some(_), None) => true,
+                    (Some(t), Some(c)) => {
+                        let protocol = if spec.protocol == Some(netpol_probe::wire::Transport::Udp) {
+                            crate::engine::Protocol::Udp
+                        } else {
+                            crate::engine::Protocol::Tcp
+                        };
+                        engine.verdict(Endpoint::Pod(c), Endpoint::Pod(t), spec.port, protocol).allowed
+                    }
+                    (None, _) => false,
+                };
+                output.results.push(ProbeResult {
+                    id: Some(spec.id.clone()),
+                    target: spec.target.clone(),
+                    port: spec.port,
+                    protocol: spec.transport(),
+                    query: spec.query.clone(),
+                    outcome: if reached { Outcome::Connected } else { Outcome::Timeout },
+                    name: if reached { spec.expect_name.clone() } else { None },
+                    ms: if reached { 1 } else { spec.timeout_ms },
+                    message: None,
+                    attempts: None,
+                    rcode: None,
+                });
+            }
+            output
+        }
+    }
+
+    impl Cluster for FakeCluster {
+        async fn discover(&self) -> Result<Discovery, ClusterError> {
+            self.state().calls.push("discover".into());
+            Ok(Discovery { snapshot: self.snapshot(), notes: Vec::new() })
+        }
+
+        async fn create_namespace(&self, name: &str, run_id: &str) -> Result<(), ClusterError> {
+            let mut state = self.state();
+            state.calls.push(format!("create namespace {name}"));
+            state.namespaces.push(namespace(name, &[(APP_LABEL, APP_VALUE), (RUN_LABEL, run_id)]));
+            Ok(())
+        }
+
+        async fn delete_namespace(&self, name: &str) -> Result<(), ClusterError> {
+            self.state().namespaces.retain(|n| n.metadata.name.as_deref() != Some(name));
+            Ok(())
+        }
+
+        async fn create_probe_pod(&self, pod: &ProbePod) -> Result<(), ClusterError> {
+            let mut state = self.state();
+            state.calls.push(format!("create pod {}", pod.key));
+            if state.fail_create.as_deref() == Some(pod.key.name.as_str()) {
+                return Err(ClusterError::Invalid(format!("pod {}: forbidden", pod.key)));
+            }
+            let ip = format!("10.244.200.{}", state.pods.len() + 1);
+            let ports = pod.ports.iter().map(|p| ApiPort {
+                container_port: i32::from(p.port),
+                protocol: Some(p.protocol.as_str().into()),
+                name: p.name.clone(),
+                ..ApiPort::default()
+            });
+            state.pods.push(Pod {
+                metadata: ObjectMeta {
+                    name: Some(pod.key.name.clone()),
+                    namespace: Some(pod.key.namespace.clone()),
+                    labels: Some(pod.all_labels()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "probe".into(),
+                        ports: Some(ports.collect()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+                status: Some(PodStatus {
+                    phase: Some("Running".into()),
+                    pod_ip: Some(ip),
+                    ..PodStatus::default()
+                }),
+            });
+            Ok(())
+        }
+
+        async fn delete_pod(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+            self.state().pods.retain(|p| key_of(&p.metadata) != *key);
+            Ok(())
+        }
+
+        async fn create_policy(&self, policy: &NetworkPolicy, _: &str) -> Result<(), ClusterError> {
+            self.state().policies.push(policy.clone());
+            Ok(())
+        }
+
+        async fn delete_policy(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+            self.state().policies.retain(|p| key_of(&p.metadata) != *key);
+            Ok(())
+        }
+
+        async fn wait_running(&self, pods: &[ObjectKey], _: Duration) -> Result<Vec<Running>, ClusterError> {
+            let snapshot = self.snapshot();
+            let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+            pods.iter()
+                .map(|key| {
+                    let ip = snapshot.find_pod(key).and_then(|id| engine.pod_ip(id));
+                    ip.map(|ip| Running { key: key.clone(), ip })
+                        .ok_or_else(|| ClusterError::NotFound { what: format!("pod {key}") })
+                })
+                .collect()
+        }
+
+        async fn run_batch(
+            &self,
+            client: &ObjectKey,
+            plan: &Plan,
+            _: Duration,
+        ) -> Result<BatchOutput, ClusterError> {
+            self.state().calls.push(format!("batch {client} ({} probes)", plan.probes.len()));
+            if self.state().lost.contains(&client.namespace) {
+                return Ok(BatchOutput::default());
+            }
+            Ok(self.answer(plan, Some(client)))
+        }
+
+        async fn run_node_batch(&self, plan: &Plan, _: Duration) -> Result<BatchOutput, ClusterError> {
+            Ok(self.answer(plan, None))
+        }
+
+        async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
+            let mut state = self.state();
+            state.calls.push(format!("cleanup {run_id}"));
+            let ours = |meta: &ObjectMeta| {
+                meta.labels.as_ref().and_then(|l| l.get(RUN_LABEL)).is_some_and(|r| r == run_id)
+            };
+            let before = (state.pods.len(), state.namespaces.len());
+            state.pods.retain(|p| !ours(&p.metadata));
+            state.namespaces.retain(|n| !ours(&n.metadata));
+            Ok(Cleaned {
+                pods: before.0 - state.pods.len(),
+                policies: 0,
+                namespaces: before.1 - state.namespaces.len(),
+            })
+        }
+    }
+}
+
+use fake::FakeCluster;
+
+/// Two namespaces; b admits only its own.
+fn fake_cluster() -> FakeCluster {
+    let cluster = FakeCluster::default();
+    {
+        let mut state = cluster.state();
+        state.namespaces = vec![namespace("a", &[]), namespace("b", &[])];
+        state.policies = vec![
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "same-namespace", "namespace": "b"},
+                "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]},
+            }))
+            .unwrap_or_else(|e| panic!("{e}")),
+        ];
+    }
+    cluster
+}
+
+fn options() -> RunOptions {
+    RunOptions {
+        run_id: "t1".into(),
+        scenarios: crate::scenario::resolve(&["matrix".into()]).unwrap_or_else(|e| panic!("{e}")),
+        scope: Scope::default(),
+        probe_timeout: Duration::from_millis(100),
+        pod_timeout: Duration::from_secs(1),
+    }
+}
+
+fn verdicts(report: &RunReport) -> Vec<String> {
+    report
+        .judged
+        .iter()
+        .map(|j| {
+            format!(
+                "{}→{} {}/{} {}",
+                j.check.from_namespace,
+                j.check.to,
+                j.check.probe.target.port,
+                j.check.probe.target.protocol,
+                j.verdict
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_perfect_network_passes_and_everything_is_removed() {
+    let cluster = fake_cluster();
+    let report = run(&cluster, &options(), &progress::Quiet, &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.judged.iter().all(|j| j.verdict == check::Verdict::Pass), "{:#?}", verdicts(&report));
+    assert_eq!(report.judged.len(), 8);
+    assert_eq!(report.cleaned, Cleaned { pods: 5, policies: 0, namespaces: 1 });
+    let state = cluster.state();
+    assert!(state.pods.is_empty(), "{:?}", state.pods);
+    // One batch per client pod (and one for the control pod), never one per probe.
+    let batches: Vec<&String> = state.calls.iter().filter(|c| c.starts_with("batch")).collect();
+    assert_eq!(batches.len(), 3, "{batches:?}");
+    assert_eq!(state.calls.last().map(String::as_str), Some("cleanup t1"));
+}
+
+#[tokio::test]
+async fn lost_results_are_inconclusive_never_passes() {
+    let cluster = fake_cluster();
+    cluster.state().lost.insert("a".into());
+    let report = run(&cluster, &options(), &progress::Quiet, &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for judged in &report.judged {
+        let expected = if judged.check.from_namespace == "a" {
+            check::Verdict::Inconclusive
+        } else {
+            check::Verdict::Pass
+        };
+        assert_eq!(judged.verdict, expected, "{}", judged.detail);
+    }
+    assert!(
+        report.notes.iter().any(|n| n.0.contains("did not finish: 0 of 4 probes reported")),
+        "{:?}",
+        report.notes
+    );
+    assert_eq!(report.exit(), crate::error::Exit::Inconclusive);
+}
+
+#[tokio::test]
+async fn a_dead_target_makes_its_checks_inconclusive() {
+    let cluster = fake_cluster();
+    cluster.state().dead.insert("nv-server-t1".into());
+    let report = run(&cluster, &options(), &progress::Quiet, &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.judged.iter().all(|j| j.verdict == check::Verdict::Inconclusive),
+        "{:#?}",
+        verdicts(&report)
+    );
+    assert!(report.judged.iter().all(|j| j.detail.contains("dead target")), "{:#?}", report.judged);
+}
+
+#[tokio::test]
+async fn a_failed_step_names_the_object_and_still_cleans_up() {
+    let cluster = fake_cluster();
+    cluster.state().fail_create = Some("nv-server-t1".into());
+    let error = run(&cluster, &options(), &progress::Quiet, &CancellationToken::new())
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(error.as_deref(), Some("creating pod a/nv-server-t1: pod a/nv-server-t1: forbidden"));
+    let state = cluster.state();
+    assert_eq!(state.calls.last().map(String::as_str), Some("cleanup t1"));
+    assert!(state.pods.is_empty() && state.namespaces.len() == 2);
+}
+
+#[tokio::test]
+async fn a_cancelled_run_cleans_up_and_says_so() {
+    let cluster = fake_cluster();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let error = run(&cluster, &options(), &progress::Quiet, &cancel).await.err().map(|e| e.to_string());
+    assert_eq!(error.as_deref(), Some("interrupted; removed 0 pods, 0 policies and 0 namespaces of run t1"));
+    assert_eq!(cluster.state().calls.last().map(String::as_str), Some("cleanup t1"));
+}
+
+#[test]
+fn selectors_parse_like_kubectls() {
+    let selector =
+        parse_selector("team=shop, env!=dev,!legacy,tier in (web, api),x").unwrap_or_else(|e| panic!("{e}"));
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+    };
+    assert!(selector.matches(&labels(&[("team", "shop"), ("tier", "web"), ("x", "")])));
+    assert!(!selector.matches(&labels(&[("team", "shop"), ("tier", "web"), ("x", ""), ("legacy", "1")])));
+    assert!(!selector.matches(&labels(&[("team", "shop"), ("tier", "db"), ("x", "")])));
+    assert!(parse_selector("").is_err());
+    assert!(parse_selector("a in b").is_err());
+    assert!(parse_selector("=x").is_err());
+}
