@@ -34,7 +34,7 @@ impl Style {
 pub fn render(report: &RunReport, style: Style) -> String {
     let mut out = String::new();
     let total = report.all_checks().count();
-    let wall: u128 = report.phases.iter().map(|(_, d)| d.as_millis()).sum();
+    let wall: u128 = report.phases.iter().filter(|(n, _)| !overlapping(n)).map(|(_, d)| d.as_millis()).sum();
     let _ = writeln!(
         out,
         "netpol-verify run {} on {}: {total} checks in {:.1} s",
@@ -115,6 +115,11 @@ pub fn render(report: &RunReport, style: Style) -> String {
     };
     let _ = writeln!(out, "\n{verdict} (exit {})", report.exit() as u8);
     out
+}
+
+/// Phases that run inside another (and so are not added to the wall time).
+pub fn overlapping(phase: &str) -> bool {
+    phase == "probe" || phase.starts_with("canary")
 }
 
 fn write_check(out: &mut String, judged: &Judged, style: Style) {
