@@ -27,8 +27,14 @@ struct Run<'a> {
     target: &'a str,
     scenarios: &'a [String],
     namespaces: &'a [String],
-    phases_ms: BTreeMap<&'a str, u64>,
+    phases: Vec<Phase<'a>>,
     cleaned: Cleaned,
+}
+
+#[derive(Serialize)]
+struct Phase<'a> {
+    name: &'a str,
+    ms: u64,
 }
 
 #[derive(Serialize)]
@@ -123,7 +129,7 @@ pub fn write<W: std::io::Write>(out: W, report: &RunReport) -> serde_json::Resul
             target: &report.target,
             scenarios: &report.scenarios,
             namespaces: &report.namespaces,
-            phases_ms: report.phases.iter().map(|(n, d)| (n.as_str(), d.as_millis() as u64)).collect(),
+            phases: report.phases.iter().map(|(n, d)| Phase { name: n, ms: d.as_millis() as u64 }).collect(),
             cleaned: Cleaned {
                 pods: report.cleaned.pods,
                 policies: report.cleaned.policies,
