@@ -7,10 +7,12 @@
 //!              └──────────── pure: no I/O, deterministic ────────────┘
 //! ```
 //!
-//! Today: [`input`] reads objects from files into a [`model::Snapshot`], the [`engine`]
-//! answers what the stored policies say about any connection, the [`plan`] lists the probes a
-//! run would make, and [`report`] prints them. The [`lab`] is a cluster in network namespaces
-//! behind the [`cluster::Cluster`] trait. The run, the judge and the Kubernetes backend come next.
+//! [`input`] reads objects from files into a [`model::Snapshot`]; the [`engine`] answers what
+//! the stored policies say about any connection; [`plan`] lists what `plan` shows. A run
+//! ([`run::run`]) discovers a cluster through the [`cluster::Cluster`] trait, deploys probe
+//! pods, plans the [`scenario`]s' checks ([`run::plan`]), probes, judges ([`run::judge`]) and
+//! hands the result to [`report`]. The [`lab`] is a cluster in network namespaces behind the
+//! trait; the Kubernetes backend comes next.
 
 pub mod cli;
 pub mod cluster;

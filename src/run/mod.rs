@@ -273,7 +273,8 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     // The canary works in namespaces of its own, so it runs alongside the scenarios' probes.
     let probing = async {
         let started = Instant::now();
-        (probe(cluster, options, &deployment, progress).await, started.elapsed())
+        let label = if canary.is_some() { "probing (and canary)" } else { "probing" };
+        (probe(cluster, options, &deployment, progress, label).await, started.elapsed())
     };
     let canary_run = async {
         let started = Instant::now();
@@ -304,6 +305,7 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     options: &RunOptions,
     deployment: &Deployment,
     progress: &dyn Progress,
+    label: &str,
 ) -> Result<(Vec<Judged>, Vec<Note>), RunError> {
     if deployment.clients.is_empty() {
         return Ok((Vec::new(), Vec::new()));
@@ -315,7 +317,7 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     let batches = plan::batches(&planned, timeout_ms);
     let limit = options.probe_timeout + Duration::from_secs(15);
     let total: usize = batches.values().map(|b| b.probes.len()).sum();
-    progress.phase("probing", total as u64);
+    progress.phase(label, total as u64);
 
     let mut tasks = tokio::task::JoinSet::new();
     for (client, batch) in batches {
