@@ -8,3 +8,6 @@ pub mod reason;
 pub mod run_json;
 pub mod run_text;
 pub mod table;
+
+#[cfg(test)]
+mod run_tests;

@@ -74,9 +74,11 @@ pub fn render(report: &RunReport, style: Style) -> String {
             None => "not measured".into(),
         };
         let _ = writeln!(out, "  enforcement latency: {latency}\n  pod-start window:    {window}");
+        let _ = writeln!(out, "  (each capability's checks are in the JSON and JUnit reports)");
     }
 
-    let failures: Vec<&Judged> = report.all_checks().filter(|j| j.verdict.is_failure()).collect();
+    // The canary's checks are summed up by its table above.
+    let failures: Vec<&Judged> = report.judged.iter().filter(|j| j.verdict.is_failure()).collect();
     if !failures.is_empty() {
         let _ = writeln!(out, "\nFailures by namespace");
         let mut by_namespace: BTreeMap<&str, Vec<&Judged>> = BTreeMap::new();
@@ -92,7 +94,7 @@ pub fn render(report: &RunReport, style: Style) -> String {
         }
     }
     let inconclusive: Vec<&Judged> =
-        report.all_checks().filter(|j| j.verdict == Verdict::Inconclusive).collect();
+        report.judged.iter().filter(|j| j.verdict == Verdict::Inconclusive).collect();
     if !inconclusive.is_empty() {
         let _ = writeln!(out, "\nInconclusive ({})", inconclusive.len());
         for judged in inconclusive {

@@ -463,19 +463,21 @@ fn capabilities(judged: &[Judged]) -> Vec<Capability> {
             .find(|j| j.verdict != Verdict::Pass && j.verdict != Verdict::Informational)
             .or(mine.first())
             .map(|j| {
-                format!(
-                    "{} → {} {}/{}: {}",
-                    j.check.probe.client,
-                    j.check.to,
-                    j.check.probe.target.port,
-                    j.check.probe.target.protocol,
-                    j.detail
-                )
+                let from = short(&j.check.probe.client.name);
+                let to = short(j.check.to.rsplit('/').next().unwrap_or_default());
+                let target = &j.check.probe.target;
+                format!("{from} → {to} {}/{}: {}", target.port, target.protocol, j.detail)
             })
             .unwrap_or_default();
         capabilities.push(Capability { name, status, detail });
     }
     capabilities
+}
+
+/// `client` for `nv-canary-client-RUN`: the pod's part in the canary.
+fn short(name: &str) -> &str {
+    let name = name.strip_prefix("nv-canary-").unwrap_or(name);
+    name.rsplit_once('-').map_or(name, |(head, _)| head)
 }
 
 /// Starts a fresh pod that the deny policy selects and probes it from its first moment.
@@ -581,6 +583,12 @@ mod tests {
             assert!(policy.metadata.name.is_some(), "{policy:?}");
             crate::engine::validate_policy(policy).unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    #[test]
+    fn capability_details_name_pods_by_their_part() {
+        assert_eq!(short("nv-canary-egress-client-ab12cd"), "egress-client");
+        assert_eq!(short("nv-canary-client-ab12cd"), "client");
     }
 
     #[test]
