@@ -177,8 +177,10 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
         ..RunReport::default()
     };
     let outcome = tokio::select! {
-        outcome = run_steps(cluster, options, progress, &mut report) => Some(outcome),
+        // NB: cancellation first, so a run cancelled before it starts creates nothing.
+        biased;
         () = cancel.cancelled() => None,
+        outcome = run_steps(cluster, options, progress, &mut report) => Some(outcome),
     };
     let started = Instant::now();
     progress.phase("cleaning up", 0);

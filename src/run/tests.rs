@@ -80,6 +80,8 @@ mod fake {
         pub dead: BTreeSet<String>,
         pub lost: BTreeSet<String>,
         pub fail_create: Option<String>,
+        /// `wait_running` never returns (pods that never start).
+        pub hang: bool,
         pub calls: Vec<String>,
     }
 
@@ -207,6 +209,9 @@ mod fake {
         }
 
         async fn wait_running(&self, pods: &[ObjectKey], _: Duration) -> Result<Vec<Running>, ClusterError> {
+            if self.state().hang {
+                std::future::pending::<()>().await;
+            }
             let snapshot = self.snapshot();
             let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
             pods.iter()
@@ -376,6 +381,22 @@ async fn a_cancelled_run_cleans_up_and_says_so() {
     let error = run(&cluster, &options(), &progress::Quiet, &cancel).await.err().map(|e| e.to_string());
     assert_eq!(error.as_deref(), Some("interrupted; removed 0 pods, 0 policies and 0 namespaces of run t1"));
     assert_eq!(cluster.state().calls.last().map(String::as_str), Some("cleanup t1"));
+}
+
+#[tokio::test]
+async fn a_run_cancelled_while_pods_start_removes_what_it_created() {
+    let cluster = fake_cluster();
+    cluster.state().hang = true;
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        trigger.cancel();
+    });
+    let error = run(&cluster, &options(), &progress::Quiet, &cancel).await.err().map(|e| e.to_string());
+    assert_eq!(error.as_deref(), Some("interrupted; removed 5 pods, 0 policies and 1 namespaces of run t1"));
+    let state = cluster.state();
+    assert!(state.pods.is_empty() && state.namespaces.len() == 2, "{:?}", state.pods);
 }
 
 #[test]
