@@ -292,11 +292,17 @@ pub async fn lab_run(
         Err(e) => Err(Error::Usage(e.to_string())),
     };
     let down = tokio::task::spawn_blocking(move || Lab::down(&name)).await;
+    let down = match down {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
     match (result, down) {
-        (Ok(exit), Ok(Ok(_))) => Ok(exit),
-        (Ok(_), Ok(Err(e))) => Err(e.into()),
-        (Ok(_), Err(e)) => Err(Error::Usage(format!("removing the lab failed: {e}"))),
-        (Err(e), _) => Err(e),
+        (result, None) => result,
+        (Ok(_), Some(down)) => {
+            Err(Error::Usage(format!("the run finished, but removing the lab failed: {down}")))
+        }
+        (Err(e), Some(down)) => Err(Error::Usage(format!("{e}; also, removing the lab failed: {down}"))),
     }
 }
 
@@ -335,6 +341,12 @@ async fn run_on<C: crate::cluster::Cluster + Clone + Send + Sync + 'static>(
     cancel: &CancellationToken,
 ) -> Result<Exit, Error> {
     use std::io::IsTerminal;
+    // Report files are opened first: a path that cannot be written should not cost a run.
+    let open = |path: &std::path::PathBuf| {
+        std::fs::File::create(path).map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
+    };
+    let junit = args.junit_file.as_ref().map(|p| open(p).map(|f| (p, f))).transpose()?;
+    let markdown = args.markdown_file.as_ref().map(|p| open(p).map(|f| (p, f))).transpose()?;
     let progress: Box<dyn Progress> = if quiet {
         Box::new(progress::Quiet)
     } else if std::io::stderr().is_terminal() {
@@ -344,26 +356,28 @@ async fn run_on<C: crate::cluster::Cluster + Clone + Send + Sync + 'static>(
     };
     let mut report = crate::run::run(cluster, options, progress.as_ref(), cancel).await?;
     report.target = target.to_string();
-    if let Some(path) = &args.junit_file {
-        let file = std::fs::File::create(path)
-            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+    let exit = report.exit();
+    if let Some((path, file)) = junit {
         report::junit::write(std::io::BufWriter::new(file), &report)
             .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
-    if let Some(path) = &args.markdown_file {
-        std::fs::write(path, report::markdown::render(&report))
+    if let Some((path, mut file)) = markdown {
+        file.write_all(report::markdown::render(&report).as_bytes())
             .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
-    match args.output {
+    let written = match args.output {
         RunOutput::Text => {
             let style =
                 report::run_text::Style { color: std::io::stdout().is_terminal(), verbose: args.verbose };
-            out.write_all(report::run_text::render(&report, style).as_bytes())?;
+            out.write_all(report::run_text::render(&report, style).as_bytes())
         }
-        RunOutput::Json => {
-            report::run_json::write(&mut *out, &report).map_err(std::io::Error::from)?;
-            writeln!(out)?;
-        }
+        RunOutput::Json => report::run_json::write(&mut *out, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+    };
+    match written {
+        // A reader that went away (`| head`) does not change what the run found.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(exit),
     }
-    Ok(report.exit())
 }

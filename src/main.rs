@@ -22,7 +22,11 @@ fn main() -> ExitCode {
         }
         Command::Lab(command) => commands::lab(command, cli.quiet, &mut out, &mut err).map(|()| Exit::Pass),
     };
-    let result = result.and_then(|exit| out.flush().map(|()| exit).map_err(Error::from));
+    let result = result.and_then(|exit| match out.flush() {
+        // A reader that went away (`| head`) does not change the outcome.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::from(e)),
+        _ => Ok(exit),
+    });
     match result {
         Ok(exit) => exit.into(),
         // A reader that went away (`| head`) is not a failure worth a message.
@@ -52,19 +56,27 @@ where
     runtime.block_on(async {
         let signals = cancel.clone();
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return,
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            interrupted().await;
             eprintln!("interrupted: cleaning up (interrupt again to abandon the cleanup)");
             signals.cancel();
-            let _ = tokio::signal::ctrl_c().await;
+            interrupted().await;
             std::process::exit(130);
         });
         command(cancel).await
     })
+}
+
+/// Ctrl-C or SIGTERM, whichever comes first (Ctrl-C alone if SIGTERM cannot be watched).
+async fn interrupted() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

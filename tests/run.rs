@@ -122,9 +122,13 @@ fn cell(check: &Value) -> String {
 /// `lab run` on the test cluster with `args`; the JSON report, and a check that the lab and
 /// everything the run made are gone.
 fn lab_run(cni: &str, args: &[&str]) -> Run {
+    lab_run_on(CLUSTER, cni, args)
+}
+
+fn lab_run_on(objects: &str, cni: &str, args: &[&str]) -> Run {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, CLUSTER).expect("write the cluster");
+    std::fs::write(&cluster, objects).expect("write the cluster");
     let name = unique_name();
     let output = Command::new(verify())
         .args(["lab", "run", "--from-file"])
@@ -285,10 +289,18 @@ fn a_target_with_nothing_listening_is_inconclusive_never_a_pass() {
         "apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: closed\ngroups:\n- name: web-closed-port\n  to:\n    pods:\n      selector: {matchLabels: {app: web}}\n  ports: [9999/TCP]\n  intent: policy\n",
     );
     let scenario = scenario.display().to_string();
-    let run = lab_run("enforcing", &["-s", &scenario]);
+    let run = lab_run("enforcing", &["-s", &scenario, "--junit-file", "report.xml"]);
     assert_eq!(run.checks().len(), 3);
     assert_eq!(run.count("inconclusive"), 3, "{:#?}", run.checks());
     assert_eq!(run.code(), 3);
+    let xml = std::fs::read_to_string(run.dir.path().join("report.xml")).expect("the JUnit file");
+    let doc = roxmltree::Document::parse(&xml).expect("valid XML");
+    let skipped: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("skipped")).collect();
+    assert_eq!(skipped.len(), 3, "inconclusive checks are skipped testcases: {xml}");
+    assert!(
+        skipped.iter().all(|n| n.attribute("message").is_some_and(|m| m.contains("dead target"))),
+        "{xml}"
+    );
     for check in run.checks() {
         assert!(
             check["detail"].as_str().is_some_and(|d| d.contains("a dead target looks the same")
@@ -400,4 +412,88 @@ fn run_without_a_lab_says_the_kubernetes_backend_is_not_built_yet() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("the Kubernetes backend is not built yet"), "{stderr}");
+}
+
+/// q may only talk to itself: no DNS.
+const NO_DNS: &str = "---
+apiVersion: v1
+kind: Namespace
+metadata: {name: q}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-itself, namespace: q}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {}}]}]
+";
+
+const DNS_AS_STORED: &str = "apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: dns-as-stored\ngroups:\n- name: service\n  to: {clusterDns: {via: service}}\n  intent: policy\n- name: pods\n  to: {clusterDns: {via: pods}}\n  intent: policy\n";
+
+#[test]
+fn dns_denied_through_the_service_passes_only_with_every_end_shown_alive() {
+    let objects = format!("{CLUSTER}{NO_DNS}");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let scenario = scenario_file(dir.path(), "dns.yaml", DNS_AS_STORED).display().to_string();
+    let run = lab_run_on(&objects, "enforcing", &["-s", &scenario, "-n", "q"]);
+    assert_eq!(run.checks().len(), 4, "Service and pod, UDP and TCP");
+    for check in run.checks() {
+        assert_eq!(
+            (&check["policy"], &check["verdict"]),
+            (&Value::from("deny"), &Value::from("pass")),
+            "{check}"
+        );
+    }
+    let through_service =
+        run.checks().into_iter().find(|c| c["group"] == "service").expect("a Service check");
+    assert!(
+        through_service["detail"].as_str().is_some_and(|d| d.contains("target shown alive")),
+        "{through_service}"
+    );
+    let run = lab_run_on(&objects, "none", &["-s", &scenario, "-n", "q"]);
+    assert_eq!(run.count("not-enforced"), 4, "{:#?}", run.checks());
+    // The built-in dns scenario requires DNS: the same denials are intent gaps.
+    let run = lab_run_on(&objects, "enforcing", &["-s", "dns", "-n", "q"]);
+    assert_eq!(run.count("intent-gap"), 4, "{:#?}", run.checks());
+}
+
+#[test]
+fn a_run_that_checks_nothing_is_not_a_pass() {
+    // No argocd or flux-system here: the gitops scenario has nothing to probe.
+    let run = lab_run("enforcing", &["-s", "gitops"]);
+    assert_eq!(run.checks().len(), 0);
+    assert_eq!(run.code(), 3);
+    assert_eq!(run.json["incomplete"], serde_json::json!(["no check was made"]));
+}
+
+#[test]
+fn a_namespace_that_does_not_exist_is_an_error() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(&cluster, CLUSTER).expect("write the cluster");
+    let output = Command::new(verify())
+        .args(["lab", "run", "--from-file"])
+        .arg(&cluster)
+        .args(["--name", &unique_name(), "-n", "typo"])
+        .output()
+        .expect("netpol-verify runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("namespace typo does not exist (namespaces: kube-system, x, y, z)"), "{stderr}");
+}
+
+/// The README's quick start: the shop example fails on a CNI that enforces nothing, and passes
+/// on one that enforces, with the default scenarios.
+#[test]
+fn the_quick_start_example_fails_without_enforcement_and_passes_with_it() {
+    let shop = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/examples/shop.yaml"))
+        .expect("the example");
+    let none = lab_run_on(&shop, "none", &[]);
+    assert_eq!(none.code(), 1);
+    assert!(none.count("not-enforced") > 10, "{:#?}", none.with_verdict("not-enforced"));
+    assert_eq!(none.count("over-blocked") + none.count("inconclusive"), 0);
+    let enforcing = lab_run_on(&shop, "enforcing", &[]);
+    assert_eq!(enforcing.code(), 0, "{:#?}", enforcing.json["counts"]);
+    assert_eq!(enforcing.count("pass") + enforcing.count("informational"), enforcing.checks().len() as u64);
 }

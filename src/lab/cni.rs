@@ -249,14 +249,13 @@ fn nft(protocol: Protocol) -> &'static str {
 /// The `ip kubeproxy` table: each Service port's cluster IP translated to one of its endpoints
 /// before routing, so policies see the pod's address; ports without endpoints are rejected.
 pub fn service_ruleset(nat: &[ServiceNat]) -> String {
-    let mut out = String::from("add table ip kubeproxy\ndelete table ip kubeproxy\ntable ip kubeproxy {\n");
-    out.push_str("  chain services {\n    type nat hook prerouting priority dstnat; policy accept;\n");
+    let mut rules = String::new();
     for entry in nat {
         let head = format!("ip daddr {} {} dport {}", entry.ip, entry.protocol, entry.port);
         match entry.endpoints.as_slice() {
             [] => {}
             [(ip, port)] => {
-                let _ = writeln!(out, "    {head} dnat to {ip}:{port}");
+                let _ = writeln!(rules, "    {head} dnat to {ip}:{port}");
             }
             endpoints => {
                 let map: Vec<String> = endpoints
@@ -265,7 +264,7 @@ pub fn service_ruleset(nat: &[ServiceNat]) -> String {
                     .map(|(i, (ip, port))| format!("{i} : {ip} . {port}"))
                     .collect();
                 let _ = writeln!(
-                    out,
+                    rules,
                     "    {head} dnat ip to numgen random mod {} map {{ {} }}",
                     endpoints.len(),
                     map.join(", ")
@@ -273,6 +272,12 @@ pub fn service_ruleset(nat: &[ServiceNat]) -> String {
             }
         }
     }
+    let mut out = String::from("add table ip kubeproxy\ndelete table ip kubeproxy\ntable ip kubeproxy {\n");
+    out.push_str("  chain services {\n    type nat hook prerouting priority dstnat; policy accept;\n");
+    out.push_str(&rules);
+    // The node's own connections to Services are translated too, as kube-proxy does.
+    out.push_str("  }\n  chain node_services {\n    type nat hook output priority -100; policy accept;\n");
+    out.push_str(&rules);
     // NB: the node routes the Service ranges to itself (as kube-proxy's IPVS mode binds them
     // to a dummy device), so what is not translated arrives here, at the node's input hook.
     out.push_str("  }\n  chain no_endpoints {\n    type filter hook input priority 0; policy accept;\n");

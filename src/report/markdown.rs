@@ -28,6 +28,9 @@ pub fn render(report: &RunReport) -> String {
     for (verdict, count) in report.counts() {
         let _ = writeln!(out, "| {verdict} | {count} |");
     }
+    for missing in &report.incomplete {
+        let _ = writeln!(out, "\n**Incomplete:** {}", escape(missing));
+    }
     if let Some(canary) = &report.canary {
         let _ = writeln!(
             out,
@@ -36,8 +39,12 @@ pub fn render(report: &RunReport) -> String {
         for c in &canary.capabilities {
             let _ = writeln!(out, "| {} | {} | {} |", c.name, c.status, escape(&c.detail));
         }
-        let latency =
-            canary.enforce_latency.map_or("not enforced".to_string(), |d| format!("{} ms", d.as_millis()));
+        let measured = canary.capabilities.iter().any(|c| c.name == "ingress deny");
+        let latency = match canary.enforce_latency {
+            Some(d) => format!("{} ms", d.as_millis()),
+            None if measured => "not enforced".to_string(),
+            None => "not measured".to_string(),
+        };
         let window =
             canary.pod_start_window.map_or("not measured".to_string(), |d| format!("{} ms", d.as_millis()));
         let _ = writeln!(out, "\nEnforcement latency: **{latency}** · pod-start window: **{window}**");

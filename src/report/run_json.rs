@@ -18,6 +18,7 @@ struct Document<'a> {
     counts: BTreeMap<&'static str, usize>,
     canary: Option<Canary<'a>>,
     checks: Vec<CheckJson<'a>>,
+    incomplete: &'a [String],
     notes: Vec<&'a str>,
 }
 
@@ -148,6 +149,7 @@ pub fn write<W: std::io::Write>(out: W, report: &RunReport) -> serde_json::Resul
                 .collect(),
         }),
         checks: report.all_checks().map(check).collect(),
+        incomplete: &report.incomplete,
         notes: report.notes.iter().map(|n| n.0.as_str()).collect(),
     };
     serde_json::to_writer_pretty(out, &document)

@@ -37,6 +37,7 @@ fn judged(
             },
             from_namespace: from.into(),
             to: to.into(),
+            backends: vec![],
             to_namespace,
             intent: metadata.then_some(Intent::Deny),
             policy,
@@ -115,6 +116,7 @@ fn report() -> RunReport {
             ("cleanup".into(), Duration::from_millis(500)),
         ],
         cleaned: Cleaned { pods: 5, policies: 0, namespaces: 1 },
+        incomplete: vec![],
     }
 }
 
@@ -152,4 +154,6 @@ fn exit_codes_follow_the_worst_verdict() {
     assert_eq!(report.exit() as u8, 3);
     report.judged.retain(|j| j.verdict != Verdict::Inconclusive);
     assert_eq!(report.exit() as u8, 0);
+    report.incomplete.push("the canary could not finish".into());
+    assert_eq!(report.exit() as u8, 3, "a part that did not happen is never a pass");
 }

@@ -51,6 +51,9 @@ pub fn render(report: &RunReport, style: Style) -> String {
         })
         .collect();
     let _ = writeln!(out, "  {}", line.join(" · "));
+    for missing in &report.incomplete {
+        let _ = writeln!(out, "  {}", style.paint(&format!("incomplete: {missing}"), Verdict::Inconclusive));
+    }
 
     if let Some(canary) = &report.canary {
         let _ = writeln!(out, "\nCNI capabilities (canary)");
@@ -66,7 +69,10 @@ pub fn render(report: &RunReport, style: Style) -> String {
         }
         let latency = match canary.enforce_latency {
             Some(d) => format!("{} ms", d.as_millis()),
-            None => "never (not enforced within the canary's bound)".into(),
+            None if canary.capabilities.iter().any(|c| c.name == "ingress deny") => {
+                "never (not enforced within the canary's bound)".into()
+            }
+            None => "not measured".into(),
         };
         let window = match canary.pod_start_window {
             Some(d) if d.is_zero() => "0 ms (denied from the first probe)".to_string(),
@@ -205,11 +211,26 @@ fn truth_tables(out: &mut String, report: &RunReport) {
     }
 }
 
-fn column_label(i: usize) -> String {
-    let letters = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    if i < 26 {
-        (letters[i] as char).to_string()
-    } else {
-        format!("{}{}", letters[i / 26 - 1] as char, letters[i % 26] as char)
+/// `A` … `Z`, `AA` … `AZ`, `BA` …: spreadsheet-style, for any number of columns.
+fn column_label(mut i: usize) -> String {
+    let mut label = Vec::new();
+    loop {
+        label.push(b'A' + (i % 26) as u8);
+        if i < 26 {
+            break;
+        }
+        i = i / 26 - 1;
+    }
+    label.reverse();
+    String::from_utf8_lossy(&label).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn column_labels_never_run_out() {
+        let labels: Vec<String> =
+            [0, 25, 26, 51, 701, 702, 18_277].into_iter().map(super::column_label).collect();
+        assert_eq!(labels, ["A", "Z", "AA", "AZ", "ZZ", "AAA", "ZZZ"]);
     }
 }

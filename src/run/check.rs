@@ -151,6 +151,9 @@ pub struct Check {
     pub from_namespace: String,
     /// The target for people: `ns/pod`, an address, `kube-system/kube-dns (10.96.0.10)`.
     pub to: String,
+    /// For a Service: its endpoints as probed directly. The Service picks one per connection,
+    /// so each must be shown alive before a denial proves anything.
+    pub backends: Vec<TargetKey>,
     /// The target's namespace, when it is in one.
     pub to_namespace: Option<String>,
     /// `None`: the scenario only asks what the policies say.

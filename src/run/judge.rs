@@ -1,11 +1,13 @@
 //! The judge: intent, policy and observation in, one verdict per check out. Pure.
 //!
-//! A denied probe proves enforcement only if its target was shown alive: some probe to the
-//! same address, port and protocol got through in the same run (a check from a source the
-//! policies allow, or the tool's control pod). Without that, a denial and a dead target look
-//! the same, and the verdict is `inconclusive`. A probe without a result never passes.
+//! A denied probe proves enforcement only if both ends were shown alive in the same run: some
+//! probe to the same address, port and protocol got through (from a source the policies
+//! allow, the tool's control pod, or the node) — for a Service, to each of its endpoints too —
+//! and some probe from the same source got through to anywhere. Without that, a denial looks
+//! like a dead target or a source with no network, and the verdict is `inconclusive`. A probe
+//! without a result never passes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use netpol_probe::wire::{Outcome, ProbeResult};
 
@@ -15,13 +17,34 @@ use crate::scenario::Intent;
 /// Judges every check. `controls` are the extra probes made only to show targets alive;
 /// `results` holds what came back, by probe id.
 pub fn judge(checks: Vec<Check>, controls: &[Probe], results: &HashMap<String, ProbeResult>) -> Vec<Judged> {
-    let alive = alive_targets(checks.iter().map(|c| &c.probe).chain(controls), results);
+    let probes = || checks.iter().map(|c| &c.probe).chain(controls);
+    let evidence =
+        Evidence { targets: alive_targets(probes(), results), sources: alive_sources(probes(), results) };
     checks
         .into_iter()
         .map(|check| {
             let result = results.get(&check.probe.id);
-            judge_one(check, result, &alive)
+            judge_one(check, result, &evidence)
         })
+        .collect()
+}
+
+/// What the run showed alive.
+struct Evidence {
+    /// Targets some probe reached, and who reached them.
+    targets: HashMap<TargetKey, String>,
+    /// Probe pods that reached something.
+    sources: HashSet<crate::model::ObjectKey>,
+}
+
+/// The probe pods that got a probe through to anywhere.
+pub fn alive_sources<'p>(
+    probes: impl Iterator<Item = &'p Probe>,
+    results: &HashMap<String, ProbeResult>,
+) -> HashSet<crate::model::ObjectKey> {
+    probes
+        .filter(|p| results.get(&p.id).is_some_and(ProbeResult::reached))
+        .map(|p| p.client.clone())
         .collect()
 }
 
@@ -63,7 +86,7 @@ enum Consistency {
     Unproven(String),
 }
 
-fn judge_one(check: Check, result: Option<&ProbeResult>, alive: &HashMap<TargetKey, String>) -> Judged {
+fn judge_one(check: Check, result: Option<&ProbeResult>, evidence: &Evidence) -> Judged {
     let observed = observed(result);
     let ms = result.map(|r| r.ms);
     let seen = match result {
@@ -79,7 +102,9 @@ fn judge_one(check: Check, result: Option<&ProbeResult>, alive: &HashMap<TargetK
             format!("{seen}; the spec leaves this to the CNI ({rules}), so it is reported, not judged"),
         );
     }
-    let proof = alive.get(&check.probe.target);
+    let dead_backend = check.backends.iter().find(|b| !evidence.targets.contains_key(b));
+    let proof = evidence.targets.get(&check.probe.target).filter(|_| dead_backend.is_none());
+    let source_alive = evidence.sources.contains(&check.probe.client);
     let alive_text = |who: &str| format!("target shown alive: reached from {who}");
     let consistency = match (check.policy, observed) {
         (PolicyAnswer::Unknown, _) => Consistency::Unproven(format!(
@@ -102,7 +127,17 @@ fn judge_one(check: Check, result: Option<&ProbeResult>, alive: &HashMap<TargetK
             )),
         },
         (PolicyAnswer::Deny, _) => match proof {
+            Some(_) if !source_alive => Consistency::Unproven(format!(
+                "{seen}, but nothing {} sent got through in this run: a denial cannot be told from a \
+                 source with no network",
+                check.probe.client
+            )),
             Some(who) => Consistency::Consistent(format!("{seen}; {}", alive_text(who))),
+            None if dead_backend.is_some() => Consistency::Unproven(format!(
+                "{seen}, and no probe reached the Service's endpoint {}: a denial cannot be told from \
+                 a dead endpoint",
+                dead_backend.map_or(String::new(), |b| format!("{}:{}/{}", b.address, b.port, b.protocol))
+            )),
             None => Consistency::Unproven(format!(
                 "{seen}, but no probe reached {} on {}/{} (no allowed source or control could): \
                  a denial cannot be told from a dead target",

@@ -18,7 +18,7 @@ use kube_core::{Selector, SelectorExt};
 use netpol_probe::wire::ProbeResult;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{APP_LABEL, APP_VALUE, Cleaned, Cluster, ClusterError, ProbePod, Role};
+use crate::cluster::{APP_LABEL, APP_VALUE, Cleaned, Cluster, ClusterError, ProbePod, RUN_LABEL, Role};
 use crate::engine::Engine;
 use crate::model::{Note, ObjectKey, name_of};
 use crate::scenario::{Body, Scenario};
@@ -91,6 +91,9 @@ pub struct RunReport {
     /// both inside `probe and canary`; the others follow one another.
     pub phases: Vec<(String, Duration)>,
     pub cleaned: Cleaned,
+    /// Parts of the run that did not happen (a failed canary, no check at all): the run is
+    /// at best inconclusive.
+    pub incomplete: Vec<String>,
 }
 
 impl RunReport {
@@ -115,7 +118,7 @@ impl RunReport {
         let count = |v| counts.get(&v).copied().unwrap_or(0);
         if check::Verdict::ALL.iter().any(|v| v.is_failure() && count(*v) > 0) {
             crate::error::Exit::Findings
-        } else if count(check::Verdict::Inconclusive) > 0 {
+        } else if count(check::Verdict::Inconclusive) > 0 || !self.incomplete.is_empty() {
             crate::error::Exit::Inconclusive
         } else {
             crate::error::Exit::Pass
@@ -135,6 +138,12 @@ pub enum RunError {
     /// Ctrl-C or SIGTERM.
     #[error("interrupted; removed {} pods, {} policies and {} namespaces of run {run_id}", cleaned.pods, cleaned.policies, cleaned.namespaces)]
     Interrupted { run_id: String, cleaned: Cleaned },
+    /// `--namespace` names a namespace the cluster does not have.
+    #[error("namespace {0} does not exist (namespaces: {1})")]
+    NoSuchNamespace(String, String),
+    /// The run failed, and so did its cleanup.
+    #[error("{error}; also, {cleanup}")]
+    CleanupFailed { error: Box<RunError>, cleanup: String },
 }
 
 fn step(step: &str) -> impl FnOnce(ClusterError) -> RunError + '_ {
@@ -187,28 +196,34 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let cleaned = tokio::time::timeout(Duration::from_secs(60), cluster.cleanup(&options.run_id)).await;
     progress.finish();
     report.phases.push(("cleanup".into(), started.elapsed()));
-    let cleaned = match cleaned {
-        Ok(Ok(cleaned)) => cleaned,
-        Ok(Err(e)) => {
-            report.notes.push(Note(format!(
-                "cleanup of run {} failed ({e}): remove what is left with `netpol-verify cleanup`",
-                options.run_id
-            )));
-            Cleaned::default()
-        }
-        Err(_) => {
-            report.notes.push(Note(format!(
-                "cleanup of run {} took over 60s: remove what is left with `netpol-verify cleanup`",
-                options.run_id
-            )));
-            Cleaned::default()
-        }
+    let left_behind = |why: String| {
+        format!(
+            "cleanup of run {id} {why}: remove what is left, everything labelled {RUN_LABEL}={id} \
+             (on a lab, `netpol-verify lab down` removes the whole lab)",
+            id = options.run_id
+        )
+    };
+    let (cleaned, cleanup_failure) = match cleaned {
+        Ok(Ok(cleaned)) => (cleaned, None),
+        Ok(Err(e)) => (Cleaned::default(), Some(left_behind(format!("failed ({e})")))),
+        Err(_) => (Cleaned::default(), Some(left_behind("took over 60 s".into()))),
     };
     report.cleaned = cleaned.clone();
-    match outcome {
-        None => Err(RunError::Interrupted { run_id: options.run_id.clone(), cleaned }),
-        Some(Err(e)) => Err(e),
-        Some(Ok(())) => Ok(report),
+    let error = match outcome {
+        None => RunError::Interrupted { run_id: options.run_id.clone(), cleaned },
+        Some(Err(e)) => e,
+        Some(Ok(())) => {
+            report.notes.extend(cleanup_failure.map(Note));
+            if report.all_checks().next().is_none() {
+                report.incomplete.push("no check was made".into());
+            }
+            return Ok(report);
+        }
+    };
+    // A failed run's report is lost, so a failed cleanup travels with its error.
+    match cleanup_failure {
+        Some(cleanup) => Err(RunError::CleanupFailed { error: Box::new(error), cleanup }),
+        None => Err(error),
     }
 }
 
@@ -229,6 +244,10 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     report.notes.extend(discovery.notes);
     // Invalid stored policies stop the run before anything is created.
     Engine::new(&discovery.snapshot)?;
+    let existing: Vec<&str> = discovery.snapshot.namespaces().iter().map(|n| name_of(&n.metadata)).collect();
+    if let Some(missing) = options.scope.namespaces.iter().find(|n| !existing.contains(&n.as_str())) {
+        return Err(RunError::NoSuchNamespace(missing.clone(), existing.join(", ")));
+    }
     let namespaces = options.scope.apply(discovery.snapshot.namespaces());
     report.namespaces = namespaces.clone();
     let has_groups = options.scenarios.iter().any(|s| matches!(s.body, Body::Groups(_)));
@@ -294,7 +313,11 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     report.phases.push(("probe".into(), probe_time));
     if let Some((canary_report, canary_time)) = canary_report {
         report.phases.push(("canary (alongside probe)".into(), canary_time));
-        report.canary = Some(canary_report.map_err(step("running the canary"))?);
+        match canary_report {
+            Ok(canary_report) => report.canary = Some(canary_report),
+            // The scenarios' results stand; the run is at best inconclusive.
+            Err(e) => report.incomplete.push(format!("the canary could not finish: {e}")),
+        }
     }
     lap(report, "probe and canary");
     Ok(())
@@ -329,11 +352,12 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
             (client, batch.probes.len(), output)
         });
     }
-    let node = {
+    let mut node = tokio::task::JoinSet::new();
+    {
         let cluster = cluster.clone();
         let plan = plan::node_batch(&planned, timeout_ms);
-        tokio::spawn(async move { cluster.run_node_batch(&plan, limit).await })
-    };
+        node.spawn(async move { cluster.run_node_batch(&plan, limit).await });
+    }
     let mut results: HashMap<String, ProbeResult> = HashMap::new();
     let mut notes = planned.notes.clone();
     while let Some(joined) = tasks.join_next().await {
@@ -359,8 +383,12 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
             Err(e) => notes.push(Note(format!("the batch in {client} failed ({e}): its probes did not run"))),
         }
     }
-    if let Ok(Ok(output)) = node.await {
-        results.extend(output.results.into_iter().filter_map(|r| Some((r.id.clone()?, r))));
+    match node.join_next().await {
+        Some(Ok(Ok(output))) => {
+            results.extend(output.results.into_iter().filter_map(|r| Some((r.id.clone()?, r))))
+        }
+        Some(Ok(Err(e))) => notes.push(Note(format!("the node's control probes failed ({e})"))),
+        _ => notes.push(Note("the node's control probes did not run".into())),
     }
     let controls: Vec<_> = planned.controls.iter().chain(&planned.node_controls).cloned().collect();
     Ok((judge::judge(planned.checks, &controls, &results), notes))

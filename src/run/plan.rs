@@ -43,10 +43,10 @@ pub struct Planned {
     pub notes: Vec<Note>,
 }
 
-/// The ports probe servers listen on: every port a scenario probes them on. 80/TCP is named
-/// `http`, so policies naming that port select it.
+/// The ports probe servers (and the control pod) listen on: 80/TCP, named `http` so policies
+/// naming that port select it, and every port a scenario probes them on.
 pub fn server_ports(scenarios: &[Scenario]) -> Vec<ContainerPort> {
-    let mut ports = BTreeSet::new();
+    let mut ports = BTreeSet::from([(80, Protocol::Tcp)]);
     for scenario in scenarios {
         let Body::Groups(groups) = &scenario.body else { continue };
         for group in groups {
@@ -79,6 +79,23 @@ struct Destination {
     endpoints: Vec<(PodId, u16)>,
 }
 
+impl Destination {
+    /// A Service's endpoints as targets of their own (empty when `self` is a pod or address).
+    fn backends(&self, engine: &Engine<'_>) -> Vec<TargetKey> {
+        let direct = self.endpoints.iter().any(|(pod, _)| engine.pod_ip(*pod) == Some(self.address));
+        if direct {
+            return Vec::new();
+        }
+        self.endpoints
+            .iter()
+            .filter_map(|&(pod, port)| {
+                let address = engine.pod_ip(pod)?;
+                Some(TargetKey { address, port, protocol: self.protocol, dns: self.dns })
+            })
+            .collect()
+    }
+}
+
 /// Plans every group of every scenario.
 pub fn plan(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment) -> Planned {
     let mut planned = Planned::default();
@@ -92,7 +109,56 @@ pub fn plan(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment
         check.probe.id = format!("c{}", i + 1);
     }
     add_controls(engine, deployment, &mut planned);
+    add_source_controls(engine, deployment, &mut planned);
     planned
+}
+
+/// For each client none of whose checks the policies allow, one probe they do allow, so that
+/// a denial from it is not mistaken for a source with no network: its own namespace's
+/// server, another server, the control pod, or a cluster DNS pod, whichever the policies let
+/// it reach.
+fn add_source_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &mut Planned) {
+    let snapshot = engine.snapshot();
+    let dns_pods: Vec<(PodId, u16)> = cluster_dns(engine, DnsVia::Pods, &mut Vec::new())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.protocol == Protocol::Udp)
+        .flat_map(|d| d.endpoints)
+        .collect();
+    for (namespace, client) in &deployment.clients {
+        let mine: Vec<&Check> = planned.checks.iter().filter(|c| c.probe.client == *client).collect();
+        if mine.is_empty() || mine.iter().any(|c| c.policy == PolicyAnswer::Allow) {
+            continue;
+        }
+        let Some(client_id) = snapshot.find_pod(client) else { continue };
+        let own = deployment.servers.get(namespace).into_iter();
+        let others = deployment.servers.values().filter(|s| s.namespace != *namespace);
+        let pods = own.chain(others).chain(deployment.control.as_ref());
+        let candidates = pods
+            .filter_map(|key| Some((snapshot.find_pod(key)?, 80, Protocol::Tcp, Some(key.to_string()))))
+            .chain(dns_pods.iter().map(|&(pod, port)| (pod, port, Protocol::Udp, None)));
+        let found = candidates.into_iter().find(|&(pod, port, protocol, _)| {
+            let verdict = engine.verdict(client_id, pod, port, protocol);
+            verdict.allowed && !verdict.implementation_defined.any()
+        });
+        match found.and_then(|(pod, port, protocol, name)| Some((engine.pod_ip(pod)?, port, protocol, name)))
+        {
+            Some((address, port, protocol, expect_name)) => {
+                let dns = expect_name.is_none();
+                planned.controls.push(Probe {
+                    id: format!("s{}", planned.controls.len() + 1),
+                    client: client.clone(),
+                    target: TargetKey { address, port, protocol, dns },
+                    expect_name,
+                    query: dns.then(|| DNS_QUERY.to_string()),
+                });
+            }
+            None => planned.notes.push(Note(format!(
+                "{client} may reach none of the run's pods or cluster DNS: its denied checks cannot \
+                 show that it can send at all, and are inconclusive"
+            ))),
+        }
+    }
 }
 
 /// The client key of probes made from the node.
@@ -125,7 +191,10 @@ fn plan_group(
     let mut skipped_family = false;
     let before = planned.checks.len();
     for (namespace, client) in sources {
-        let Some(client_id) = snapshot.find_pod(client) else { continue };
+        let Some(client_id) = snapshot.find_pod(client) else {
+            planned.notes.push(Note(format!("{label}: {client} is gone: its checks were not made")));
+            continue;
+        };
         let destinations =
             match destinations(engine, group, namespace, deployment, &chosen, &mut planned.notes) {
                 Ok(d) => d,
@@ -154,6 +223,7 @@ fn plan_group(
                 },
                 from_namespace: namespace.clone(),
                 to: d.to.clone(),
+                backends: d.backends(engine),
                 to_namespace: d.to_namespace.clone(),
                 intent: (group.intent != Intent::Policy).then_some(group.intent),
                 policy: answer.policy,
@@ -264,8 +334,12 @@ fn destinations(
     notes: &mut Vec<Note>,
 ) -> Result<Vec<Destination>, String> {
     let snapshot = engine.snapshot();
+    let unaddressed = std::cell::RefCell::new(Vec::new());
     let pod_destinations = |pod: PodId, name: Option<String>| -> Vec<Destination> {
-        let Some(address) = engine.pod_ip(pod) else { return Vec::new() };
+        let Some(address) = engine.pod_ip(pod) else {
+            unaddressed.borrow_mut().push(snapshot.pod_key(pod).to_string());
+            return Vec::new();
+        };
         let key = snapshot.pod_key(pod);
         group
             .ports
@@ -282,7 +356,7 @@ fn destinations(
             })
             .collect()
     };
-    match &group.to {
+    let destinations = match &group.to {
         Target::ProbeServers { namespaces, relation } => Ok(deployment
             .servers
             .iter()
@@ -322,7 +396,11 @@ fn destinations(
             })
             .collect()),
         Target::ClusterDns(via) => cluster_dns(engine, *via, notes),
+    };
+    for pod in unaddressed.into_inner() {
+        notes.push(Note(format!("{}: pod {pod} has no IP address: it is not probed", group.name)));
     }
+    destinations
 }
 
 fn is_tool_pod(labels: Option<&BTreeMap<String, String>>) -> bool {
@@ -490,6 +568,7 @@ fn add_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &mut Plan
         }
     }
     planned.controls = controls;
+    seen.extend(planned.checks.iter().flat_map(|c| c.backends.iter().cloned()));
     planned.node_controls = seen
         .into_iter()
         .enumerate()
@@ -499,7 +578,7 @@ fn add_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &mut Plan
                 id: format!("n{}", i + 1),
                 client: node_key(),
                 expect_name: like.and_then(|p| p.expect_name.clone()),
-                query: like.and_then(|p| p.query.clone()),
+                query: target.dns.then(|| DNS_QUERY.to_string()),
                 target,
             }
         })

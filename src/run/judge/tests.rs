@@ -28,6 +28,7 @@ fn check(id: &str, client: &str, policy: PolicyAnswer, intent: Option<Intent>) -
         probe: probe(id, client, 80),
         from_namespace: client.into(),
         to: "y/server".into(),
+        backends: vec![],
         to_namespace: Some("y".into()),
         intent,
         policy,
@@ -66,15 +67,53 @@ use PolicyAnswer::{Allow, Deny};
 #[test]
 fn a_denied_probe_passes_only_when_the_target_was_shown_alive() {
     let checks = || vec![check("a", "x", Deny, None), check("b", "z", Allow, None)];
-    let denied_and_alive = [result("a", Outcome::Timeout), result("b", Outcome::Connected)];
-    assert_eq!(verdicts(checks(), &[], &denied_and_alive), [Verdict::Pass, Verdict::Pass]);
-    let nothing_alive = [result("a", Outcome::Timeout), result("b", Outcome::Timeout)];
-    assert_eq!(verdicts(checks(), &[], &nothing_alive), [Verdict::Inconclusive, Verdict::Inconclusive]);
+    // x reached something else in the run: its own network works.
+    let source = [probe("sx", "x", 81)];
+    let denied_and_alive =
+        [result("a", Outcome::Timeout), result("b", Outcome::Connected), result("sx", Outcome::Connected)];
+    assert_eq!(verdicts(checks(), &source, &denied_and_alive), [Verdict::Pass, Verdict::Pass]);
+    let nothing_alive =
+        [result("a", Outcome::Timeout), result("b", Outcome::Timeout), result("sx", Outcome::Connected)];
+    assert_eq!(verdicts(checks(), &source, &nothing_alive), [Verdict::Inconclusive, Verdict::Inconclusive]);
     // The tool's control pod proves it alive just as well.
-    let control = [probe("k", "netpol-verify-r1", 80)];
-    let with_control =
-        [result("a", Outcome::Refused), result("b", Outcome::Timeout), result("k", Outcome::Connected)];
-    assert_eq!(verdicts(checks(), &control, &with_control), [Verdict::Pass, Verdict::OverBlocked]);
+    let controls = [probe("k", "netpol-verify-r1", 80), probe("sx", "x", 81)];
+    let with_control = [
+        result("a", Outcome::Refused),
+        result("b", Outcome::Timeout),
+        result("k", Outcome::Connected),
+        result("sx", Outcome::Connected),
+    ];
+    assert_eq!(verdicts(checks(), &controls, &with_control), [Verdict::Pass, Verdict::OverBlocked]);
+}
+
+#[test]
+fn a_denial_from_a_source_that_reached_nothing_proves_nothing() {
+    let checks = vec![check("a", "x", Deny, None), check("b", "z", Allow, None)];
+    let results: HashMap<String, ProbeResult> =
+        [result("a", Outcome::Unreachable), result("b", Outcome::Connected)].into_iter().collect();
+    let judged = judge(checks, &[], &results);
+    assert_eq!(judged[0].verdict, Verdict::Inconclusive);
+    assert!(judged[0].detail.contains("nothing x/client sent got through"), "{}", judged[0].detail);
+}
+
+#[test]
+fn a_denial_through_a_service_needs_every_endpoint_alive() {
+    let mut service = check("a", "x", Deny, None);
+    service.backends = vec![probe("e1", "-", 53).target, probe("e2", "-", 5353).target];
+    let controls = [probe("e1", "z", 53), probe("e2", "z", 5353), probe("sx", "x", 81), probe("k", "z", 80)];
+    let all_alive = [
+        result("a", Outcome::Timeout),
+        result("e1", Outcome::Connected),
+        result("e2", Outcome::Connected),
+        result("sx", Outcome::Connected),
+        result("k", Outcome::Connected),
+    ];
+    assert_eq!(verdicts(vec![service.clone()], &controls, &all_alive), [Verdict::Pass]);
+    let one_dead: HashMap<String, ProbeResult> =
+        all_alive.iter().filter(|(id, _)| id != "e2").cloned().collect();
+    let judged = judge(vec![service], &controls, &one_dead);
+    assert_eq!(judged[0].verdict, Verdict::Inconclusive);
+    assert!(judged[0].detail.contains("endpoint 10.244.0.9:5353/TCP"), "{}", judged[0].detail);
 }
 
 #[test]
@@ -144,11 +183,16 @@ fn an_unknown_policy_answer_is_never_confident() {
 #[test]
 fn rejections_and_drops_are_both_denials_with_their_kind() {
     let checks = vec![check("a", "x", Deny, None), check("b", "z", Deny, None)];
-    let control = [probe("k", "netpol-verify-r1", 80)];
-    let results: HashMap<String, ProbeResult> =
-        [result("a", Outcome::Refused), result("b", Outcome::Timeout), result("k", Outcome::Connected)]
-            .into_iter()
-            .collect();
+    let control = [probe("k", "netpol-verify-r1", 80), probe("sx", "x", 81), probe("sz", "z", 81)];
+    let results: HashMap<String, ProbeResult> = [
+        result("a", Outcome::Refused),
+        result("b", Outcome::Timeout),
+        result("k", Outcome::Connected),
+        result("sx", Outcome::Connected),
+        result("sz", Outcome::Connected),
+    ]
+    .into_iter()
+    .collect();
     let judged = judge(checks, &control, &results);
     assert_eq!((judged[0].observed, judged[1].observed), (Observed::Rejected, Observed::Dropped));
     assert!(judged[0].detail.starts_with("was rejected (refused)"), "{}", judged[0].detail);

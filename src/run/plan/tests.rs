@@ -153,7 +153,28 @@ fn cluster_dns_is_probed_through_the_service_and_at_its_pods() {
             .any(|n| n.0.contains("dns/nodelocal-dns: skipped: NodeLocal DNSCache does not run"))
     );
     // Controls go through the Service too: the control pod is not isolated.
-    assert_eq!(planned.controls.len(), 4);
+    let controls: Vec<String> = planned
+        .controls
+        .iter()
+        .map(|p| {
+            format!("{} {} {}:{}/{}", p.id, p.client, p.target.address, p.target.port, p.target.protocol)
+        })
+        .collect();
+    assert_eq!(
+        controls,
+        [
+            "k1 nv-r1/nv-control 10.96.0.10:53/UDP",
+            "k2 nv-r1/nv-control 10.96.0.10:53/TCP",
+            "k3 nv-r1/nv-control 10.244.0.53:53/UDP",
+            "k4 nv-r1/nv-control 10.244.0.53:53/TCP",
+            // a may reach no DNS at all: its own server shows it can send.
+            "s5 a/nv-client 10.244.9.20:80/TCP",
+        ]
+    );
+    // Through the Service, each endpoint must be shown alive; the node probes them directly.
+    assert_eq!(planned.checks[0].backends.len(), 1);
+    assert_eq!(planned.checks[0].backends[0].address.to_string(), "10.244.0.53");
+    assert_eq!(planned.node_controls.len(), 4);
 }
 
 #[test]
