@@ -3,8 +3,8 @@
 #
 #   sudo bash scenarios/examples/quickstart.sh
 #
-# Installs what the lab needs (iproute2, nftables) if missing, builds the tool, and runs it
-# twice against the shop example (scenarios/examples/shop.yaml) in a lab with no cluster:
+# Installs what is missing (on Debian/Ubuntu: iproute2, nftables, procps, a C linker, curl;
+# the Rust toolchain through rustup), builds the tool, and runs it twice against the shop example (scenarios/examples/shop.yaml) in a lab with no cluster:
 # first with a CNI that enforces nothing, as EKS and AKS do by default (not-enforced
 # findings), then with one that enforces (every check passes). Each lab is removed after.
 set -euo pipefail
@@ -17,6 +17,9 @@ fi
 missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
+command -v sysctl >/dev/null || missing+=(procps)
+command -v cc >/dev/null || missing+=(build-essential)
+command -v curl >/dev/null || command -v cargo >/dev/null || missing+=(curl ca-certificates)
 if ((${#missing[@]})); then
     if command -v apt-get >/dev/null; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -24,6 +27,14 @@ if ((${#missing[@]})); then
         echo "install ${missing[*]} with your package manager, then run this again" >&2
         exit 2
     fi
+fi
+if ! command -v cargo >/dev/null && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null; then
+    echo "installing the Rust toolchain with rustup (https://rustup.rs) for $(id -un)..."
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --no-modify-path
+    export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null; then
     echo "needs the Rust toolchain (1.95 or newer): https://rustup.rs — then run this again" >&2
