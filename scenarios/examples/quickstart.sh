@@ -4,9 +4,10 @@
 #   sudo bash scenarios/examples/quickstart.sh
 #
 # Installs what is missing (on Debian/Ubuntu: iproute2, nftables, procps, a C linker, curl;
-# the Rust toolchain through rustup), builds the tool, and runs it twice against the shop example (scenarios/examples/shop.yaml) in a lab with no cluster:
-# first with a CNI that enforces nothing, as EKS and AKS do by default (not-enforced
-# findings), then with one that enforces (every check passes). Each lab is removed after.
+# the Rust toolchain through rustup), builds the tool, and runs it twice against the shop
+# example (scenarios/examples/shop.yaml) in a lab with no cluster: first with a CNI that
+# enforces nothing, as EKS and AKS do by default (not-enforced findings), then with one that
+# enforces (every check passes). Each lab is removed after.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
