@@ -246,11 +246,12 @@ pub async fn run(
         ));
     };
     let options = run_options(&args.options)?;
+    let files = open_reports(&args.options)?;
     crate::lab::host::require_tools()?;
     let lab = Lab::open(name)?;
     let target = format!("lab {} (CNI {})", lab.state.name, lab.state.cni.as_str());
     let cluster = LabCluster::new(lab).map_err(|e| Error::Usage(e.to_string()))?;
-    run_on(&cluster, &target, &options, &args.options, quiet, out, cancel).await
+    run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await
 }
 
 /// `netpol-verify lab run`: lab up, run, lab down (the lab goes whatever happens).
@@ -262,6 +263,7 @@ pub async fn lab_run(
     cancel: &CancellationToken,
 ) -> Result<Exit, Error> {
     let options = run_options(&args.options)?;
+    let files = open_reports(&args.options)?;
     let sources = read_sources(&args.lab.from_file)?;
     let loaded = load(&sources)?;
     Engine::new(&loaded.snapshot)?;
@@ -284,11 +286,12 @@ pub async fn lab_run(
     let target = format!("lab {name} (CNI {}{delay})", lab.state.cni.as_str());
     if !quiet {
         for note in loaded.notes.iter().chain(&notes) {
-            writeln!(err, "note: {note}")?;
+            // NB: nothing may return between lab up and lab down.
+            let _ = writeln!(err, "note: {note}");
         }
     }
     let result = match LabCluster::new(lab) {
-        Ok(cluster) => run_on(&cluster, &target, &options, &args.options, quiet, out, cancel).await,
+        Ok(cluster) => run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await,
         Err(e) => Err(Error::Usage(e.to_string())),
     };
     let down = tokio::task::spawn_blocking(move || Lab::down(&name)).await;
@@ -304,6 +307,28 @@ pub async fn lab_run(
         }
         (Err(e), Some(down)) => Err(Error::Usage(format!("{e}; also, removing the lab failed: {down}"))),
     }
+}
+
+/// The report files, opened before anything else: a path that cannot be written should not
+/// cost a run. Not truncated until the report is written, so a failed run leaves them be.
+#[derive(Debug, Default)]
+struct ReportFiles {
+    junit: Option<(std::path::PathBuf, std::fs::File)>,
+    markdown: Option<(std::path::PathBuf, std::fs::File)>,
+}
+
+fn open_reports(args: &RunOptionArgs) -> Result<ReportFiles, Error> {
+    let open = |path: &Option<std::path::PathBuf>| -> Result<_, Error> {
+        let Some(path) = path else { return Ok(None) };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+        Ok(Some((path.clone(), file)))
+    };
+    Ok(ReportFiles { junit: open(&args.junit_file)?, markdown: open(&args.markdown_file)? })
 }
 
 fn run_options(args: &RunOptionArgs) -> Result<RunOptions, Error> {
@@ -334,19 +359,14 @@ fn run_options(args: &RunOptionArgs) -> Result<RunOptions, Error> {
 async fn run_on<C: crate::cluster::Cluster + Clone + Send + Sync + 'static>(
     cluster: &C,
     target: &str,
-    options: &RunOptions,
+    (options, files): (&RunOptions, ReportFiles),
     args: &RunOptionArgs,
     quiet: bool,
     out: &mut dyn Write,
     cancel: &CancellationToken,
 ) -> Result<Exit, Error> {
     use std::io::IsTerminal;
-    // Report files are opened first: a path that cannot be written should not cost a run.
-    let open = |path: &std::path::PathBuf| {
-        std::fs::File::create(path).map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
-    };
-    let junit = args.junit_file.as_ref().map(|p| open(p).map(|f| (p, f))).transpose()?;
-    let markdown = args.markdown_file.as_ref().map(|p| open(p).map(|f| (p, f))).transpose()?;
+    let ReportFiles { junit, markdown } = files;
     let progress: Box<dyn Progress> = if quiet {
         Box::new(progress::Quiet)
     } else if std::io::stderr().is_terminal() {
@@ -358,11 +378,16 @@ async fn run_on<C: crate::cluster::Cluster + Clone + Send + Sync + 'static>(
     report.target = target.to_string();
     let exit = report.exit();
     if let Some((path, file)) = junit {
-        report::junit::write(std::io::BufWriter::new(file), &report)
+        file.set_len(0)
+            .map_err(std::io::Error::other)
+            .and_then(|()| {
+                report::junit::write(std::io::BufWriter::new(file), &report).map_err(std::io::Error::other)
+            })
             .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
     if let Some((path, mut file)) = markdown {
-        file.write_all(report::markdown::render(&report).as_bytes())
+        file.set_len(0)
+            .and_then(|()| file.write_all(report::markdown::render(&report).as_bytes()))
             .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
     let written = match args.output {

@@ -461,10 +461,15 @@ fn dns_denied_through_the_service_passes_only_with_every_end_shown_alive() {
 #[test]
 fn a_run_that_checks_nothing_is_not_a_pass() {
     // No argocd or flux-system here: the gitops scenario has nothing to probe.
-    let run = lab_run("enforcing", &["-s", "gitops"]);
+    let run = lab_run("enforcing", &["-s", "gitops", "--junit-file", "report.xml"]);
     assert_eq!(run.checks().len(), 0);
     assert_eq!(run.code(), 3);
     assert_eq!(run.json["incomplete"], serde_json::json!(["no check was made"]));
+    let xml = std::fs::read_to_string(run.dir.path().join("report.xml")).expect("the JUnit file");
+    assert!(
+        xml.contains("<testsuite") && xml.contains("name=\"incomplete\"") && xml.contains("<skipped"),
+        "{xml}"
+    );
 }
 
 #[test]

@@ -170,10 +170,11 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     loop {
         let sent = Instant::now();
         results = round(cluster, &deny, &controls).await;
-        // A denial, not a probe that failed in itself.
+        // A denial, not a probe that failed in itself, while the control shows the server alive.
         let denied =
             deny.iter().all(|c| results.get(&c.probe.id).is_some_and(|r| judge::observed(Some(r)).is_deny()));
-        if denied {
+        let alive = controls.iter().all(|k| results.get(&k.id).is_some_and(ProbeResult::reached));
+        if denied && alive {
             report.enforce_latency = Some(sent.saturating_duration_since(stored));
             break;
         }
@@ -474,7 +475,7 @@ fn capabilities(judged: &[Judged]) -> Vec<Capability> {
         // leaves it open; Cilium does not): the allowed, informational sibling must connect.
         let untestable =
             mine.iter().any(|j| !j.check.implementation_defined.is_empty() && j.observed != Observed::Allow);
-        if name == "ipBlock except" && untestable && status == "enforced" {
+        if name == "ipBlock except" && untestable && !matches!(status, "not enforced" | "over-blocked") {
             status = "inconclusive";
             capabilities.push(Capability {
                 name,
@@ -513,6 +514,13 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
     options: &CanaryOptions,
     pod_timeout: Duration,
 ) -> Result<(Option<Duration>, Judged), ClusterError> {
+    // Looked up first: once the fresh pod runs, every moment counts.
+    let target_ip = cluster
+        .wait_running(std::slice::from_ref(&names.pod("target")), pod_timeout)
+        .await?
+        .first()
+        .map(|r| r.ip)
+        .ok_or_else(|| ClusterError::NotFound { what: format!("pod {}", names.pod("target")) })?;
     let key = ObjectKey::new(&names.namespace, format!("nv-canary-late-{}", names.run_id));
     let ports = [ContainerPort { port: 80, protocol: Protocol::Tcp, name: Some("http".into()) }];
     let mut pod = super::probe_pod(&key, Role::Server, &names.run_id, &ports);
@@ -533,21 +541,35 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
         query: None,
     };
     let control = Probe { id: "canary-late-control".into(), client: names.pod("control"), ..probe.clone() };
-    let probes = [probe, control];
+    // The client must show it can send: the egress tests' target admits it.
+    let source = Probe {
+        id: "canary-late-source".into(),
+        client: client.clone(),
+        target: TargetKey { port: 80, ..probe.target.clone() },
+        expect_name: Some(names.pod("target").to_string()),
+        query: None,
+    };
+    let source = Probe { target: TargetKey { address: target_ip, ..source.target.clone() }, ..source };
+    let probes = [probe, control, source];
 
+    // Rounds in which a denial is proven: the client's probe denied (not failed, not lost),
+    // the control reached the pod and the client reached something else.
     let mut through: Vec<Duration> = Vec::new();
-    let mut alive_at: Option<Duration> = None;
+    let mut proven = 0;
     let mut rounds = 0;
     let mut last = None;
     while started.elapsed() < options.pod_start_window {
         let at = started.elapsed();
         let results = round_of(cluster, &probes).await;
         rounds += 1;
-        if results.get("canary-late-control").is_some_and(ProbeResult::reached) {
-            alive_at.get_or_insert(at);
-        }
-        if results.get("canary-late").is_some_and(ProbeResult::reached) {
+        let reached = |id: &str| results.get(id).is_some_and(ProbeResult::reached);
+        if reached("canary-late") {
             through.push(at);
+        } else if judge::observed(results.get("canary-late")).is_deny()
+            && reached("canary-late-control")
+            && reached("canary-late-source")
+        {
+            proven += 1;
         }
         last = results.get("canary-late").cloned();
         pause(started + at).await;
@@ -571,28 +593,24 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
     check.probe.id = "canary-late".into();
     let window_ms = options.pod_start_window.as_millis();
     let (verdict, observed, window, detail) = if check.policy != PolicyAnswer::Deny {
-        (
-            Verdict::Inconclusive,
-            judge::observed(last.as_ref()),
-            None,
-            "the stored policies do not deny this, so there is no window to measure".to_string(),
-        )
+        let detail = "the stored policies do not deny this, so there is no window to measure".to_string();
+        (Verdict::Inconclusive, judge::observed(last.as_ref()), None, detail)
     } else if let Some(&latest) = through.last() {
         let detail = format!(
-            "traffic the policy denies reached the fresh pod in {} of {rounds} probe rounds, the last {} ms after it started (watched for {window_ms} ms)",
+            "traffic the policy denies reached the fresh pod in {} of {rounds} probe rounds, the last {} ms after it was seen running (watched for {window_ms} ms)",
             through.len(),
             latest.as_millis()
         );
         (Verdict::NotEnforced, Observed::Allow, Some(latest), detail)
-    } else if let Some(at) = alive_at {
+    } else if proven == rounds && rounds > 0 {
         let detail = format!(
-            "denied in all {rounds} probe rounds over {window_ms} ms; the control reached the pod from {} ms after it started",
-            at.as_millis()
+            "denied in all {rounds} probe rounds over {window_ms} ms, each with the control reaching the pod and the client reaching another"
         );
         (Verdict::Pass, judge::observed(last.as_ref()), Some(Duration::ZERO), detail)
     } else {
-        let detail =
-            format!("denied in all {rounds} rounds, but the control never reached the fresh pod either");
+        let detail = format!(
+            "never got through, but only {proven} of {rounds} rounds proved a denial (the others were lost, failed, or had no live control)"
+        );
         (Verdict::Inconclusive, judge::observed(last.as_ref()), None, detail)
     };
     let ms = last.map(|r| r.ms);

@@ -252,7 +252,7 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     report.namespaces = namespaces.clone();
     let has_groups = options.scenarios.iter().any(|s| matches!(s.body, Body::Groups(_)));
     if namespaces.is_empty() && has_groups {
-        report.notes.push(Note("no namespace is in scope: only the canary can run".into()));
+        report.incomplete.push("no namespace is in scope: the scenarios' groups checked nothing".into());
     }
     lap(report, "discover");
 

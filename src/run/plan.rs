@@ -110,6 +110,8 @@ pub fn plan(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment
     }
     add_controls(engine, deployment, &mut planned);
     add_source_controls(engine, deployment, &mut planned);
+    let mut seen = BTreeSet::new();
+    planned.notes.retain(|note| seen.insert(note.0.clone()));
     planned
 }
 
@@ -127,7 +129,14 @@ fn add_source_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &m
         .collect();
     for (namespace, client) in &deployment.clients {
         let mine: Vec<&Check> = planned.checks.iter().filter(|c| c.probe.client == *client).collect();
-        if mine.is_empty() || mine.iter().any(|c| c.policy == PolicyAnswer::Allow) {
+        // Only the run's own listeners are sure to answer: an allowed check to an address
+        // (a metadata service that may not exist) shows nothing about the source.
+        let answers = |c: &&Check| {
+            c.policy == PolicyAnswer::Allow
+                && c.implementation_defined.is_empty()
+                && c.probe.expect_name.is_some()
+        };
+        if !mine.iter().any(|c| c.policy == PolicyAnswer::Deny) || mine.iter().any(answers) {
             continue;
         }
         let Some(client_id) = snapshot.find_pod(client) else { continue };
@@ -366,7 +375,13 @@ fn destinations(
                 Relation::Same => *ns == source_namespace,
                 Relation::Other => *ns != source_namespace,
             })
-            .filter_map(|(_, server)| snapshot.find_pod(server).map(|id| (id, server)))
+            .filter_map(|(_, server)| {
+                let found = snapshot.find_pod(server).map(|id| (id, server));
+                if found.is_none() {
+                    unaddressed.borrow_mut().push(format!("{server} (gone)"));
+                }
+                found
+            })
             .flat_map(|(id, server)| pod_destinations(id, Some(server.to_string())))
             .collect()),
         Target::Pods { namespaces, selector, .. } => Ok(snapshot
