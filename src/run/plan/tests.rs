@@ -226,3 +226,28 @@ fn probe_servers_listen_on_every_port_scenarios_probe_them_on() {
         ports.iter().map(|p| format!("{}/{} {:?}", p.port, p.protocol, p.name)).collect();
     assert_eq!(ports, ["80/TCP Some(\"http\")", "80/UDP None"]);
 }
+
+#[test]
+fn nodelocal_dns_is_probed_where_it_runs() {
+    let (snapshot, deployment) = snapshot();
+    let mut pods: Vec<_> = snapshot.pods().to_vec();
+    let mut cache = pods[0].clone();
+    cache.metadata.name = Some("node-local-dns-x1".into());
+    cache.metadata.namespace = Some("kube-system".into());
+    cache.metadata.labels = Some([("k8s-app".to_string(), "node-local-dns".to_string())].into());
+    cache.status.get_or_insert_with(Default::default).pod_ip = Some("10.244.0.60".into());
+    pods.push(cache);
+    let (snapshot, _) = Snapshot::new(snapshot.namespaces().to_vec(), pods, snapshot.policies().to_vec());
+    let engine = Engine::new(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+    let planned = plan(&engine, &scenarios(&["dns"]), &deployment);
+    let rows: Vec<String> = planned.checks.iter().filter(|c| c.group == "nodelocal-dns").map(row).collect();
+    assert_eq!(
+        rows,
+        [
+            "nodelocal-dns a -> NodeLocal DNSCache 169.254.20.10 53/UDP deny",
+            "nodelocal-dns a -> NodeLocal DNSCache 169.254.20.10 53/TCP deny",
+            "nodelocal-dns b -> NodeLocal DNSCache 169.254.20.10 53/UDP allow",
+            "nodelocal-dns b -> NodeLocal DNSCache 169.254.20.10 53/TCP allow",
+        ]
+    );
+}
