@@ -39,16 +39,62 @@ pub enum Command {
     /// A cluster emulated in Linux network namespaces, with a CNI you choose (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// List every image a run uses, for mirroring into an air-gapped registry.
+    Images {
+        /// The probe image you will pass to `run --image`.
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Run against this lab (see `netpol-verify lab up`) instead of a Kubernetes cluster.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "from_file")]
     pub lab: Option<String>,
+
+    /// Print the manifests (YAML) the run would create, and create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// With --dry-run: take the cluster's objects from files (as for `plan`), not a cluster.
+    #[arg(short = 'f', long = "from-file", value_name = "FILE", requires = "dry_run")]
+    pub from_file: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub pods: PodArgs,
 
     #[command(flatten)]
     pub options: RunOptionArgs,
+}
+
+/// How probe pods are made on a Kubernetes cluster.
+#[derive(Debug, Clone, Args)]
+pub struct PodArgs {
+    /// The probe image, for every pod the tool creates (default: the project's image at this
+    /// version; `netpol-verify images` lists what to mirror).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+
+    /// An image pull secret for the probe pods (repeatable; it must exist in each namespace).
+    #[arg(long = "image-pull-secret", value_name = "NAME")]
+    pub image_pull_secrets: Vec<String>,
+
+    /// Let probe pods run on tainted nodes too.
+    #[arg(long)]
+    pub tolerate_all_taints: bool,
+
+    /// How servers listen on ports below 1024 as non-root: the safe sysctl
+    /// net.ipv4.ip_unprivileged_port_start, or the NET_BIND_SERVICE capability.
+    #[arg(long, value_enum, default_value_t = LowPortsArg::Sysctl)]
+    pub low_ports: LowPortsArg,
+}
+
+/// `--low-ports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LowPortsArg {
+    Sysctl,
+    Capability,
 }
 
 /// What every run takes, on a cluster or a lab.

@@ -238,6 +238,9 @@ pub async fn run(
     out: &mut dyn Write,
     cancel: &CancellationToken,
 ) -> Result<Exit, Error> {
+    if args.dry_run {
+        return dry_run(args, out);
+    }
     let Some(name) = &args.lab else {
         return Err(Error::Usage(
             "the Kubernetes backend is not built yet: run against a lab with --lab NAME, or try \
@@ -252,6 +255,61 @@ pub async fn run(
     let target = format!("lab {} (CNI {})", lab.state.name, lab.state.cni.as_str());
     let cluster = LabCluster::new(lab).map_err(|e| Error::Usage(e.to_string()))?;
     run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await
+}
+
+/// `run --dry-run`: the manifests a run would create, from files or a lab.
+fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    let options = run_options(&args.options)?;
+    let snapshot = if !args.from_file.is_empty() {
+        let loaded = load(&read_sources(&args.from_file)?)?;
+        loaded.snapshot
+    } else if let Some(name) = &args.lab {
+        Lab::open(name)?.snapshot()
+    } else {
+        return Err(Error::Usage(
+            "the Kubernetes backend is not built yet: for a dry run, give the cluster's objects with \
+             --from-file (kubectl get ns,pods,svc,netpol -A -o yaml) or a lab with --lab"
+                .into(),
+        ));
+    };
+    Engine::new(&snapshot)?;
+    let existing: Vec<String> =
+        snapshot.namespaces().iter().map(|n| crate::model::name_of(&n.metadata).to_string()).collect();
+    if let Some(missing) = options.scope.namespaces.iter().find(|n| !existing.contains(n)) {
+        return Err(Error::Usage(format!(
+            "namespace {missing} does not exist (namespaces: {})",
+            existing.join(", ")
+        )));
+    }
+    let pods = pod_options(&args.pods);
+    let manifests = crate::kubernetes::dry_run::manifests(&snapshot, &options, &pods);
+    out.write_all(crate::kubernetes::to_yaml(&manifests).as_bytes())?;
+    Ok(Exit::Pass)
+}
+
+/// The probe pods' options from the command line.
+pub fn pod_options(args: &crate::cli::PodArgs) -> crate::kubernetes::PodOptions {
+    crate::kubernetes::PodOptions {
+        image: args.image.clone().unwrap_or_else(|| crate::kubernetes::DEFAULT_IMAGE.to_string()),
+        image_pull_secrets: args.image_pull_secrets.clone(),
+        tolerate_all_taints: args.tolerate_all_taints,
+        low_ports: match args.low_ports {
+            crate::cli::LowPortsArg::Sysctl => crate::kubernetes::LowPorts::Sysctl,
+            crate::cli::LowPortsArg::Capability => crate::kubernetes::LowPorts::Capability,
+        },
+    }
+}
+
+/// `netpol-verify images`.
+pub fn images(image: Option<&str>, out: &mut dyn Write) -> Result<(), Error> {
+    let options = crate::kubernetes::PodOptions {
+        image: image.unwrap_or(crate::kubernetes::DEFAULT_IMAGE).to_string(),
+        ..crate::kubernetes::PodOptions::default()
+    };
+    for image in crate::kubernetes::images(&options) {
+        writeln!(out, "{image}")?;
+    }
+    Ok(())
 }
 
 /// `netpol-verify lab run`: lab up, run, lab down (the lab goes whatever happens).

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod fixtures;
 pub mod input;
+pub mod kubernetes;
 pub mod lab;
 pub mod model;
 pub mod plan;

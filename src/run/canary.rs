@@ -22,7 +22,7 @@ use netpol_probe::wire::ProbeResult;
 
 use super::check::{Check, Judged, Observed, PolicyAnswer, Probe, TargetKey, Verdict};
 use super::judge;
-use crate::cluster::{Cluster, ClusterError, Role, Running};
+use crate::cluster::{Cluster, ClusterError, ProbePod, Role, Running};
 use crate::engine::{ContainerPort, Endpoint, Engine, Protocol};
 use crate::model::ObjectKey;
 use crate::report::reason::because;
@@ -98,11 +98,49 @@ struct Names {
 }
 
 impl Names {
+    fn new(run_id: &str) -> Names {
+        Names {
+            namespace: format!("nv-canary-{run_id}"),
+            peer_namespace: format!("nv-canary-peer-{run_id}"),
+            run_id: run_id.to_string(),
+        }
+    }
+
     fn pod(&self, name: &str) -> ObjectKey {
         let peer = PODS.iter().any(|(n, _, _, peer)| *n == name && *peer);
         let namespace = if peer { &self.peer_namespace } else { &self.namespace };
         ObjectKey::new(namespace, format!("nv-canary-{name}-{}", self.run_id))
     }
+}
+
+/// The canary's probe pods.
+fn pods(names: &Names) -> Vec<ProbePod> {
+    PODS.iter()
+        .map(|&(name, role, ports, _)| {
+            let ports: Vec<ContainerPort> = ports
+                .iter()
+                .map(|&(port, protocol)| ContainerPort {
+                    port,
+                    protocol,
+                    name: (port == 80 && protocol == Protocol::Tcp).then(|| "http".to_string()),
+                })
+                .collect();
+            let mut pod = super::probe_pod(&names.pod(name), role, &names.run_id, &ports);
+            pod.labels.insert(CANARY_LABEL.into(), name.into());
+            pod
+        })
+        .collect()
+}
+
+/// What the canary of run `run_id` creates, for `--dry-run`: its namespaces, its first pods
+/// and its policies (the fresh pod-start pod is one more server like `ingress`). The ipBlock
+/// policy's `except` names a pod's address, known only at run time: `target` stands in.
+pub fn objects(run_id: &str, target: IpAddr) -> (Vec<String>, Vec<ProbePod>, Vec<NetworkPolicy>) {
+    let names = Names::new(run_id);
+    let ips = HashMap::from([(names.pod("target"), target)]);
+    let mut policies = vec![ingress_policy(&names)];
+    policies.extend(capability_policies(&names, &ips));
+    (vec![names.namespace.clone(), names.peer_namespace.clone()], pods(&names), policies)
 }
 
 /// Runs the canary; its namespaces carry the run id, so the run's cleanup removes them.
@@ -113,28 +151,13 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     run_id: &str,
     pod_timeout: Duration,
 ) -> Result<CanaryReport, ClusterError> {
-    let names = Names {
-        namespace: format!("nv-canary-{run_id}"),
-        peer_namespace: format!("nv-canary-peer-{run_id}"),
-        run_id: run_id.to_string(),
-    };
+    let names = Names::new(run_id);
     cluster.create_namespace(&names.namespace, run_id).await?;
     cluster.create_namespace(&names.peer_namespace, run_id).await?;
     let mut keys = Vec::new();
-    for (name, role, ports, _) in PODS {
-        let key = names.pod(name);
-        let ports: Vec<ContainerPort> = ports
-            .iter()
-            .map(|&(port, protocol)| ContainerPort {
-                port,
-                protocol,
-                name: (port == 80 && protocol == Protocol::Tcp).then(|| "http".to_string()),
-            })
-            .collect();
-        let mut pod = super::probe_pod(&key, role, run_id, &ports);
-        pod.labels.insert(CANARY_LABEL.into(), name.into());
+    for pod in pods(&names) {
         cluster.create_probe_pod(&pod).await?;
-        keys.push(key);
+        keys.push(pod.key);
     }
     let running = cluster.wait_running(&keys, pod_timeout).await?;
     let ips: HashMap<ObjectKey, IpAddr> = running.into_iter().map(|Running { key, ip }| (key, ip)).collect();

@@ -1,0 +1,101 @@
+use super::*;
+use crate::engine::ContainerPort;
+use crate::model::ObjectKey;
+
+fn server() -> ProbePod {
+    ProbePod {
+        key: ObjectKey::new("shop", "nv-server-r1"),
+        role: Role::Server,
+        run_id: "r1".into(),
+        labels: BTreeMap::new(),
+        ports: vec![
+            ContainerPort { port: 80, protocol: Protocol::Tcp, name: Some("http".into()) },
+            ContainerPort { port: 53, protocol: Protocol::Udp, name: None },
+        ],
+    }
+}
+
+#[test]
+fn probe_pods_meet_pod_security_restricted() {
+    let pod = probe_pod(&server(), &PodOptions::default(), false);
+    let spec = pod.spec.expect("a spec");
+    let security = spec.security_context.expect("a pod security context");
+    assert_eq!((security.run_as_non_root, security.run_as_user), (Some(true), Some(65534)));
+    assert_eq!(security.seccomp_profile.map(|p| p.type_), Some("RuntimeDefault".into()));
+    let container = &spec.containers[0];
+    let security = container.security_context.clone().expect("a container security context");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert!(container.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some());
+}
+
+#[test]
+fn servers_listen_on_low_ports_through_the_safe_sysctl_or_the_one_capability() {
+    let pod = probe_pod(&server(), &PodOptions::default(), false);
+    let spec = pod.spec.expect("a spec");
+    let sysctls = spec.security_context.and_then(|s| s.sysctls).unwrap_or_default();
+    assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+    assert_eq!(
+        spec.containers[0].args.clone().unwrap_or_default(),
+        ["serve", "--name", "shop/nv-server-r1", "--tcp", "80", "--udp", "53"]
+    );
+    let options = PodOptions { low_ports: LowPorts::Capability, ..PodOptions::default() };
+    let spec = probe_pod(&server(), &options, false).spec.expect("a spec");
+    assert!(spec.security_context.and_then(|s| s.sysctls).is_none());
+    let capabilities =
+        spec.containers[0].security_context.clone().and_then(|s| s.capabilities).expect("caps");
+    assert_eq!(capabilities.add, Some(vec!["NET_BIND_SERVICE".to_string()]));
+}
+
+#[test]
+fn a_pod_wearing_a_workloads_labels_never_becomes_ready() {
+    let spec = probe_pod(&server(), &PodOptions::default(), true).spec.expect("a spec");
+    assert_eq!(spec.readiness_gates.map(|g| g[0].condition_type.clone()), Some(NEVER_READY.to_string()));
+    assert!(spec.containers[0].readiness_probe.is_none());
+    let spec = probe_pod(&server(), &PodOptions::default(), false).spec.expect("a spec");
+    assert!(spec.readiness_gates.is_none() && spec.containers[0].readiness_probe.is_some());
+}
+
+#[test]
+fn clients_run_their_plan_from_a_config_map_and_exit() {
+    let client = ProbePod {
+        key: ObjectKey::new("shop", "nv-client-r1"),
+        role: Role::Client,
+        ports: vec![],
+        ..server()
+    };
+    let spec = probe_pod(&client, &PodOptions::default(), false).spec.expect("a spec");
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.containers[0].args.clone().unwrap_or_default(), ["batch", PLAN_PATH]);
+    assert_eq!(
+        spec.volumes.as_ref().and_then(|v| v[0].config_map.clone()).map(|c| c.name),
+        Some("nv-client-r1-plan".to_string())
+    );
+    let map = plan_config_map(&client, "{}");
+    assert_eq!(map.metadata.labels.and_then(|l| l.get(RUN_LABEL).cloned()), Some("r1".to_string()));
+}
+
+#[test]
+fn options_reach_every_pod() {
+    let options = PodOptions {
+        image: "registry.internal/netpol-probe:0.1.0".into(),
+        image_pull_secrets: vec!["mirror".into()],
+        tolerate_all_taints: true,
+        low_ports: LowPorts::Sysctl,
+    };
+    let spec = probe_pod(&server(), &options, false).spec.expect("a spec");
+    assert_eq!(spec.containers[0].image.as_deref(), Some("registry.internal/netpol-probe:0.1.0"));
+    assert_eq!(spec.image_pull_secrets.map(|s| s[0].name.clone()), Some("mirror".to_string()));
+    assert_eq!(spec.tolerations.map(|t| t[0].operator.clone()), Some(Some("Exists".to_string())));
+    assert_eq!(images(&options), ["registry.internal/netpol-probe:0.1.0"]);
+}
+
+#[test]
+fn manifests_print_as_yaml_with_their_type_and_comment() {
+    let yaml = to_yaml(&[Manifest::new("the run's namespace", &namespace("netpol-verify-r1", "r1"))]);
+    assert!(yaml.starts_with("---\n# the run's namespace\n"), "{yaml}");
+    assert!(yaml.contains("apiVersion: v1") && yaml.contains("kind: Namespace"), "{yaml}");
+    assert!(yaml.contains("netpol-verify.io/run: r1"), "{yaml}");
+}

@@ -1,0 +1,98 @@
+//! The Kubernetes side as manifests: `run --dry-run` and `images`, and the manifests checked by
+//! an independent validator against the Kubernetes OpenAPI schemas (`kubernetes-validate`
+//! from PyPI, which .ci/run installs). No cluster and no root needed.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn verify(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_netpol-verify")).args(args).output().expect("netpol-verify runs")
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/examples/shop.yaml");
+
+/// Validates a file strictly (unknown fields are errors); the validator's verdict and words.
+fn validate(path: &std::path::Path) -> (bool, String) {
+    let output = Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.37.0"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubernetes-validate must be installed (pip install kubernetes-validate): {e}")
+        });
+    let words =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), words)
+}
+
+fn dry_run(extra: &[&str]) -> String {
+    let output = verify(&[&["run", "--dry-run", "--from-file", EXAMPLE], extra].concat());
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+#[test]
+fn dry_run_manifests_pass_the_kubernetes_schemas() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let yaml = dry_run(&["--image-pull-secret", "mirror", "--tolerate-all-taints"]);
+    let (valid, words) = validate(&write(&dir, "run.yaml", &yaml));
+    assert!(valid, "{words}");
+    // 3 namespaces; per namespace in scope (shop, monitoring) a plan, a server and a client;
+    // the control pod; 11 canary pods and 7 canary policies.
+    assert_eq!(yaml.matches("\n---\n").count() + 1, 3 + 2 * 3 + 1 + 11 + 7, "{yaml}");
+    let (valid, words) = validate(&write(&dir, "capability.yaml", &dry_run(&["--low-ports", "capability"])));
+    assert!(valid, "{words}");
+    // The validator is not a rubber stamp: a misspelt field fails it.
+    let broken = yaml.replacen("readOnlyRootFilesystem", "readOnlyRootFileSystem", 1);
+    let (valid, words) = validate(&write(&dir, "broken.yaml", &broken));
+    assert!(!valid, "a misspelt field passed: {words}");
+}
+
+#[test]
+fn dry_run_shows_pods_a_careful_operator_would_create() {
+    let yaml = dry_run(&["-s", "matrix", "--image", "registry.internal/netpol-probe:1"]);
+    assert_eq!(yaml.matches("kind: Pod\n").count(), 5, "control + 2 × (server, client): {yaml}");
+    for needle in [
+        "runAsNonRoot: true",
+        "runAsUser: 65534",
+        "allowPrivilegeEscalation: false",
+        "readOnlyRootFilesystem: true",
+        "type: RuntimeDefault",
+        "automountServiceAccountToken: false",
+        "name: net.ipv4.ip_unprivileged_port_start",
+        "image: registry.internal/netpol-probe:1",
+        "netpol-verify.io/run: ",
+        "app.kubernetes.io/name: netpol-verify",
+    ] {
+        assert!(yaml.contains(needle), "missing {needle:?} in {yaml}");
+    }
+    assert!(!yaml.contains("nv-canary"), "no canary without the canary scenario");
+    assert!(!yaml.contains("kube-system"), "system namespaces are out of scope by default");
+}
+
+#[test]
+fn images_lists_what_to_mirror() {
+    let output = verify(&["images"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.trim(), concat!("ghcr.io/netpol-verify/netpol-probe:", env!("CARGO_PKG_VERSION")));
+    let output = verify(&["images", "--image", "registry.internal/netpol-probe:1"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "registry.internal/netpol-probe:1");
+}
+
+#[test]
+fn a_dry_run_needs_objects_from_somewhere() {
+    let output = verify(&["run", "--dry-run"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("give the cluster's objects with --from-file"));
+    let output = verify(&["run", "--from-file", EXAMPLE]);
+    assert_eq!(output.status.code(), Some(2), "--from-file alone would probe nothing");
+    let output = verify(&["run", "--dry-run", "--from-file", EXAMPLE, "-n", "typo"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("namespace typo does not exist"));
+}
