@@ -78,6 +78,48 @@ impl fmt::Display for Note {
     }
 }
 
+/// A policy object the engine does not model (a CNI's own policy kinds, AdminNetworkPolicy):
+/// it may allow or deny anything, so no verdict it may touch is confident.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Unmodelled {
+    /// `apiVersion` as written, e.g. `cilium.io/v2`.
+    pub api_version: String,
+    pub kind: String,
+    /// `None` for cluster-wide kinds: they may touch every connection.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl Unmodelled {
+    /// The kinds known to hold network policy, by API group: (group, kind, cluster-wide).
+    pub const KINDS: [(&'static str, &'static str, bool); 9] = [
+        ("crd.projectcalico.org", "NetworkPolicy", false),
+        ("crd.projectcalico.org", "GlobalNetworkPolicy", true),
+        ("projectcalico.org", "NetworkPolicy", false),
+        ("projectcalico.org", "GlobalNetworkPolicy", true),
+        ("cilium.io", "CiliumNetworkPolicy", false),
+        ("cilium.io", "CiliumClusterwideNetworkPolicy", true),
+        ("policy.networking.k8s.io", "AdminNetworkPolicy", true),
+        ("policy.networking.k8s.io", "BaselineAdminNetworkPolicy", true),
+        ("crd.antrea.io", "ClusterNetworkPolicy", true),
+    ];
+
+    /// Whether `apiVersion`/`kind` is one of [`Self::KINDS`], and if so whether it is cluster-wide.
+    pub fn cluster_wide(api_version: &str, kind: &str) -> Option<bool> {
+        let group = api_version.split_once('/').map_or("", |(group, _)| group);
+        Self::KINDS.iter().find(|(g, k, _)| *g == group && *k == kind).map(|(_, _, wide)| *wide)
+    }
+}
+
+impl fmt::Display for Unmodelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{} ({})", self.kind, self.name, self.api_version),
+            None => write!(f, "{} {} ({})", self.kind, self.name, self.api_version),
+        }
+    }
+}
+
 /// The cluster objects of one run, sorted by namespace and name, with lookups by key.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -85,6 +127,7 @@ pub struct Snapshot {
     pods: Vec<Pod>,
     policies: Vec<NetworkPolicy>,
     services: Vec<Service>,
+    unmodelled: Vec<Unmodelled>,
     terminated: Vec<Pod>,
     namespace_index: HashMap<String, NamespaceId>,
     pod_index: HashMap<ObjectKey, PodId>,
@@ -171,6 +214,7 @@ impl Snapshot {
             pods: live,
             policies: kept_policies,
             services: Vec::new(),
+            unmodelled: Vec::new(),
             terminated,
             namespace_index,
             pod_index,
@@ -209,6 +253,28 @@ impl Snapshot {
     /// Services, sorted by `namespace/name`.
     pub fn services(&self) -> &[Service] {
         &self.services
+    }
+
+    /// Adds policy objects the engine does not model.
+    pub fn with_unmodelled(mut self, mut unmodelled: Vec<Unmodelled>) -> Snapshot {
+        unmodelled.sort();
+        unmodelled.dedup();
+        self.unmodelled = unmodelled;
+        self
+    }
+
+    /// Policy objects the engine does not model, sorted.
+    pub fn unmodelled(&self) -> &[Unmodelled] {
+        &self.unmodelled
+    }
+
+    /// The unmodelled objects that may touch traffic of a pod in `namespace`: cluster-wide ones
+    /// and those in that namespace.
+    pub fn unmodelled_touching<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Unmodelled> + 'a {
+        self.unmodelled.iter().filter(move |u| u.namespace.as_deref().is_none_or(|ns| ns == namespace))
     }
 
     /// Pods left out because they have terminated.

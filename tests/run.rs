@@ -502,3 +502,34 @@ fn the_quick_start_example_fails_without_enforcement_and_passes_with_it() {
     assert_eq!(enforcing.code(), 0, "{:#?}", enforcing.json["counts"]);
     assert_eq!(enforcing.count("pass") + enforcing.count("informational"), enforcing.checks().len() as u64);
 }
+
+/// A CiliumNetworkPolicy in x: the engine does not model it, so nothing touching x is settled.
+const CILIUM: &str = "---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7-rules, namespace: x}
+spec:
+  endpointSelector: {}
+";
+
+#[test]
+fn checks_an_unmodelled_policy_may_touch_are_never_confident() {
+    let objects = format!("{CLUSTER}{CILIUM}");
+    let run = lab_run_on(&objects, "enforcing", &["-s", "matrix"]);
+    let touching_x = |c: &&Value| c["from_namespace"] == "x" || c["to_namespace"] == "x";
+    let (touching, others): (Vec<&Value>, Vec<&Value>) = run.checks().into_iter().partition(touching_x);
+    assert_eq!(touching.len(), 10, "x to x, y, z and y, z to x, TCP and UDP");
+    for check in touching {
+        assert_eq!(
+            (&check["policy"], &check["verdict"]),
+            (&Value::from("unknown"), &Value::from("inconclusive")),
+            "{check}"
+        );
+        assert!(
+            check["detail"].as_str().is_some_and(|d| d.contains("CiliumNetworkPolicy x/l7-rules")),
+            "{check}"
+        );
+    }
+    assert!(others.iter().all(|c| c["verdict"] == "pass"), "{others:#?}");
+    assert_eq!(run.code(), 3);
+}

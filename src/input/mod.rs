@@ -198,7 +198,14 @@ pub fn load(sources: &[Source]) -> Result<Loaded, InputError> {
         collected.pods.into_values().map(|(o, _)| o).collect(),
         collected.policies.into_values().map(|(o, _)| o).collect(),
     );
-    let snapshot = snapshot.with_services(collected.services.into_values().map(|(o, _)| o).collect());
+    let snapshot = snapshot
+        .with_services(collected.services.into_values().map(|(o, _)| o).collect())
+        .with_unmodelled(collected.unmodelled);
+    for object in snapshot.unmodelled() {
+        notes.push(Note(format!(
+            "{object} is a policy the engine does not model: every connection it may touch is `unknown`, never a confident verdict"
+        )));
+    }
     notes.extend(snapshot_notes);
     Ok(Loaded { snapshot, notes })
 }
@@ -211,6 +218,7 @@ struct Collected {
     pods: Placed<Pod>,
     policies: Placed<NetworkPolicy>,
     services: Placed<Service>,
+    unmodelled: Vec<crate::model::Unmodelled>,
     ignored: BTreeMap<String, usize>,
     notes: Vec<Note>,
 }
@@ -273,6 +281,24 @@ fn load_object(
             "object has no `kind` (expected Namespace, Pod or NetworkPolicy)".into(),
         ));
     };
+    let api_version = node.get_str("apiVersion").unwrap_or_default();
+    if let Some(cluster_wide) = crate::model::Unmodelled::cluster_wide(api_version, kind) {
+        let meta = node.get("metadata");
+        let name = meta.and_then(|m| m.get_str("name")).unwrap_or_default().to_string();
+        let namespace = (!cluster_wide).then(|| {
+            meta.and_then(|m| m.get_str("namespace"))
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or("default")
+                .to_string()
+        });
+        collected.unmodelled.push(crate::model::Unmodelled {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+            namespace,
+            name,
+        });
+        return Ok(());
+    }
     match kind {
         "Namespace" => {
             let ns: Namespace = typed(node, &origin, kind, UnknownFields::Note(&mut collected.notes))?;

@@ -408,3 +408,26 @@ fn service_ports_are_checked_like_the_api_server_does() {
          must be \"TCP\", \"UDP\" or \"SCTP\""
     );
 }
+
+#[test]
+fn policy_kinds_the_engine_does_not_model_are_kept_and_noted() {
+    let loaded = load_one(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: l7, namespace: x}\nspec: {endpointSelector: {}}\n---\n\
+         apiVersion: crd.projectcalico.org/v1\nkind: NetworkPolicy\nmetadata: {name: calico, namespace: y}\nspec: {selector: all()}\n---\n\
+         apiVersion: crd.projectcalico.org/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-all}\nspec: {selector: all()}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kept: Vec<String> = loaded.snapshot.unmodelled().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        kept,
+        [
+            "CiliumNetworkPolicy x/l7 (cilium.io/v2)",
+            "GlobalNetworkPolicy deny-all (crd.projectcalico.org/v1)",
+            "NetworkPolicy y/calico (crd.projectcalico.org/v1)",
+        ]
+    );
+    assert!(loaded.snapshot.policies().is_empty(), "a Calico NetworkPolicy is not a networking.k8s.io one");
+    assert_eq!(loaded.notes.iter().filter(|n| n.0.contains("the engine does not model")).count(), 3);
+    let touching: Vec<String> = loaded.snapshot.unmodelled_touching("x").map(|u| u.name.clone()).collect();
+    assert_eq!(touching, ["l7", "deny-all"]);
+}

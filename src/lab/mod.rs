@@ -172,6 +172,7 @@ impl Lab {
                 pod_objects: topology.pod_objects.clone(),
                 services: topology.services.clone(),
                 policies: snapshot.policies().to_vec(),
+                unmodelled: snapshot.unmodelled().to_vec(),
                 notes: notes.iter().map(|n| n.0.clone()).collect(),
             },
         };

@@ -165,6 +165,9 @@ pub struct LabState {
     pub pod_objects: Vec<Pod>,
     pub services: Vec<Service>,
     pub policies: Vec<NetworkPolicy>,
+    /// Policy objects of kinds the engine does not model (the lab does not enforce them either).
+    #[serde(default)]
+    pub unmodelled: Vec<crate::model::Unmodelled>,
     /// What `lab up` noticed about the input.
     pub notes: Vec<String>,
 }
@@ -178,7 +181,7 @@ impl LabState {
     pub fn snapshot(&self) -> (Snapshot, Vec<Note>) {
         let (snapshot, notes) =
             Snapshot::new(self.namespaces.clone(), self.pod_objects.clone(), self.policies.clone());
-        (snapshot.with_services(self.services.clone()), notes)
+        (snapshot.with_services(self.services.clone()).with_unmodelled(self.unmodelled.clone()), notes)
     }
 
     /// Writes the record into the lab's directory, which must exist (see [`claim`]).

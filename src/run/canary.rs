@@ -303,6 +303,13 @@ fn pod_check(
     let verdict = engine.verdict(from_id, to_id, port, protocol);
     let mut ids = verdict.egress.isolated_by.to_vec();
     ids.extend_from_slice(verdict.ingress.isolated_by);
+    let stored = PolicyAnswer::from_allowed(verdict.allowed);
+    let unmodelled =
+        super::plan::unmodelled_reason(engine.snapshot(), &from.namespace, Some(&to.namespace), stored);
+    let mut because = because(engine, Endpoint::Pod(from_id), Endpoint::Pod(to_id), port, protocol, &verdict);
+    if let Some(why) = &unmodelled {
+        because.insert(0, why.clone());
+    }
     Check {
         scenario: scenario.to_string(),
         group: group.to_string(),
@@ -318,11 +325,11 @@ fn pod_check(
         backends: Vec::new(),
         to_namespace: Some(to.namespace.clone()),
         intent: None,
-        policy: PolicyAnswer::from_allowed(verdict.allowed),
+        policy: if unmodelled.is_some() { PolicyAnswer::Unknown } else { stored },
         egress: Some(verdict.egress.outcome.permits()),
         ingress: Some(verdict.ingress.outcome.permits()),
         policies: ids.iter().map(|p| engine.snapshot().policy_key(*p).to_string()).collect(),
-        because: because(engine, Endpoint::Pod(from_id), Endpoint::Pod(to_id), port, protocol, &verdict),
+        because,
         implementation_defined: verdict.implementation_defined.names(),
     }
 }

@@ -219,7 +219,8 @@ fn plan_group(
                 skipped_family = true;
                 continue;
             }
-            let answer = answer(engine, client_id, &d);
+            let mut answer = answer(engine, client_id, &d);
+            unsettle(snapshot, namespace, d.to_namespace.as_deref(), &mut answer);
             planned.checks.push(Check {
                 scenario: scenario.name.clone(),
                 group: group.name.clone(),
@@ -262,6 +263,37 @@ struct Answer {
     policies: Vec<String>,
     because: Vec<String>,
     implementation_defined: Vec<&'static str>,
+}
+
+/// Policies the engine does not model may touch the connection: its answer is `unknown`.
+fn unsettle(snapshot: &crate::model::Snapshot, from: &str, to: Option<&str>, answer: &mut Answer) {
+    if let Some(why) = unmodelled_reason(snapshot, from, to, answer.policy) {
+        answer.because.insert(0, why);
+        answer.policy = PolicyAnswer::Unknown;
+    }
+}
+
+/// Why a connection between pods of `from` and `to` is not settled by the stored
+/// NetworkPolicies: the unmodelled policy objects that may touch it, if any.
+pub(crate) fn unmodelled_reason(
+    snapshot: &crate::model::Snapshot,
+    from: &str,
+    to: Option<&str>,
+    stored: PolicyAnswer,
+) -> Option<String> {
+    let mut touching: Vec<String> = snapshot.unmodelled_touching(from).map(ToString::to_string).collect();
+    if let Some(to) = to.filter(|to| *to != from) {
+        touching.extend(
+            snapshot.unmodelled_touching(to).filter(|u| u.namespace.is_some()).map(ToString::to_string),
+        );
+    }
+    (!touching.is_empty()).then(|| {
+        format!(
+            "{} may apply, and the engine does not model it: the stored NetworkPolicies alone say {}",
+            touching.join(", "),
+            stored.as_str()
+        )
+    })
 }
 
 /// What the stored policies say about `client` reaching `d`: over every endpoint, when a
