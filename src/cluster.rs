@@ -74,6 +74,9 @@ impl ProbePod {
 pub struct Discovery {
     pub snapshot: Snapshot,
     pub notes: Vec<Note>,
+    /// The backend's own word on its CNI (the lab knows its mode); `None`: recognise it from
+    /// the snapshot's pods and nodes.
+    pub detection: Option<crate::kubernetes::detect::Detection>,
 }
 
 /// A pod that is running, and its address.

@@ -127,6 +127,7 @@ pub struct Snapshot {
     pods: Vec<Pod>,
     policies: Vec<NetworkPolicy>,
     services: Vec<Service>,
+    nodes: Vec<k8s_openapi::api::core::v1::Node>,
     unmodelled: Vec<Unmodelled>,
     terminated: Vec<Pod>,
     namespace_index: HashMap<String, NamespaceId>,
@@ -214,6 +215,7 @@ impl Snapshot {
             pods: live,
             policies: kept_policies,
             services: Vec::new(),
+            nodes: Vec::new(),
             unmodelled: Vec::new(),
             terminated,
             namespace_index,
@@ -253,6 +255,17 @@ impl Snapshot {
     /// Services, sorted by `namespace/name`.
     pub fn services(&self) -> &[Service] {
         &self.services
+    }
+
+    /// Adds Nodes (for recognising the cloud provider).
+    pub fn with_nodes(mut self, nodes: Vec<k8s_openapi::api::core::v1::Node>) -> Snapshot {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Nodes, when the input or the cluster gave them.
+    pub fn nodes(&self) -> &[k8s_openapi::api::core::v1::Node] {
+        &self.nodes
     }
 
     /// Adds policy objects the engine does not model.

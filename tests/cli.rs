@@ -54,7 +54,7 @@ fn quiet_drops_the_notes_but_not_the_result() {
     let loud = run(&["plan", "--from-file", EXAMPLE, "--from-file", extra]);
     assert_eq!(
         stderr(&loud),
-        "note: ignored 1 object(s) of other kinds (ConfigMap: 1); only Namespaces, Pods, Services and NetworkPolicies matter here\n"
+        "note: ignored 1 object(s) of other kinds (ConfigMap: 1); only Namespaces, Pods, Services, Nodes and NetworkPolicies matter here\n"
     );
     let quiet = run(&["-q", "plan", "--from-file", EXAMPLE, "--from-file", extra]);
     assert_eq!(quiet.status.code(), Some(0));

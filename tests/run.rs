@@ -176,6 +176,8 @@ fn enforcing_passes_everything_but_the_metadata_the_policies_allow() {
     assert_eq!(run.code(), 1, "intent gaps fail the run");
     let denied = run.checks().into_iter().filter(|c| c["policy"] == "deny").count();
     assert_eq!(denied, 7, "y→x, y→z, z→x on TCP and UDP, y→metadata");
+    assert_eq!(run.json["cluster"]["cni"], serde_json::json!(["the lab's emulated CNI, mode enforcing"]));
+    assert_eq!(run.json["cluster"]["enforcement"], "expected");
     assert!(run.checks().into_iter().filter(|c| c["policy"] == "deny").all(|c| c["denied_by"] == "dropped"));
 }
 

@@ -189,7 +189,7 @@ pub fn load(sources: &[Source]) -> Result<Loaded, InputError> {
         let total: usize = collected.ignored.values().sum();
         let kinds: Vec<String> = collected.ignored.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         notes.push(Note(format!(
-            "ignored {total} object(s) of other kinds ({}); only Namespaces, Pods, Services and NetworkPolicies matter here",
+            "ignored {total} object(s) of other kinds ({}); only Namespaces, Pods, Services, Nodes and NetworkPolicies matter here",
             kinds.join(", ")
         )));
     }
@@ -200,7 +200,8 @@ pub fn load(sources: &[Source]) -> Result<Loaded, InputError> {
     );
     let snapshot = snapshot
         .with_services(collected.services.into_values().map(|(o, _)| o).collect())
-        .with_unmodelled(collected.unmodelled);
+        .with_unmodelled(collected.unmodelled)
+        .with_nodes(collected.nodes.into_values().map(|(o, _)| o).collect());
     for object in snapshot.unmodelled() {
         notes.push(Note(format!(
             "{object} is a policy the engine does not model: every connection it may touch is `unknown`, never a confident verdict"
@@ -219,6 +220,7 @@ struct Collected {
     policies: Placed<NetworkPolicy>,
     services: Placed<Service>,
     unmodelled: Vec<crate::model::Unmodelled>,
+    nodes: Placed<k8s_openapi::api::core::v1::Node>,
     ignored: BTreeMap<String, usize>,
     notes: Vec<Note>,
 }
@@ -311,6 +313,12 @@ fn load_object(
             validate_pod(&pod).map_err(|e| field_error(node, &origin, kind, e))?;
             let key = (namespace_or_default(&pod.metadata), name);
             place(&mut collected.pods, kind, key, pod, origin)
+        }
+        "Node" => {
+            let node_object: k8s_openapi::api::core::v1::Node =
+                typed(node, &origin, kind, UnknownFields::Note(&mut collected.notes))?;
+            let key = (String::new(), required_name(node, &origin, kind, &node_object.metadata)?);
+            place(&mut collected.nodes, kind, key, node_object, origin)
         }
         "Service" => {
             let service: Service = typed(node, &origin, kind, UnknownFields::Note(&mut collected.notes))?;

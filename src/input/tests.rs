@@ -67,7 +67,7 @@ fn other_kinds_are_ignored_with_one_note() {
     assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
     assert_eq!(
         loaded.notes[0].0,
-        "ignored 3 object(s) of other kinds (ConfigMap: 2, Deployment: 1); only Namespaces, Pods, Services and NetworkPolicies matter here"
+        "ignored 3 object(s) of other kinds (ConfigMap: 2, Deployment: 1); only Namespaces, Pods, Services, Nodes and NetworkPolicies matter here"
     );
 }
 

@@ -199,7 +199,20 @@ impl Cluster for LabCluster {
     async fn discover(&self) -> Result<Discovery, ClusterError> {
         let lab = self.lab();
         let (snapshot, notes) = lab.state.snapshot();
-        Ok(Discovery { snapshot, notes })
+        use crate::kubernetes::detect::{Detection, Enforcement};
+        let cni = lab.state.cni;
+        let enforcement = match cni {
+            crate::lab::cni::CniMode::Enforcing | crate::lab::cni::CniMode::Reject => Enforcement::Expected,
+            crate::lab::cni::CniMode::None => Enforcement::NotExpected,
+            _ => Enforcement::Unknown,
+        };
+        let detection = Detection {
+            provider: Some("netpol-verify lab".into()),
+            cni: vec![format!("the lab's emulated CNI, mode {}", cni.as_str())],
+            enforcement,
+            advice: Vec::new(),
+        };
+        Ok(Discovery { snapshot, notes, detection: Some(detection) })
     }
 
     async fn create_namespace(&self, name: &str, run_id: &str) -> Result<(), ClusterError> {

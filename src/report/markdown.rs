@@ -28,6 +28,18 @@ pub fn render(report: &RunReport) -> String {
     for (verdict, count) in report.counts() {
         let _ = writeln!(out, "| {verdict} | {count} |");
     }
+    if let Some(detection) = &report.detection {
+        let provider = detection.provider.as_deref().map(|p| format!("{p}; ")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nCluster: {provider}{} — {}.",
+            escape(&detection.cni.join(", ")),
+            detection.enforcement
+        );
+        for advice in &detection.advice {
+            let _ = writeln!(out, "\n> {}", escape(advice));
+        }
+    }
     for missing in &report.incomplete {
         let _ = writeln!(out, "\n**Incomplete:** {}", escape(missing));
     }

@@ -16,6 +16,7 @@ struct Document<'a> {
     run: Run<'a>,
     exit_code: u8,
     counts: BTreeMap<&'static str, usize>,
+    cluster: Option<&'a crate::kubernetes::detect::Detection>,
     canary: Option<Canary<'a>>,
     checks: Vec<CheckJson<'a>>,
     incomplete: &'a [String],
@@ -139,6 +140,7 @@ pub fn write<W: std::io::Write>(out: W, report: &RunReport) -> serde_json::Resul
         },
         exit_code: report.exit() as u8,
         counts: report.counts().into_iter().map(|(v, n)| (v.as_str(), n)).collect(),
+        cluster: report.detection.as_ref(),
         canary: report.canary.as_ref().map(|c| Canary {
             enforce_latency_ms: c.enforce_latency.map(|d| d.as_millis() as u64),
             pod_start_window_ms: c.pod_start_window.map(|d| d.as_millis() as u64),

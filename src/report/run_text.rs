@@ -51,6 +51,15 @@ pub fn render(report: &RunReport, style: Style) -> String {
         })
         .collect();
     let _ = writeln!(out, "  {}", line.join(" · "));
+    if let Some(detection) = &report.detection {
+        let provider = detection.provider.as_deref().map(|p| format!("{p}; ")).unwrap_or_default();
+        let cni =
+            if detection.cni.is_empty() { "no CNI recognised".to_string() } else { detection.cni.join(", ") };
+        let _ = writeln!(out, "  cluster: {provider}{cni}: {}", detection.enforcement);
+        for advice in &detection.advice {
+            let _ = writeln!(out, "  advice: {advice}");
+        }
+    }
     for missing in &report.incomplete {
         let _ = writeln!(out, "  {}", style.paint(&format!("incomplete: {missing}"), Verdict::Inconclusive));
     }

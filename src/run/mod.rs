@@ -94,6 +94,8 @@ pub struct RunReport {
     /// Parts of the run that did not happen (a failed canary, no check at all): the run is
     /// at best inconclusive.
     pub incomplete: Vec<String>,
+    /// The cluster's CNI and provider, as far as they can be recognised.
+    pub detection: Option<crate::kubernetes::detect::Detection>,
 }
 
 impl RunReport {
@@ -242,6 +244,9 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     progress.phase("discovering", 0);
     let discovery = cluster.discover().await.map_err(step("discovering the cluster"))?;
     report.notes.extend(discovery.notes);
+    report.detection = Some(discovery.detection.unwrap_or_else(|| {
+        crate::kubernetes::detect::detect(discovery.snapshot.pods(), discovery.snapshot.nodes())
+    }));
     // Invalid stored policies stop the run before anything is created.
     Engine::new(&discovery.snapshot)?;
     let existing: Vec<&str> = discovery.snapshot.namespaces().iter().map(|n| name_of(&n.metadata)).collect();

@@ -141,7 +141,7 @@ mod fake {
     impl Cluster for FakeCluster {
         async fn discover(&self) -> Result<Discovery, ClusterError> {
             self.state().calls.push("discover".into());
-            Ok(Discovery { snapshot: self.snapshot(), notes: Vec::new() })
+            Ok(Discovery { snapshot: self.snapshot(), notes: Vec::new(), detection: None })
         }
 
         async fn create_namespace(&self, name: &str, run_id: &str) -> Result<(), ClusterError> {
