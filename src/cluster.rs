@@ -117,6 +117,9 @@ pub enum ClusterError {
     /// The request cannot be carried out as asked.
     #[error("{0}")]
     Invalid(String),
+    /// The API server refused a call.
+    #[error("{what}: {message} (HTTP {code}): {fix}")]
+    Api { what: String, code: u16, message: String, fix: String },
 }
 
 /// A cluster netpol-verify can read, change (only its own objects) and probe from.

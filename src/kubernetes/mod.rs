@@ -293,6 +293,7 @@ pub fn to_yaml(manifests: &[Manifest]) -> String {
     out
 }
 
+pub mod client;
 pub mod detect;
 pub mod dry_run;
 

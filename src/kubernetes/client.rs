@@ -1,0 +1,415 @@
+//! The Kubernetes backend over kube-rs: the `Cluster` trait against a real API server.
+//!
+//! Built so far: connecting like kubectl (KUBECONFIG, `--kubeconfig`, `--context`, in-cluster
+//! config), discovery (Namespaces, Pods, NetworkPolicies, Services, Nodes, and through API
+//! discovery the policy kinds the engine does not model), creating and deleting the tool's own
+//! namespaces, pods and policies with every API error turned into a message that says what to
+//! do, bounded waits that name why a pod does not start, and cleanup by the run's label.
+//! Running probe batches needs the client pods to carry their plan from creation (a
+//! ConfigMap; results from their logs): until that lands, `run_batch` says so and `run` keeps
+//! needing `--lab`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use netpol_probe::wire::Plan;
+
+use super::{PodOptions, namespace, policy, probe_pod};
+use crate::cluster::{
+    APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, ProbePod, RUN_LABEL,
+    Running,
+};
+use crate::model::{Note, ObjectKey, Snapshot, Unmodelled, key_of};
+
+/// A Kubernetes cluster, reached through its API server.
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: Client,
+    pods: PodOptions,
+}
+
+impl std::fmt::Debug for KubeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeCluster").field("pods", &self.pods).finish_non_exhaustive()
+    }
+}
+
+/// Where the connection comes from, as kubectl takes it.
+#[derive(Debug, Clone, Default)]
+pub struct Connection<'a> {
+    /// `--kubeconfig` (else `KUBECONFIG`, else ~/.kube/config, else in-cluster).
+    pub kubeconfig: Option<&'a Path>,
+    /// `--context` (else the kubeconfig's current context).
+    pub context: Option<&'a str>,
+}
+
+impl KubeCluster {
+    /// A backend over an existing client (tests pass a mocked API server).
+    pub fn new(client: Client, pods: PodOptions) -> KubeCluster {
+        KubeCluster { client, pods }
+    }
+
+    /// Connects like kubectl: an explicit kubeconfig and context, or `KUBECONFIG` / the
+    /// default kubeconfig, or the pod's service account when running in a cluster.
+    pub async fn connect(connection: &Connection<'_>, pods: PodOptions) -> Result<KubeCluster, ClusterError> {
+        let options = KubeConfigOptions {
+            context: connection.context.map(String::from),
+            ..KubeConfigOptions::default()
+        };
+        let config = match (connection.kubeconfig, connection.context) {
+            (Some(path), _) => match Kubeconfig::read_from(path) {
+                Ok(kubeconfig) => Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            },
+            (None, Some(_)) => Config::from_kubeconfig(&options).await.map_err(|e| e.to_string()),
+            (None, None) => Config::infer().await.map_err(|e| e.to_string()),
+        }
+        .map_err(|e| {
+            ClusterError::Invalid(format!(
+                "cannot configure a connection to the cluster ({e}): pass --kubeconfig FILE and --context NAME, \
+                 as for kubectl"
+            ))
+        })?;
+        let client = Client::try_from(config)
+            .map_err(|e| ClusterError::Invalid(format!("cannot create a Kubernetes client: {e}")))?;
+        Ok(KubeCluster { client, pods })
+    }
+}
+
+/// A failed API call, as something to do about it.
+fn api_error(verb: &str, resource: &str, object: &str, error: kube::Error) -> ClusterError {
+    let kube::Error::Api(response) = &error else {
+        return ClusterError::Invalid(format!(
+            "{verb} {resource} {object}: {error} (is the API server reachable? check the kubeconfig's context)"
+        ));
+    };
+    let fix = match response.code {
+        401 => {
+            "the credentials were refused: log in again (kubectl auth whoami tells who you are)".to_string()
+        }
+        403 => format!(
+            "grant the tool `{verb}` on `{resource}` (kubectl auth can-i {verb} {resource}; the role it needs is in docs/rbac.md)"
+        ),
+        404 => "it does not exist (any more)".to_string(),
+        409 => "it already exists: a run with this id is still there, or another tool owns the name; \
+                `netpol-verify cleanup` removes what crashed runs left"
+            .to_string(),
+        422 => "the API server or an admission policy rejected a field: the message names it".to_string(),
+        _ => "the API server refused it".to_string(),
+    };
+    ClusterError::Api {
+        what: format!("{verb} {resource} {object}"),
+        code: response.code,
+        message: response.message.clone(),
+        fix,
+    }
+}
+
+/// Every page of a list call, as kubectl would print them.
+async fn list_all<K>(api: Api<K>, resource: &str) -> Result<Vec<K>, ClusterError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut items = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await.map_err(|e| api_error("list", resource, "(all namespaces)", e))?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// The policy objects of kinds the engine does not model, found through API discovery.
+async fn unmodelled(client: &Client, notes: &mut Vec<Note>) -> Vec<Unmodelled> {
+    let groups = match client.list_api_groups().await {
+        Ok(groups) => groups.groups,
+        Err(e) => {
+            notes.push(Note(format!(
+                "API discovery failed ({e}): Calico, Cilium and AdminNetworkPolicy objects were not looked for"
+            )));
+            return Vec::new();
+        }
+    };
+    let mut found = Vec::new();
+    let mut resources: Vec<(String, k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList)> =
+        Vec::new();
+    for (group, kind, cluster_wide) in Unmodelled::KINDS {
+        let Some(version) = groups
+            .iter()
+            .find(|g| g.name == group)
+            .and_then(|g| g.preferred_version.clone().or_else(|| g.versions.first().cloned()))
+        else {
+            continue;
+        };
+        // The group's own resource list names the kind's plural (and whether it is served).
+        if !resources.iter().any(|(gv, _)| *gv == version.group_version) {
+            match client.list_api_group_resources(&version.group_version).await {
+                Ok(list) => resources.push((version.group_version.clone(), list)),
+                Err(e) => {
+                    notes.push(Note(format!(
+                        "API discovery of {} failed ({e}): its policies were not looked for",
+                        version.group_version
+                    )));
+                    continue;
+                }
+            }
+        }
+        let Some(plural) = resources
+            .iter()
+            .find(|(gv, _)| *gv == version.group_version)
+            .and_then(|(_, list)| list.resources.iter().find(|r| r.kind == kind && !r.name.contains('/')))
+            .map(|r| r.name.clone())
+        else {
+            continue;
+        };
+        let resource = ApiResource {
+            group: group.to_string(),
+            version: version.version.clone(),
+            api_version: version.group_version.clone(),
+            kind: kind.to_string(),
+            plural,
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        match api.list(&ListParams::default()).await {
+            Ok(list) => found.extend(list.items.into_iter().map(|object| Unmodelled {
+                api_version: version.group_version.clone(),
+                kind: kind.to_string(),
+                namespace: if cluster_wide { None } else { object.metadata.namespace.clone() },
+                name: object.metadata.name.clone().unwrap_or_default(),
+            })),
+            // The group exists without this kind (another version of the CNI): nothing to find.
+            Err(kube::Error::Api(response)) if response.code == 404 => {}
+            Err(e) => notes.push(Note(format!(
+                "cannot list {kind} ({group}): {e}; checks it might touch cannot be told apart"
+            ))),
+        }
+    }
+    found
+}
+
+fn selector(run_id: &str) -> String {
+    format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}={run_id}")
+}
+
+/// Why a pod is not running yet, and what to do, from its status.
+pub fn waiting_reason(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let key = key_of(&pod.metadata);
+    for condition in status.conditions.iter().flatten() {
+        if condition.type_ == "PodScheduled" && condition.status == "False" {
+            let message = condition.message.clone().unwrap_or_default();
+            return Some(format!(
+                "pod {key} cannot be scheduled: {message} (--tolerate-all-taints lets probes run on tainted nodes)"
+            ));
+        }
+    }
+    for container in status.container_statuses.iter().flatten() {
+        let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
+        let reason = waiting.reason.clone().unwrap_or_default();
+        let message = waiting.message.clone().unwrap_or_default();
+        let fix = match reason.as_str() {
+            "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" => {
+                " — pass --image to use a mirrored probe image (netpol-verify images lists it), and \
+                 --image-pull-secret if the registry needs credentials"
+            }
+            "CreateContainerConfigError" => " — the pod's configuration is refused: see the message",
+            "CrashLoopBackOff" => " — the probe exits: kubectl logs shows why",
+            _ => "",
+        };
+        if !reason.is_empty() && reason != "ContainerCreating" && reason != "PodInitializing" {
+            return Some(format!("pod {key}: {reason}: {message}{fix}"));
+        }
+    }
+    None
+}
+
+impl Cluster for KubeCluster {
+    async fn discover(&self) -> Result<Discovery, ClusterError> {
+        let client = &self.client;
+        let namespaces = list_all(Api::<Namespace>::all(client.clone()), "namespaces").await?;
+        let pods = list_all(Api::<Pod>::all(client.clone()), "pods").await?;
+        let policies = list_all(Api::<NetworkPolicy>::all(client.clone()), "networkpolicies").await?;
+        let services = list_all(Api::<Service>::all(client.clone()), "services").await?;
+        let mut notes = Vec::new();
+        // Nodes only name the provider: without the right, the run goes on.
+        let nodes = match list_all(Api::<Node>::all(client.clone()), "nodes").await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                notes.push(Note(format!("{e}; the cloud provider is not recognised")));
+                Vec::new()
+            }
+        };
+        let unmodelled = unmodelled(client, &mut notes).await;
+        let (snapshot, snapshot_notes) = Snapshot::new(namespaces, pods, policies);
+        notes.extend(snapshot_notes);
+        let snapshot = snapshot.with_services(services).with_nodes(nodes).with_unmodelled(unmodelled);
+        Ok(Discovery { snapshot, notes, detection: None })
+    }
+
+    async fn create_namespace(&self, name: &str, run_id: &str) -> Result<(), ClusterError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.create(&PostParams::default(), &namespace(name, run_id))
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error("create", "namespaces", name, e))
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<(), ClusterError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.delete(name, &DeleteParams::background())
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error("delete", "namespaces", name, e))
+    }
+
+    async fn create_probe_pod(&self, pod: &ProbePod) -> Result<(), ClusterError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.key.namespace);
+        let never_ready = !pod.labels.is_empty();
+        api.create(&PostParams::default(), &probe_pod(pod, &self.pods, never_ready))
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error("create", "pods", &pod.key.to_string(), e))
+    }
+
+    async fn delete_pod(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        api.delete(&key.name, &DeleteParams::default().grace_period(1))
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error("delete", "pods", &key.to_string(), e))
+    }
+
+    async fn create_policy(&self, object: &NetworkPolicy, run_id: &str) -> Result<(), ClusterError> {
+        let key = key_of(&object.metadata);
+        crate::engine::validate_policy(object)
+            .map_err(|e| ClusterError::Invalid(format!("NetworkPolicy {key}: {e}")))?;
+        let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
+        api.create(&PostParams::default(), &policy(object, run_id))
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error("create", "networkpolicies", &key.to_string(), e))
+    }
+
+    async fn delete_policy(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+        let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
+        api.delete(&key.name, &DeleteParams::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error("delete", "networkpolicies", &key.to_string(), e))
+    }
+
+    async fn wait_running(&self, pods: &[ObjectKey], limit: Duration) -> Result<Vec<Running>, ClusterError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut running = Vec::new();
+            let mut waiting = Vec::new();
+            for key in pods {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+                let pod =
+                    api.get(&key.name).await.map_err(|e| api_error("get", "pods", &key.to_string(), e))?;
+                // Why it waits, with the fix; said when the bound runs out.
+                if let Some(reason) = waiting_reason(&pod) {
+                    waiting.push(reason);
+                    continue;
+                }
+                let status = pod.status.as_ref();
+                let ready = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let ip = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
+                let started = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+                // Servers are Ready when the kubelet reached them; clients and pods that must
+                // never be Ready count once they run.
+                let has_probe = pod
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| s.containers.iter().any(|c| c.readiness_probe.is_some()));
+                match ip {
+                    Some(ip) if started && (ready || !has_probe) => {
+                        running.push(Running { key: key.clone(), ip })
+                    }
+                    _ => waiting.push(format!("pod {key} is not running yet")),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(running);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Timeout { what: waiting.join("; "), limit });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn run_batch(
+        &self,
+        client: &ObjectKey,
+        _: &Plan,
+        _: Duration,
+    ) -> Result<BatchOutput, ClusterError> {
+        Err(ClusterError::Invalid(format!(
+            "running probes in {client} on a Kubernetes cluster is not built yet: use a lab (netpol-verify lab run)"
+        )))
+    }
+
+    async fn run_node_batch(&self, _: &Plan, _: Duration) -> Result<BatchOutput, ClusterError> {
+        // Readiness probes (the kubelet, from the node) will show which servers are alive.
+        Ok(BatchOutput::default())
+    }
+
+    async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
+        let params = ListParams::default().labels(&selector(run_id));
+        let mut cleaned = Cleaned::default();
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        for pod in pods.list(&params).await.map_err(|e| api_error("list", "pods", "(the run's)", e))? {
+            self.delete_pod(&key_of(&pod.metadata)).await.or_else(gone)?;
+            cleaned.pods += 1;
+        }
+        let maps: Api<ConfigMap> = Api::all(self.client.clone());
+        for map in maps.list(&params).await.map_err(|e| api_error("list", "configmaps", "(the run's)", e))? {
+            let key = key_of(&map.metadata);
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
+            api.delete(&key.name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| api_error("delete", "configmaps", &key.to_string(), e))
+                .or_else(gone)?;
+        }
+        let policies: Api<NetworkPolicy> = Api::all(self.client.clone());
+        for object in policies
+            .list(&params)
+            .await
+            .map_err(|e| api_error("list", "networkpolicies", "(the run's)", e))?
+        {
+            self.delete_policy(&key_of(&object.metadata)).await.or_else(gone)?;
+            cleaned.policies += 1;
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for object in
+            namespaces.list(&params).await.map_err(|e| api_error("list", "namespaces", "(the run's)", e))?
+        {
+            self.delete_namespace(object.metadata.name.as_deref().unwrap_or_default()).await.or_else(gone)?;
+            cleaned.namespaces += 1;
+        }
+        Ok(cleaned)
+    }
+}
+
+/// Something already gone is cleaned up.
+fn gone(error: ClusterError) -> Result<(), ClusterError> {
+    match error {
+        ClusterError::Api { code: 404, .. } => Ok(()),
+        other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests;

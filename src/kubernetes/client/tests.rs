@@ -1,0 +1,265 @@
+//! The Kubernetes backend against a scripted API server (tower-test): the requests it makes,
+//! in order, and what it makes of the answers.
+
+use std::collections::BTreeMap;
+
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::cluster::Role;
+use crate::engine::{ContainerPort, Protocol};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn mocked() -> (KubeCluster, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (KubeCluster::new(Client::new(service, "default"), PodOptions::default()), handle)
+}
+
+/// Answers the next request with `status` and `body`, after checking its method and that its
+/// path and query start with `path`; returns the request's body.
+async fn answer(handle: &mut Handle, method: &str, path: &str, status: u16, body: Value) -> Value {
+    let (request, respond) = handle.next_request().await.expect("the client made a request");
+    let uri = request.uri().to_string();
+    assert_eq!(
+        (request.method().as_str(), uri.starts_with(path)),
+        (method, true),
+        "expected {method} {path}, got {uri}"
+    );
+    let sent = request.into_body().collect_bytes().await.expect("a body");
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+        .expect("a response");
+    respond.send_response(response);
+    serde_json::from_slice(&sent).unwrap_or(Value::Null)
+}
+
+fn list(kind: &str, items: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": reason, "message": message, "code": code})
+}
+
+#[tokio::test]
+async fn discovery_lists_the_objects_and_finds_unmodelled_policies_through_api_discovery() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        answer(
+            &mut server,
+            "GET",
+            "/api/v1/namespaces?",
+            200,
+            list("Namespace", json!([{"metadata": {"name": "shop"}}])),
+        )
+        .await;
+        let pod = json!({"metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}}, "spec": {"containers": [{"name": "web"}]}, "status": {"phase": "Running", "podIP": "10.0.0.5"}});
+        answer(&mut server, "GET", "/api/v1/pods?", 200, list("Pod", json!([pod]))).await;
+        answer(
+            &mut server,
+            "GET",
+            "/apis/networking.k8s.io/v1/networkpolicies?",
+            200,
+            list("NetworkPolicy", json!([])),
+        )
+        .await;
+        answer(&mut server, "GET", "/api/v1/services?", 200, list("Service", json!([]))).await;
+        answer(
+            &mut server,
+            "GET",
+            "/api/v1/nodes?",
+            403,
+            status(403, "Forbidden", "nodes is forbidden: User \"ci\" cannot list resource \"nodes\""),
+        )
+        .await;
+        let groups = json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": "cilium.io", "versions": [{"groupVersion": "cilium.io/v2", "version": "v2"}], "preferredVersion": {"groupVersion": "cilium.io/v2", "version": "v2"}}
+        ]});
+        answer(&mut server, "GET", "/apis", 200, groups).await;
+        // This Cilium serves no clusterwide kind: it is not asked for.
+        let resources = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "cilium.io/v2", "resources": [
+            {"name": "ciliumnetworkpolicies", "singularName": "ciliumnetworkpolicy", "namespaced": true, "kind": "CiliumNetworkPolicy", "verbs": ["list"]},
+            {"name": "ciliumnetworkpolicies/status", "singularName": "", "namespaced": true, "kind": "CiliumNetworkPolicy", "verbs": ["get"]}
+        ]});
+        answer(&mut server, "GET", "/apis/cilium.io/v2", 200, resources).await;
+        let cnp = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "l7", "namespace": "shop"}});
+        answer(&mut server, "GET", "/apis/cilium.io/v2/ciliumnetworkpolicies?", 200, json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicyList", "metadata": {}, "items": [cnp]})).await;
+    });
+    let discovery = cluster.discover().await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    assert_eq!(discovery.snapshot.pods().len(), 1);
+    let unmodelled: Vec<String> = discovery.snapshot.unmodelled().iter().map(ToString::to_string).collect();
+    assert_eq!(unmodelled, ["CiliumNetworkPolicy shop/l7 (cilium.io/v2)"]);
+    assert!(
+        discovery.notes.iter().any(|n| n.0.contains("grant the tool `list` on `nodes`")
+            && n.0.contains("provider is not recognised")),
+        "{:?}",
+        discovery.notes
+    );
+}
+
+fn server_pod() -> ProbePod {
+    ProbePod {
+        key: ObjectKey::new("shop", "nv-server-t1"),
+        role: Role::Server,
+        run_id: "t1".into(),
+        labels: BTreeMap::new(),
+        ports: vec![ContainerPort { port: 80, protocol: Protocol::Tcp, name: Some("http".into()) }],
+    }
+}
+
+#[tokio::test]
+async fn a_probe_pod_is_created_restricted_and_labelled() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let created = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"}});
+        answer(&mut server, "POST", "/api/v1/namespaces/shop/pods?", 201, created).await
+    });
+    cluster.create_probe_pod(&server_pod()).await.unwrap_or_else(|e| panic!("{e}"));
+    let sent = api.await.expect("the scripted API server");
+    assert_eq!(sent["metadata"]["labels"]["netpol-verify.io/run"], "t1");
+    assert_eq!(sent["metadata"]["labels"]["app.kubernetes.io/name"], "netpol-verify");
+    assert_eq!(sent["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(sent["spec"]["containers"][0]["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sent["spec"]["automountServiceAccountToken"], false);
+    assert!(sent["spec"]["readinessGates"].is_null(), "a plain probe server may become Ready");
+    // Wearing a workload's labels, it must never become Ready.
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        answer(
+            &mut server,
+            "POST",
+            "/api/v1/namespaces/shop/pods?",
+            201,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}),
+        )
+        .await
+    });
+    let mut mimic = server_pod();
+    mimic.labels.insert("app".into(), "web".into());
+    cluster.create_probe_pod(&mimic).await.unwrap_or_else(|e| panic!("{e}"));
+    let sent = api.await.expect("the scripted API server");
+    assert_eq!(sent["spec"]["readinessGates"][0]["conditionType"], NEVER_READY_FOR_TESTS);
+    assert!(sent["spec"]["containers"][0]["readinessProbe"].is_null());
+}
+
+const NEVER_READY_FOR_TESTS: &str = super::super::NEVER_READY;
+
+#[tokio::test]
+async fn api_errors_say_what_to_do() {
+    let cases = [
+        (
+            403,
+            "Forbidden",
+            "pods is forbidden",
+            "grant the tool `create` on `pods` (kubectl auth can-i create pods",
+        ),
+        (409, "AlreadyExists", "pods \"nv-server-t1\" already exists", "it already exists"),
+        (
+            422,
+            "Invalid",
+            "Pod \"nv-server-t1\" is invalid: spec.securityContext.sysctls[0].name: Forbidden: unsafe sysctl",
+            "an admission policy rejected a field",
+        ),
+    ];
+    for (code, reason, message, fix) in cases {
+        let (cluster, mut server) = mocked();
+        let api = tokio::spawn(async move {
+            answer(&mut server, "POST", "/api/v1/namespaces/shop/pods?", code, status(code, reason, message))
+                .await;
+        });
+        let error =
+            cluster.create_probe_pod(&server_pod()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        api.await.expect("the scripted API server");
+        assert!(error.starts_with("create pods shop/nv-server-t1: "), "{error}");
+        assert!(
+            error.contains(message) && error.contains(&format!("HTTP {code}")) && error.contains(fix),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_what_carries_the_runs_labels() {
+    let (cluster, mut server) = mocked();
+    let selector = "labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun%3Dt1";
+    let api = tokio::spawn(async move {
+        let pod = json!({"metadata": {"name": "nv-server-t1", "namespace": "shop"}});
+        let (request, respond) = server.next_request().await.expect("a request");
+        assert!(request.uri().to_string().contains(selector), "{}", request.uri());
+        respond.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(serde_json::to_vec(&list("Pod", json!([pod]))).expect("JSON")))
+                .expect("a response"),
+        );
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/shop/pods/nv-server-t1?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1"}}),
+        )
+        .await;
+        answer(&mut server, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([])))
+            .await;
+        answer(
+            &mut server,
+            "GET",
+            "/apis/networking.k8s.io/v1/networkpolicies?&labelSelector",
+            200,
+            list("NetworkPolicy", json!([])),
+        )
+        .await;
+        let ns = json!({"metadata": {"name": "netpol-verify-t1"}});
+        answer(&mut server, "GET", "/api/v1/namespaces?&labelSelector", 200, list("Namespace", json!([ns])))
+            .await;
+        // Already on its way out: gone is cleaned.
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/netpol-verify-t1?",
+            404,
+            status(404, "NotFound", "namespaces \"netpol-verify-t1\" not found"),
+        )
+        .await;
+    });
+    let cleaned = cluster.cleanup("t1").await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    assert_eq!(cleaned, Cleaned { pods: 1, policies: 0, namespaces: 1 });
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_pull_its_image_is_named_with_the_fix() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "probe", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"ghcr.io/netpol-verify/netpol-probe\""}}}]}});
+        answer(&mut server, "GET", "/api/v1/namespaces/shop/pods/nv-server-t1", 200, pod).await;
+    });
+    let error = cluster
+        .wait_running(&[ObjectKey::new("shop", "nv-server-t1")], Duration::ZERO)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    api.await.expect("the scripted API server");
+    assert!(
+        error.contains("pod shop/nv-server-t1: ImagePullBackOff") && error.contains("pass --image"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn batches_are_honestly_unsupported_for_now() {
+    let (cluster, _server) = mocked();
+    let plan = Plan { schema: netpol_probe::wire::SCHEMA, probes: Vec::new() };
+    let error = cluster.run_batch(&ObjectKey::new("shop", "c"), &plan, Duration::from_secs(1)).await.err();
+    assert!(error.is_some_and(|e| e.to_string().contains("not built yet")));
+}
