@@ -92,6 +92,8 @@ pub struct Running {
 pub struct BatchOutput {
     pub results: Vec<ProbeResult>,
     pub summary: Option<Summary>,
+    /// The address the client probed from, when the backend knows it.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// What `cleanup` removed.
@@ -160,11 +162,14 @@ pub trait Cluster {
         limit: Duration,
     ) -> impl Future<Output = Result<Vec<Running>, ClusterError>> + Send;
 
-    /// Runs `plan` as one `netpol-probe batch` in `client`, at most `limit`, and returns what
-    /// it printed.
+    /// Runs `plan` as one `netpol-probe batch` from probe pod `client`, at most `limit`, and
+    /// returns what it printed and the client's address. The backend starts the client if it
+    /// does not run yet: on Kubernetes a client is a pod created with its plan (it runs it once
+    /// and exits; its log is the output), so clients are not created beforehand; in the lab it
+    /// is a network namespace that stays until cleanup.
     fn run_batch(
         &self,
-        client: &ObjectKey,
+        client: &ProbePod,
         plan: &Plan,
         limit: Duration,
     ) -> impl Future<Output = Result<BatchOutput, ClusterError>> + Send;

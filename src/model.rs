@@ -257,6 +257,25 @@ impl Snapshot {
         &self.services
     }
 
+    /// The same cluster with `extra` pods added (or replacing pods of the same key): the
+    /// tool's probe clients, which a Kubernetes backend creates only when their batch runs.
+    pub fn with_pods(&self, extra: Vec<Pod>) -> Snapshot {
+        let keys: Vec<ObjectKey> = extra.iter().map(|p| key_of(&p.metadata)).collect();
+        let mut pods: Vec<Pod> = self
+            .pods
+            .iter()
+            .chain(&self.terminated)
+            .filter(|p| !keys.contains(&key_of(&p.metadata)))
+            .cloned()
+            .collect();
+        pods.extend(extra);
+        let (snapshot, _) = Snapshot::new(self.namespaces.clone(), pods, self.policies.clone());
+        snapshot
+            .with_services(self.services.clone())
+            .with_nodes(self.nodes.clone())
+            .with_unmodelled(self.unmodelled.clone())
+    }
+
     /// Adds Nodes (for recognising the cloud provider).
     pub fn with_nodes(mut self, nodes: Vec<k8s_openapi::api::core::v1::Node>) -> Snapshot {
         self.nodes = nodes;

@@ -26,6 +26,17 @@ fn probe() -> PathBuf {
     probe
 }
 
+/// A probe pod standing for `key`, which already runs in the lab: batches run in it.
+fn prober(key: &ObjectKey) -> netpol_verify::cluster::ProbePod {
+    netpol_verify::cluster::ProbePod {
+        key: key.clone(),
+        role: netpol_verify::cluster::Role::Client,
+        run_id: "test".into(),
+        labels: Default::default(),
+        ports: Vec::new(),
+    }
+}
+
 fn unique_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("t{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
@@ -495,8 +506,10 @@ mod through_the_cluster_trait {
     }
 
     async fn outcomes(cluster: &LabCluster, from: &ObjectKey, ip: &str, expect: &str) -> Vec<Outcome> {
-        let output =
-            cluster.run_batch(from, &plan_to(ip, expect, 400), Duration::from_secs(10)).await.expect("batch");
+        let output = cluster
+            .run_batch(&prober(from), &plan_to(ip, expect, 400), Duration::from_secs(10))
+            .await
+            .expect("batch");
         assert!(output.summary.is_some(), "the batch completed");
         let mut results = output.results;
         results.sort_by(|a, b| a.id.cmp(&b.id));
@@ -587,8 +600,10 @@ mod through_the_cluster_trait {
             query: None,
         };
         let plan = Plan { schema: 1, probes: vec![probe("10.244.1.2", "x/b"), probe("10.244.2.2", "y/b")] };
-        let output =
-            first.run_batch(&ObjectKey::new("z", "a"), &plan, Duration::from_secs(10)).await.expect("batch");
+        let output = first
+            .run_batch(&prober(&ObjectKey::new("z", "a")), &plan, Duration::from_secs(10))
+            .await
+            .expect("batch");
         let mut seen: Vec<(String, Outcome)> =
             output.results.iter().map(|r| (r.id.clone().unwrap_or_default(), r.outcome)).collect();
         seen.sort_by(|a, b| a.0.cmp(&b.0));
@@ -649,7 +664,7 @@ mod through_the_cluster_trait {
         };
         let started = Instant::now();
         let output = cluster
-            .run_batch(&ObjectKey::new("x", "a"), &plan, Duration::from_millis(500))
+            .run_batch(&prober(&ObjectKey::new("x", "a")), &plan, Duration::from_millis(500))
             .await
             .expect("batch");
         assert!(started.elapsed() < Duration::from_secs(3));
@@ -681,12 +696,15 @@ mod through_the_cluster_trait {
         let changed = Instant::now();
         cluster.create_policy(&deny_ingress("y"), "r2").await.expect("policy");
         assert!(
-            reached(cluster.run_batch(&from, &probe(300), Duration::from_secs(5)).await.expect("batch")),
+            reached(
+                cluster.run_batch(&prober(&from), &probe(300), Duration::from_secs(5)).await.expect("batch")
+            ),
             "not enforced yet"
         );
         // Poll until the change lands.
         loop {
-            let output = cluster.run_batch(&from, &probe(150), Duration::from_secs(5)).await.expect("batch");
+            let output =
+                cluster.run_batch(&prober(&from), &probe(150), Duration::from_secs(5)).await.expect("batch");
             if !reached(output) {
                 break;
             }

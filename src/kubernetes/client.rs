@@ -5,9 +5,9 @@
 //! discovery the policy kinds the engine does not model), creating and deleting the tool's own
 //! namespaces, pods and policies with every API error turned into a message that says what to
 //! do, bounded waits that name why a pod does not start, and cleanup by the run's label.
-//! Running probe batches needs the client pods to carry their plan from creation (a
-//! ConfigMap; results from their logs): until that lands, `run_batch` says so and `run` keeps
-//! needing `--lab`.
+//! Probe batches run as pods created with their plan (a ConfigMap), whose log is the output.
+//! `run` does not use this backend yet (it needs `--lab`): the canary's rounds, a pod each, and
+//! the node controls from readiness probes come first.
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,6 +31,8 @@ use crate::model::{Note, ObjectKey, Snapshot, Unmodelled, key_of};
 pub struct KubeCluster {
     client: Client,
     pods: PodOptions,
+    /// Batch pods made so far (each gets a name of its own).
+    batches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for KubeCluster {
@@ -51,7 +53,7 @@ pub struct Connection<'a> {
 impl KubeCluster {
     /// A backend over an existing client (tests pass a mocked API server).
     pub fn new(client: Client, pods: PodOptions) -> KubeCluster {
-        KubeCluster { client, pods }
+        KubeCluster { client, pods, batches: Default::default() }
     }
 
     /// Connects like kubectl: an explicit kubeconfig and context, or `KUBECONFIG` / the
@@ -77,7 +79,7 @@ impl KubeCluster {
         })?;
         let client = Client::try_from(config)
             .map_err(|e| ClusterError::Invalid(format!("cannot create a Kubernetes client: {e}")))?;
-        Ok(KubeCluster { client, pods })
+        Ok(KubeCluster::new(client, pods))
     }
 }
 
@@ -351,13 +353,65 @@ impl Cluster for KubeCluster {
 
     async fn run_batch(
         &self,
-        client: &ObjectKey,
-        _: &Plan,
-        _: Duration,
+        client: &ProbePod,
+        plan: &Plan,
+        limit: Duration,
     ) -> Result<BatchOutput, ClusterError> {
-        Err(ClusterError::Invalid(format!(
-            "running probes in {client} on a Kubernetes cluster is not built yet: use a lab (netpol-verify lab run)"
-        )))
+        // A pod per batch, created with its plan: it runs it once and exits, and its log is
+        // the output (a channel no NetworkPolicy can block). Later batches of the same prober
+        // (the canary's rounds) get pods of their own, with the same labels.
+        let round = self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut pod = client.clone();
+        pod.role = crate::cluster::Role::Client;
+        pod.ports = Vec::new();
+        if client.role != crate::cluster::Role::Client || round > 0 {
+            pod.key.name = format!("{}-b{round}", client.key.name);
+        }
+        let key = pod.key.clone();
+        let text = serde_json::to_string(plan)
+            .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
+        let map = super::plan_config_map(&pod, &text);
+        maps.create(&PostParams::default(), &map).await.map_err(|e| {
+            api_error("create", "configmaps", &format!("{}/{}-plan", key.namespace, key.name), e)
+        })?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        let mut object = probe_pod(&pod, &self.pods, false);
+        // The prober's own labels, role included: its policies must select the batch pod too.
+        object.metadata.labels = Some(client.all_labels());
+        pods.create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| api_error("create", "pods", &key.to_string(), e))?;
+
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut client_ip = None;
+        let mut finished = false;
+        while tokio::time::Instant::now() < deadline {
+            let current =
+                pods.get(&key.name).await.map_err(|e| api_error("get", "pods", &key.to_string(), e))?;
+            let status = current.status.as_ref();
+            client_ip =
+                client_ip.or_else(|| status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()));
+            if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+                finished = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let log = pods
+            .logs(&key.name, &kube::api::LogParams::default())
+            .await
+            .map_err(|e| api_error("get", "pods/log", &key.to_string(), e))?;
+        let mut output = crate::cluster::parse_batch_output(&log);
+        if !finished {
+            // Out of time: what it printed so far stands, the rest did not run.
+            output.summary = None;
+        }
+        output.client_ip = client_ip;
+        // Done with: the run's cleanup would remove them too.
+        let _ = pods.delete(&key.name, &DeleteParams::default().grace_period(0)).await;
+        let _ = maps.delete(&format!("{}-plan", key.name), &DeleteParams::default()).await;
+        Ok(output)
     }
 
     async fn run_node_batch(&self, _: &Plan, _: Duration) -> Result<BatchOutput, ClusterError> {

@@ -313,18 +313,25 @@ impl Cluster for LabCluster {
 
     async fn run_batch(
         &self,
-        client: &ObjectKey,
+        client: &ProbePod,
         plan: &Plan,
         limit: Duration,
     ) -> Result<BatchOutput, ClusterError> {
-        let (netns, probe) = {
+        let key = &client.key;
+        if self.lab().pod_netns(key).is_none() {
+            self.create_probe_pod(client).await?;
+            self.wait_running(std::slice::from_ref(key), Duration::from_secs(10)).await?;
+        }
+        let (netns, probe, ip) = {
             let lab = self.lab();
-            let netns = lab
-                .pod_netns(client)
-                .ok_or_else(|| ClusterError::NotFound { what: format!("pod {client}") })?;
-            (netns, lab.state.probe.clone())
+            let netns =
+                lab.pod_netns(key).ok_or_else(|| ClusterError::NotFound { what: format!("pod {key}") })?;
+            let ip = lab.state.pods.iter().find(|p| p.key == *key).map(|p| std::net::IpAddr::V4(p.ip));
+            (netns, lab.state.probe.clone(), ip)
         };
-        batch_in(&netns, &probe, plan, limit).await
+        let mut output = batch_in(&netns, &probe, plan, limit).await?;
+        output.client_ip = ip;
+        Ok(output)
     }
 
     async fn run_node_batch(&self, plan: &Plan, limit: Duration) -> Result<BatchOutput, ClusterError> {

@@ -113,6 +113,16 @@ impl Names {
     }
 }
 
+/// The cluster with the canary's clients in it, as they are or will be once they run.
+fn with_clients(snapshot: crate::model::Snapshot, names: &Names) -> crate::model::Snapshot {
+    let absent: Vec<_> = pods(names)
+        .iter()
+        .filter(|p| p.role == Role::Client && snapshot.find_pod(&p.key).is_none())
+        .map(|p| super::pod_object(p, None))
+        .collect();
+    if absent.is_empty() { snapshot } else { snapshot.with_pods(absent) }
+}
+
 /// The canary's probe pods.
 fn pods(names: &Names) -> Vec<ProbePod> {
     PODS.iter()
@@ -154,8 +164,9 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let names = Names::new(run_id);
     cluster.create_namespace(&names.namespace, run_id).await?;
     cluster.create_namespace(&names.peer_namespace, run_id).await?;
+    // Servers and the control pod now; clients start with their first batch.
     let mut keys = Vec::new();
-    for pod in pods(&names) {
+    for pod in pods(&names).into_iter().filter(|p| p.role != Role::Client) {
         cluster.create_probe_pod(&pod).await?;
         keys.push(pod.key);
     }
@@ -166,7 +177,7 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     // 1. Baseline: with no policy, the client reaches the ingress server.
     let engine_checks = checks(cluster, scenario, &names, &ips).await?;
     let baseline: Vec<Check> = engine_checks.iter().filter(|c| c.group == "ingress deny").cloned().collect();
-    let results = round(cluster, &baseline, &[]).await;
+    let results = round(cluster, &names, &baseline, &[]).await;
     if !results.values().any(ProbeResult::reached) {
         report.capabilities.push(Capability {
             name: "connectivity",
@@ -192,7 +203,7 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let mut results;
     loop {
         let sent = Instant::now();
-        results = round(cluster, &deny, &controls).await;
+        results = round(cluster, &names, &deny, &controls).await;
         // A denial, not a probe that failed in itself, while the control shows the server alive.
         let denied =
             deny.iter().all(|c| results.get(&c.probe.id).is_some_and(|r| judge::observed(Some(r)).is_deny()));
@@ -221,7 +232,7 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     .min(options.enforce_timeout);
     loop {
         let sent = Instant::now();
-        results = round(cluster, &all, &controls).await;
+        results = round(cluster, &names, &all, &controls).await;
         let behaving = all.iter().filter(|c| c.implementation_defined.is_empty()).all(|c| {
             results.get(&c.probe.id).is_some_and(|r| r.reached() == (c.policy == PolicyAnswer::Allow))
         });
@@ -265,7 +276,7 @@ async fn checks<C: Cluster>(
     names: &Names,
     ips: &HashMap<ObjectKey, IpAddr>,
 ) -> Result<Vec<Check>, ClusterError> {
-    let snapshot = cluster.discover().await?.snapshot;
+    let snapshot = with_clients(cluster.discover().await?.snapshot, names);
     let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     let mut checks = Vec::new();
     for (i, (capability, from, to, port, protocol)) in PROBES.iter().enumerate() {
@@ -358,16 +369,18 @@ async fn pause(round_started: Instant) {
 /// One concurrent round of the checks' probes and the controls, a batch per client.
 async fn round<C: Cluster + Clone + Send + Sync + 'static>(
     cluster: &C,
+    names: &Names,
     checks: &[Check],
     controls: &[Probe],
 ) -> HashMap<String, ProbeResult> {
     let probes: Vec<Probe> = checks.iter().map(|c| c.probe.clone()).chain(controls.iter().cloned()).collect();
-    round_of(cluster, &probes).await
+    round_of(cluster, names, &probes).await
 }
 
 /// One concurrent round of probes, a batch per client; results by id.
 async fn round_of<C: Cluster + Clone + Send + Sync + 'static>(
     cluster: &C,
+    names: &Names,
     probes: &[Probe],
 ) -> HashMap<String, ProbeResult> {
     let timeout_ms = POLL_TIMEOUT.as_millis() as u64;
@@ -383,10 +396,12 @@ async fn round_of<C: Cluster + Clone + Send + Sync + 'static>(
             .push(super::plan::spec(probe, timeout_ms));
     }
     let mut tasks = tokio::task::JoinSet::new();
+    let probers = pods(names);
     for (client, plan) in plans {
+        let Some(prober) = probers.iter().find(|p| p.key == client).cloned() else { continue };
         let cluster = cluster.clone();
         tasks.spawn(async move {
-            cluster.run_batch(&client, &plan, POLL_TIMEOUT + Duration::from_secs(10)).await
+            cluster.run_batch(&prober, &plan, POLL_TIMEOUT + Duration::from_secs(10)).await
         });
     }
     let mut results = HashMap::new();
@@ -590,7 +605,7 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
     let mut last = None;
     while started.elapsed() < options.pod_start_window {
         let at = started.elapsed();
-        let results = round_of(cluster, &probes).await;
+        let results = round_of(cluster, names, &probes).await;
         rounds += 1;
         let reached = |id: &str| results.get(id).is_some_and(ProbeResult::reached);
         if reached("canary-late") {
@@ -605,7 +620,7 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
         pause(started + at).await;
     }
 
-    let snapshot = cluster.discover().await?.snapshot;
+    let snapshot = with_clients(cluster.discover().await?.snapshot, names);
     let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     let (Some(from), Some(to)) = (snapshot.find_pod(&client), snapshot.find_pod(&key)) else {
         return Err(ClusterError::NotFound { what: format!("pod {client} or {key}") });

@@ -261,10 +261,12 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     }
     lap(report, "discover");
 
-    // Deploy: a client and a server per namespace in scope, and the control pod.
+    // Deploy: a server per namespace in scope and the control pod. Clients are started by
+    // their first batch (on Kubernetes a client pod is created with its plan).
     let run_id = &options.run_id;
     let ports = plan::server_ports(&options.scenarios);
     let mut deployment = Deployment { namespaces: namespaces.clone(), ..Deployment::default() };
+    let mut clients = Vec::new();
     let mut pods = Vec::new();
     if has_groups && !namespaces.is_empty() {
         let tool_ns = tool_namespace(run_id);
@@ -275,7 +277,7 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
         for ns in &namespaces {
             let client = ObjectKey::new(ns, format!("nv-client-{run_id}"));
             let server = ObjectKey::new(ns, format!("nv-server-{run_id}"));
-            pods.push(probe_pod(&client, Role::Client, run_id, &[]));
+            clients.push(probe_pod(&client, Role::Client, run_id, &[]));
             pods.push(probe_pod(&server, Role::Server, run_id, &ports));
             deployment.clients.insert(ns.clone(), client);
             deployment.servers.insert(ns.clone(), server);
@@ -290,6 +292,9 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     if !keys.is_empty() {
         cluster.wait_running(&keys, options.pod_timeout).await.map_err(step("waiting for the probe pods"))?;
     }
+    // The control pod also runs batches (its control probes).
+    let probers: Vec<ProbePod> =
+        clients.into_iter().chain(pods.into_iter().filter(|p| p.role == Role::Control)).collect();
     lap(report, "deploy");
 
     let canary = options.scenarios.iter().find_map(|s| match &s.body {
@@ -300,7 +305,7 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     let probing = async {
         let started = Instant::now();
         let label = if canary.is_some() { "probing (and canary)" } else { "probing" };
-        (probe(cluster, options, &deployment, progress, label).await, started.elapsed())
+        (probe(cluster, options, &deployment, &probers, progress, label).await, started.elapsed())
     };
     let canary_run = async {
         let started = Instant::now();
@@ -328,12 +333,26 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     Ok(())
 }
 
-/// Plans against the cluster as it is now (the probe pods included), runs one batch per
-/// client, and judges.
+/// The Pod object a probe pod is, for the engine: its labels and ports, and its address once
+/// known.
+pub fn pod_object(pod: &ProbePod, ip: Option<std::net::IpAddr>) -> k8s_openapi::api::core::v1::Pod {
+    let mut object = crate::kubernetes::probe_pod(pod, &crate::kubernetes::PodOptions::default(), false);
+    object.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase: Some("Running".into()),
+        pod_ip: ip.map(|ip| ip.to_string()),
+        ..Default::default()
+    });
+    object
+}
+
+/// Plans against the cluster as it is now (servers and the control pod included, clients as
+/// they will be), runs one batch per prober, answers again with the clients' addresses, and
+/// judges.
 async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     cluster: &C,
     options: &RunOptions,
     deployment: &Deployment,
+    probers: &[ProbePod],
     progress: &dyn Progress,
     label: &str,
 ) -> Result<(Vec<Judged>, Vec<Note>), RunError> {
@@ -341,19 +360,31 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
         return Ok((Vec::new(), Vec::new()));
     }
     let discovery = cluster.discover().await.map_err(step("reading the cluster with the probe pods"))?;
-    let engine = Engine::new(&discovery.snapshot)?;
-    let planned = plan::plan(&engine, &options.scenarios, deployment);
+    let absent: Vec<_> = probers
+        .iter()
+        .filter(|p| discovery.snapshot.find_pod(&p.key).is_none())
+        .map(|p| pod_object(p, None))
+        .collect();
+    let snapshot = discovery.snapshot.with_pods(absent);
+    let engine = Engine::new(&snapshot)?;
+    let mut planned = plan::plan(&engine, &options.scenarios, deployment);
     let timeout_ms = options.probe_timeout.as_millis().clamp(1, 300_000) as u64;
     let batches = plan::batches(&planned, timeout_ms);
-    let limit = options.probe_timeout + Duration::from_secs(15);
+    // A client may first have to start (on Kubernetes, a pod created with its plan).
+    let limit = options.probe_timeout + options.pod_timeout + Duration::from_secs(15);
     let total: usize = batches.values().map(|b| b.probes.len()).sum();
     progress.phase(label, total as u64);
 
     let mut tasks = tokio::task::JoinSet::new();
+    let mut notes = planned.notes.clone();
     for (client, batch) in batches {
+        let Some(prober) = probers.iter().find(|p| p.key == client).cloned() else {
+            notes.push(Note(format!("{client} is not one of the run's probe pods: its probes did not run")));
+            continue;
+        };
         let cluster = cluster.clone();
         tasks.spawn(async move {
-            let output = cluster.run_batch(&client, &batch, limit).await;
+            let output = cluster.run_batch(&prober, &batch, limit).await;
             (client, batch.probes.len(), output)
         });
     }
@@ -364,7 +395,7 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
         node.spawn(async move { cluster.run_node_batch(&plan, limit).await });
     }
     let mut results: HashMap<String, ProbeResult> = HashMap::new();
-    let mut notes = planned.notes.clone();
+    let mut addresses = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let Ok((client, count, output)) = joined else {
             notes.push(Note("a probe batch task failed; its probes did not run".into()));
@@ -378,6 +409,9 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
                         "the batch in {client} did not finish: {} of {count} probes reported",
                         output.results.len()
                     )));
+                }
+                if let Some(ip) = output.client_ip {
+                    addresses.push((client.clone(), ip));
                 }
                 for result in output.results {
                     if let Some(id) = result.id.clone() {
@@ -394,6 +428,18 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
         }
         Some(Ok(Err(e))) => notes.push(Note(format!("the node's control probes failed ({e})"))),
         _ => notes.push(Note("the node's control probes did not run".into())),
+    }
+    // With the clients' addresses known, ipBlock rules see them as the network did.
+    let placed: Vec<_> = probers
+        .iter()
+        .filter_map(|p| {
+            addresses.iter().find(|(key, _)| *key == p.key).map(|(_, ip)| pod_object(p, Some(*ip)))
+        })
+        .collect();
+    if !placed.is_empty() {
+        let snapshot = snapshot.with_pods(placed);
+        let engine = Engine::new(&snapshot)?;
+        plan::reanswer(&engine, &mut planned.checks);
     }
     let controls: Vec<_> = planned.controls.iter().chain(&planned.node_controls).cloned().collect();
     Ok((judge::judge(planned.checks, &controls, &results), notes))

@@ -213,9 +213,7 @@ fn plan_group(
                 }
             };
         for d in destinations {
-            let (client_ip, _) =
-                engine.connection_addresses(Endpoint::Pod(client_id), Endpoint::Ip(d.address));
-            if client_ip.is_none_or(|ip| ip.is_ipv4() != d.address.is_ipv4()) {
+            if !speaks_family(engine, client_id, deployment, d.address) {
                 skipped_family = true;
                 continue;
             }
@@ -263,6 +261,53 @@ struct Answer {
     policies: Vec<String>,
     because: Vec<String>,
     implementation_defined: Vec<&'static str>,
+}
+
+/// Whether `client` can reach an address of `target`'s family: by its own address, or, before
+/// it has one (clients start with their batch), by the run's servers' and control pod's.
+fn speaks_family(engine: &Engine<'_>, client: PodId, deployment: &Deployment, target: IpAddr) -> bool {
+    let (client_ip, _) = engine.connection_addresses(Endpoint::Pod(client), Endpoint::Ip(target));
+    if let Some(ip) = client_ip {
+        return ip.is_ipv4() == target.is_ipv4();
+    }
+    let snapshot = engine.snapshot();
+    deployment
+        .servers
+        .values()
+        .chain(deployment.control.as_ref())
+        .filter_map(|key| snapshot.find_pod(key))
+        .any(|pod| {
+            let (ip, _) = engine.connection_addresses(Endpoint::Pod(pod), Endpoint::Ip(target));
+            ip.is_some_and(|ip| ip.is_ipv4() == target.is_ipv4())
+        })
+}
+
+/// Answers every check again against `engine` (the same cluster, with the clients' addresses
+/// now known): only ipBlock rules matching a client's address can change an answer.
+pub fn reanswer(engine: &Engine<'_>, checks: &mut [Check]) {
+    let snapshot = engine.snapshot();
+    for check in checks {
+        let Some(client) = snapshot.find_pod(&check.probe.client) else { continue };
+        let target = &check.probe.target;
+        let d = Destination {
+            to: check.to.clone(),
+            to_namespace: check.to_namespace.clone(),
+            address: target.address,
+            port: target.port,
+            protocol: target.protocol,
+            dns: target.dns,
+            expect_name: check.probe.expect_name.clone(),
+            endpoints: endpoints_of(engine, check),
+        };
+        let mut answer = answer(engine, client, &d);
+        unsettle(snapshot, &check.from_namespace, check.to_namespace.as_deref(), &mut answer);
+        check.policy = answer.policy;
+        check.egress = answer.egress;
+        check.ingress = answer.ingress;
+        check.policies = answer.policies;
+        check.because = answer.because;
+        check.implementation_defined = answer.implementation_defined;
+    }
 }
 
 /// Policies the engine does not model may touch the connection: its answer is `unknown`.

@@ -102,7 +102,8 @@ mod fake {
             let snapshot = self.snapshot();
             let engine = Engine::new(&snapshot).unwrap_or_else(|e| panic!("{e}"));
             let dead = self.state().dead.clone();
-            let mut output = BatchOutput { results: Vec::new(), summary: Some(Summary::default()) };
+            let mut output =
+                BatchOutput { results: Vec::new(), summary: Some(Summary::default()), client_ip: None };
             for spec in &plan.probes {
                 let target = snapshot
                     .pod_ids()
@@ -225,15 +226,24 @@ mod fake {
 
         async fn run_batch(
             &self,
-            client: &ObjectKey,
+            client: &ProbePod,
             plan: &Plan,
             _: Duration,
         ) -> Result<BatchOutput, ClusterError> {
-            self.state().calls.push(format!("batch {client} ({} probes)", plan.probes.len()));
-            if self.state().lost.contains(&client.namespace) {
+            let key = &client.key;
+            self.state().calls.push(format!("batch {key} ({} probes)", plan.probes.len()));
+            // Like a Kubernetes client pod: it exists from its first batch on.
+            if !self.state().pods.iter().any(|p| key_of(&p.metadata) == *key) {
+                self.create_probe_pod(client).await?;
+            }
+            if self.state().lost.contains(&key.namespace) {
                 return Ok(BatchOutput::default());
             }
-            Ok(self.answer(plan, Some(client)))
+            let mut output = self.answer(plan, Some(key));
+            let snapshot = self.snapshot();
+            let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+            output.client_ip = snapshot.find_pod(key).and_then(|id| engine.pod_ip(id));
+            Ok(output)
         }
 
         async fn run_node_batch(&self, plan: &Plan, _: Duration) -> Result<BatchOutput, ClusterError> {
@@ -394,7 +404,11 @@ async fn a_run_cancelled_while_pods_start_removes_what_it_created() {
         trigger.cancel();
     });
     let error = run(&cluster, &options(), &progress::Quiet, &cancel).await.err().map(|e| e.to_string());
-    assert_eq!(error.as_deref(), Some("interrupted; removed 5 pods, 0 policies and 1 namespaces of run t1"));
+    assert_eq!(
+        error.as_deref(),
+        Some("interrupted; removed 3 pods, 0 policies and 1 namespaces of run t1"),
+        "servers and the control pod; clients start with their batch"
+    );
     let state = cluster.state();
     assert!(state.pods.is_empty() && state.namespaces.len() == 2, "{:?}", state.pods);
 }

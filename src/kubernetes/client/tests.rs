@@ -257,9 +257,84 @@ async fn a_pod_that_cannot_pull_its_image_is_named_with_the_fix() {
 }
 
 #[tokio::test]
-async fn batches_are_honestly_unsupported_for_now() {
-    let (cluster, _server) = mocked();
-    let plan = Plan { schema: netpol_probe::wire::SCHEMA, probes: Vec::new() };
-    let error = cluster.run_batch(&ObjectKey::new("shop", "c"), &plan, Duration::from_secs(1)).await.err();
-    assert!(error.is_some_and(|e| e.to_string().contains("not built yet")));
+async fn a_batch_is_a_pod_created_with_its_plan_whose_log_is_the_output() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let map = answer(
+            &mut server,
+            "POST",
+            "/api/v1/namespaces/shop/configmaps?",
+            201,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nv-client-t1-plan"}}),
+        )
+        .await;
+        let pod = answer(
+            &mut server,
+            "POST",
+            "/api/v1/namespaces/shop/pods?",
+            201,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1"}}),
+        )
+        .await;
+        let done = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1", "namespace": "shop"}, "status": {"phase": "Succeeded", "podIP": "10.0.0.9"}});
+        answer(&mut server, "GET", "/api/v1/namespaces/shop/pods/nv-client-t1", 200, done).await;
+        // The log: one result line, then the summary.
+        let (request, respond) = server.next_request().await.expect("a request");
+        assert!(
+            request.uri().to_string().starts_with("/api/v1/namespaces/shop/pods/nv-client-t1/log"),
+            "{}",
+            request.uri()
+        );
+        let log = "{\"id\":\"c1\",\"target\":\"10.0.0.5\",\"port\":80,\"protocol\":\"TCP\",\"outcome\":\"connected\",\"name\":\"shop/nv-server-t1\",\"ms\":2}\n\
+                   {\"summary\":{\"schema\":1,\"total\":1,\"reached\":1,\"not_reached\":0,\"connected\":1,\"refused\":0,\"unreachable\":0,\"timeout\":0,\"error\":0,\"ms\":2}}\n";
+        respond.send_response(
+            Response::builder().status(200).body(Body::from(log.as_bytes().to_vec())).expect("a response"),
+        );
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/shop/pods/nv-client-t1?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1"}}),
+        )
+        .await;
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/shop/configmaps/nv-client-t1-plan?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}),
+        )
+        .await;
+        (map, pod)
+    });
+    let client = ProbePod {
+        key: ObjectKey::new("shop", "nv-client-t1"),
+        role: Role::Client,
+        ports: vec![],
+        ..server_pod()
+    };
+    let plan = Plan {
+        schema: netpol_probe::wire::SCHEMA,
+        probes: vec![netpol_probe::wire::ProbeSpec {
+            id: "c1".into(),
+            kind: netpol_probe::wire::ProbeKind::Connect,
+            target: "10.0.0.5".into(),
+            port: 80,
+            protocol: None,
+            timeout_ms: 1000,
+            expect_name: Some("shop/nv-server-t1".into()),
+            query: None,
+        }],
+    };
+    let output =
+        cluster.run_batch(&client, &plan, Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (map, pod) = api.await.expect("the scripted API server");
+    assert!(map["data"]["plan.json"].as_str().is_some_and(|p| p.contains("\"id\":\"c1\"")), "{map}");
+    assert_eq!(pod["spec"]["containers"][0]["args"], json!(["batch", super::super::PLAN_PATH]));
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(pod["metadata"]["labels"]["netpol-verify.io/role"], "client");
+    assert_eq!(output.results.len(), 1);
+    assert!(output.summary.is_some());
+    assert_eq!(output.client_ip.map(|ip| ip.to_string()).as_deref(), Some("10.0.0.9"));
 }
