@@ -39,6 +39,16 @@ pub enum Command {
     /// A cluster emulated in Linux network namespaces, with a CNI you choose (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Remove what runs left on a Kubernetes cluster (every object labelled
+    /// app.kubernetes.io/name=netpol-verify, or one run's).
+    Cleanup {
+        /// Only this run's objects (its id is in every report).
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
+
+        #[command(flatten)]
+        kube: KubeArgs,
+    },
     /// List every image a run uses, for mirroring into an air-gapped registry.
     Images {
         /// The probe image you will pass to `run --image`.
@@ -65,7 +75,23 @@ pub struct RunArgs {
     pub pods: PodArgs,
 
     #[command(flatten)]
+    pub kube: KubeArgs,
+
+    #[command(flatten)]
     pub options: RunOptionArgs,
+}
+
+/// Which cluster, as kubectl takes it.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the in-cluster
+    /// service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 /// How probe pods are made on a Kubernetes cluster.

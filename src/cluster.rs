@@ -185,6 +185,12 @@ pub trait Cluster {
         limit: Duration,
     ) -> impl Future<Output = Result<BatchOutput, ClusterError>> + Send;
 
+    /// Whether a batch can be run every few tens of milliseconds (the canary's polling). On
+    /// Kubernetes every batch is a pod, started in seconds.
+    fn polls_cheaply(&self) -> bool {
+        true
+    }
+
     /// Removes every pod, policy and namespace labelled with `run_id`.
     fn cleanup(&self, run_id: &str) -> impl Future<Output = Result<Cleaned, ClusterError>> + Send;
 }

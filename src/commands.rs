@@ -239,14 +239,17 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<Exit, Error> {
     if args.dry_run {
-        return dry_run(args, out);
+        return dry_run(args, out).await;
     }
     let Some(name) = &args.lab else {
-        return Err(Error::Usage(
-            "the Kubernetes backend is not built yet: run against a lab with --lab NAME, or try \
-             `netpol-verify lab run --from-file FILE` (lab up + run + lab down in one command)"
-                .into(),
-        ));
+        let options = run_options(&args.options)?;
+        let files = open_reports(&args.options)?;
+        let cluster = connect(&args.kube, pod_options(&args.pods)).await?;
+        let target = match &args.kube.context {
+            Some(context) => format!("cluster (context {context})"),
+            None => "cluster (current context)".to_string(),
+        };
+        return run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await;
     };
     let options = run_options(&args.options)?;
     let files = open_reports(&args.options)?;
@@ -257,8 +260,43 @@ pub async fn run(
     run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await
 }
 
-/// `run --dry-run`: the manifests a run would create, from files or a lab.
-fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+async fn connect(
+    args: &crate::cli::KubeArgs,
+    pods: crate::kubernetes::PodOptions,
+) -> Result<crate::kubernetes::client::KubeCluster, Error> {
+    let connection = crate::kubernetes::client::Connection {
+        kubeconfig: args.kubeconfig.as_deref(),
+        context: args.context.as_deref(),
+    };
+    crate::kubernetes::client::KubeCluster::connect(&connection, pods)
+        .await
+        .map_err(|e| Error::Usage(e.to_string()))
+}
+
+/// `netpol-verify cleanup`.
+pub async fn cleanup(
+    run: Option<&str>,
+    kube: &crate::cli::KubeArgs,
+    out: &mut dyn Write,
+) -> Result<Exit, Error> {
+    use crate::cluster::Cluster;
+    let cluster = connect(kube, crate::kubernetes::PodOptions::default()).await?;
+    let cleaned = match run {
+        Some(run) => cluster.cleanup(run).await,
+        None => cluster.cleanup_all().await,
+    }
+    .map_err(|e| Error::Usage(e.to_string()))?;
+    writeln!(
+        out,
+        "removed {} pods, {} policies and {} namespaces",
+        cleaned.pods, cleaned.policies, cleaned.namespaces
+    )?;
+    Ok(Exit::Pass)
+}
+
+/// `run --dry-run`: the manifests a run would create, from files, a lab or the cluster
+/// (read only).
+async fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let options = run_options(&args.options)?;
     let snapshot = if !args.from_file.is_empty() {
         let loaded = load(&read_sources(&args.from_file)?)?;
@@ -266,11 +304,10 @@ fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     } else if let Some(name) = &args.lab {
         Lab::open(name)?.snapshot()
     } else {
-        return Err(Error::Usage(
-            "the Kubernetes backend is not built yet: for a dry run, give the cluster's objects with \
-             --from-file (kubectl get ns,pods,svc,netpol -A -o yaml) or a lab with --lab"
-                .into(),
-        ));
+        let cluster = connect(&args.kube, pod_options(&args.pods)).await?;
+        let discovery =
+            crate::cluster::Cluster::discover(&cluster).await.map_err(|e| Error::Usage(e.to_string()))?;
+        discovery.snapshot
     };
     Engine::new(&snapshot)?;
     let existing: Vec<String> =

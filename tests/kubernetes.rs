@@ -5,8 +5,17 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// Runs the tool with no kubeconfig and no in-cluster account: a test never reaches a real
+/// API server.
 fn verify(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_netpol-verify")).args(args).output().expect("netpol-verify runs")
+    let home = tempfile::tempdir().expect("a temporary directory");
+    Command::new(env!("CARGO_BIN_EXE_netpol-verify"))
+        .args(args)
+        .env("KUBECONFIG", home.path().join("missing"))
+        .env("HOME", home.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("netpol-verify runs")
 }
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/examples/shop.yaml");
@@ -89,7 +98,10 @@ fn images_lists_what_to_mirror() {
 fn a_dry_run_needs_objects_from_somewhere() {
     let output = verify(&["run", "--dry-run"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("give the cluster's objects with --from-file"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot configure a connection to the cluster"));
+    let output = verify(&["cleanup"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--kubeconfig FILE and --context NAME"));
     let output = verify(&["run", "--from-file", EXAMPLE]);
     assert_eq!(output.status.code(), Some(2), "--from-file alone would probe nothing");
     let output = verify(&["run", "--dry-run", "--from-file", EXAMPLE, "-n", "typo"]);

@@ -409,11 +409,22 @@ fn scenario_errors_name_the_file_line_and_field_and_exit_2() {
 }
 
 #[test]
-fn run_without_a_lab_says_the_kubernetes_backend_is_not_built_yet() {
-    let output = Command::new(verify()).args(["run"]).output().expect("netpol-verify runs");
+fn run_without_a_lab_or_a_cluster_says_how_to_name_one() {
+    // NB: no kubeconfig and no in-cluster account: a test never reaches a real API server.
+    let home = tempfile::tempdir().expect("a temporary directory");
+    let output = Command::new(verify())
+        .args(["run", "-s", "matrix"])
+        .env("KUBECONFIG", home.path().join("missing"))
+        .env("HOME", home.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("netpol-verify runs");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("the Kubernetes backend is not built yet"), "{stderr}");
+    assert!(
+        stderr.contains("cannot configure a connection to the cluster") && stderr.contains("--kubeconfig"),
+        "{stderr}"
+    );
 }
 
 /// q may only talk to itself: no DNS.

@@ -414,13 +414,35 @@ impl Cluster for KubeCluster {
         Ok(output)
     }
 
-    async fn run_node_batch(&self, _: &Plan, _: Duration) -> Result<BatchOutput, ClusterError> {
-        // Readiness probes (the kubelet, from the node) will show which servers are alive.
-        Ok(BatchOutput::default())
+    async fn run_node_batch(&self, plan: &Plan, _: Duration) -> Result<BatchOutput, ClusterError> {
+        // The node's view is the kubelet's: a probe server is Ready once its readiness probe
+        // (TCP, from the node) got through. Only those probes get a result; the rest are
+        // absent, never failed.
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let params = ListParams::default().labels(&format!("{APP_LABEL}={APP_VALUE}"));
+        let list = pods.list(&params).await.map_err(|e| api_error("list", "pods", "(the tool's)", e))?;
+        Ok(BatchOutput { results: node_results(&list.items, plan), summary: None, client_ip: None })
     }
 
     async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
-        let params = ListParams::default().labels(&selector(run_id));
+        self.remove_labelled(&selector(run_id)).await
+    }
+
+    fn polls_cheaply(&self) -> bool {
+        false
+    }
+}
+
+impl KubeCluster {
+    /// Removes what every run left behind (crashed runs included): everything labelled
+    /// `app.kubernetes.io/name=netpol-verify`.
+    pub async fn cleanup_all(&self) -> Result<Cleaned, ClusterError> {
+        self.remove_labelled(&format!("{APP_LABEL}={APP_VALUE}")).await
+    }
+
+    /// Deletes the pods, ConfigMaps, NetworkPolicies and namespaces `selector` matches.
+    async fn remove_labelled(&self, selector: &str) -> Result<Cleaned, ClusterError> {
+        let params = ListParams::default().labels(selector);
         let mut cleaned = Cleaned::default();
         let pods: Api<Pod> = Api::all(self.client.clone());
         for pod in pods.list(&params).await.map_err(|e| api_error("list", "pods", "(the run's)", e))? {
@@ -455,6 +477,53 @@ impl Cluster for KubeCluster {
         }
         Ok(cleaned)
     }
+}
+
+/// What Ready pods show of `plan`: a `connected` result for each TCP probe to a Ready pod's
+/// address on the port its readiness probe checks.
+pub fn node_results(pods: &[Pod], plan: &Plan) -> Vec<netpol_probe::wire::ProbeResult> {
+    use netpol_probe::wire::{Outcome, ProbeKind, ProbeResult, Transport};
+    let mut ready = Vec::new();
+    for pod in pods {
+        let status = pod.status.as_ref();
+        let is_ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let Some(ip) = status.and_then(|s| s.pod_ip.clone()).filter(|_| is_ready) else { continue };
+        let ports = pod.spec.iter().flat_map(|s| &s.containers).filter_map(|c| {
+            match c.readiness_probe.as_ref()?.tcp_socket.as_ref()?.port {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port) => {
+                    u16::try_from(port).ok()
+                }
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_) => None,
+            }
+        });
+        for port in ports {
+            ready.push((ip.clone(), port, key_of(&pod.metadata).to_string()));
+        }
+    }
+    plan.probes
+        .iter()
+        .filter(|p| p.kind == ProbeKind::Connect && p.transport() == Transport::Tcp)
+        .filter_map(|p| {
+            let (_, _, name) = ready.iter().find(|(ip, port, name)| {
+                *ip == p.target && *port == p.port && p.expect_name.as_ref().is_none_or(|e| e == name)
+            })?;
+            Some(ProbeResult {
+                id: Some(p.id.clone()),
+                target: p.target.clone(),
+                port: p.port,
+                protocol: Transport::Tcp,
+                query: None,
+                outcome: Outcome::Connected,
+                name: Some(name.clone()),
+                ms: 0,
+                message: Some("Ready: the kubelet's readiness probe, from the node, got through".into()),
+                attempts: None,
+                rcode: None,
+            })
+        })
+        .collect()
 }
 
 /// Something already gone is cleaned up.

@@ -338,3 +338,41 @@ async fn a_batch_is_a_pod_created_with_its_plan_whose_log_is_the_output() {
     assert!(output.summary.is_some());
     assert_eq!(output.client_ip.map(|ip| ip.to_string()).as_deref(), Some("10.0.0.9"));
 }
+
+#[test]
+fn the_node_shows_alive_what_the_kubelets_readiness_probe_reached() {
+    let ready = |name: &str, ip: &str, ready: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"containers": [{"name": "probe", "readinessProbe": {"tcpSocket": {"port": 80}}}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}
+        }))
+        .expect("a pod")
+    };
+    let pods = [ready("nv-server-t1", "10.0.0.5", "True"), ready("nv-server-t2", "10.0.0.6", "False")];
+    let probe = |id: &str, target: &str, port: u16, protocol: Option<netpol_probe::wire::Transport>| {
+        netpol_probe::wire::ProbeSpec {
+            id: id.into(),
+            kind: netpol_probe::wire::ProbeKind::Connect,
+            target: target.into(),
+            port,
+            protocol,
+            timeout_ms: 1000,
+            expect_name: None,
+            query: None,
+        }
+    };
+    let plan = Plan {
+        schema: netpol_probe::wire::SCHEMA,
+        probes: vec![
+            probe("n1", "10.0.0.5", 80, None),
+            probe("n2", "10.0.0.5", 81, None),
+            probe("n3", "10.0.0.5", 80, Some(netpol_probe::wire::Transport::Udp)),
+            probe("n4", "10.0.0.6", 80, None),
+        ],
+    };
+    let results = node_results(&pods, &plan);
+    let ids: Vec<&str> = results.iter().filter_map(|r| r.id.as_deref()).collect();
+    assert_eq!(ids, ["n1"], "only the Ready pod, on its readiness port, over TCP");
+    assert_eq!(results[0].name.as_deref(), Some("shop/nv-server-t1"));
+}
