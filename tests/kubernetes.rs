@@ -108,3 +108,9 @@ fn a_dry_run_needs_objects_from_somewhere() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("namespace typo does not exist"));
 }
+
+#[test]
+fn the_documented_role_passes_the_kubernetes_schemas() {
+    let (valid, words) = validate(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/rbac.yaml")));
+    assert!(valid, "{words}");
+}
