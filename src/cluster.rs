@@ -58,6 +58,13 @@ pub struct ProbePod {
     pub ports: Vec<crate::engine::ContainerPort>,
 }
 
+/// Whether an object's labels mark it as one a run of the tool created: the app label *and* a
+/// run id. NB: the app label alone is a common label a user may put on their own objects (the
+/// tool's own CronJob, say); those are never the tool's to skip or delete.
+pub fn is_tools(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels.is_some_and(|l| l.get(APP_LABEL).is_some_and(|v| v == APP_VALUE) && l.contains_key(RUN_LABEL))
+}
+
 impl ProbePod {
     /// Every label the pod carries: the caller's, then the tool's (which win).
     pub fn all_labels(&self) -> BTreeMap<String, String> {

@@ -92,7 +92,7 @@ pub struct Unmodelled {
 
 impl Unmodelled {
     /// The kinds known to hold network policy, by API group: (group, kind, cluster-wide).
-    pub const KINDS: [(&'static str, &'static str, bool); 9] = [
+    pub const KINDS: [(&'static str, &'static str, bool); 10] = [
         ("crd.projectcalico.org", "NetworkPolicy", false),
         ("crd.projectcalico.org", "GlobalNetworkPolicy", true),
         ("projectcalico.org", "NetworkPolicy", false),
@@ -102,6 +102,7 @@ impl Unmodelled {
         ("policy.networking.k8s.io", "AdminNetworkPolicy", true),
         ("policy.networking.k8s.io", "BaselineAdminNetworkPolicy", true),
         ("crd.antrea.io", "ClusterNetworkPolicy", true),
+        ("crd.antrea.io", "NetworkPolicy", false),
     ];
 
     /// Whether `apiVersion`/`kind` is one of [`Self::KINDS`], and if so whether it is cluster-wide.

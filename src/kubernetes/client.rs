@@ -31,8 +31,8 @@ use crate::model::{Note, ObjectKey, Snapshot, Unmodelled, key_of};
 pub struct KubeCluster {
     client: Client,
     pods: PodOptions,
-    /// Batch pods made so far (each gets a name of its own).
-    batches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Batch pods made so far, per prober (each gets a name of its own).
+    batches: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, usize>>>,
 }
 
 impl std::fmt::Debug for KubeCluster {
@@ -77,6 +77,11 @@ impl KubeCluster {
                  as for kubectl"
             ))
         })?;
+        // Bounded waits everywhere: no API call may hang the run.
+        let mut config = config;
+        config.read_timeout = Some(Duration::from_secs(30));
+        config.write_timeout = Some(Duration::from_secs(30));
+        config.connect_timeout = Some(Duration::from_secs(10));
         let client = Client::try_from(config)
             .map_err(|e| ClusterError::Invalid(format!("cannot create a Kubernetes client: {e}")))?;
         Ok(KubeCluster::new(client, pods))
@@ -94,9 +99,18 @@ fn api_error(verb: &str, resource: &str, object: &str, error: kube::Error) -> Cl
         401 => {
             "the credentials were refused: log in again (kubectl auth whoami tells who you are)".to_string()
         }
-        403 => format!(
-            "grant the tool `{verb}` on `{resource}` (kubectl auth can-i {verb} {resource}; the role it needs is in docs/rbac.md)"
-        ),
+        403 if response.message.contains("cannot") => {
+            let (base, subresource) =
+                resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+            let can_i = match subresource {
+                Some(sub) => format!("kubectl auth can-i {verb} {base} --subresource={sub}"),
+                None => format!("kubectl auth can-i {verb} {base}"),
+            };
+            format!("grant the tool `{verb}` on `{resource}` ({can_i}; the role it needs is docs/rbac.yaml)")
+        }
+        403 => "refused by admission (Pod Security, a policy webhook such as Kyverno or Gatekeeper, a \
+                quota, or a namespace being deleted): the message names the rule"
+            .to_string(),
         404 => "it does not exist (any more)".to_string(),
         409 => "it already exists: a run with this id is still there, or another tool owns the name; \
                 `netpol-verify cleanup` removes what crashed runs left"
@@ -131,47 +145,56 @@ where
 
 /// The policy objects of kinds the engine does not model, found through API discovery.
 async fn unmodelled(client: &Client, notes: &mut Vec<Note>) -> Vec<Unmodelled> {
+    // What could not be read may hold anything: it stands in as a cluster-wide unknown, so no
+    // verdict is confident for want of a permission.
+    let unreadable = |api_version: &str, kind: &str, why: String, notes: &mut Vec<Note>| {
+        notes.push(Note(format!(
+            "{kind} ({api_version}) could not be listed ({why}): every check is `unknown` until the tool may \
+             list it (docs/rbac.yaml)"
+        )));
+        Unmodelled {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: None,
+            name: "(could not be listed)".into(),
+        }
+    };
     let groups = match client.list_api_groups().await {
         Ok(groups) => groups.groups,
-        Err(e) => {
-            notes.push(Note(format!(
-                "API discovery failed ({e}): Calico, Cilium and AdminNetworkPolicy objects were not looked for"
-            )));
-            return Vec::new();
-        }
+        Err(e) => return vec![unreadable("apis", "API discovery", e.to_string(), notes)],
     };
     let mut found = Vec::new();
     let mut resources: Vec<(String, k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList)> =
         Vec::new();
     for (group, kind, cluster_wide) in Unmodelled::KINDS {
-        let Some(version) = groups
-            .iter()
-            .find(|g| g.name == group)
-            .and_then(|g| g.preferred_version.clone().or_else(|| g.versions.first().cloned()))
-        else {
-            continue;
-        };
-        // The group's own resource list names the kind's plural (and whether it is served).
-        if !resources.iter().any(|(gv, _)| *gv == version.group_version) {
-            match client.list_api_group_resources(&version.group_version).await {
-                Ok(list) => resources.push((version.group_version.clone(), list)),
-                Err(e) => {
-                    notes.push(Note(format!(
-                        "API discovery of {} failed ({e}): its policies were not looked for",
-                        version.group_version
-                    )));
-                    continue;
+        let Some(served) = groups.iter().find(|g| g.name == group) else { continue };
+        // Every version the group serves, the preferred first: a kind may live in only one.
+        let preferred = served.preferred_version.clone();
+        let others = served.versions.iter().filter(|v| Some(*v) != preferred.as_ref()).cloned();
+        let versions: Vec<_> = preferred.clone().into_iter().chain(others).collect();
+        let mut located = None;
+        for version in versions {
+            // The group's own resource list names the kind's plural (and whether it is served).
+            if !resources.iter().any(|(gv, _)| *gv == version.group_version) {
+                match client.list_api_group_resources(&version.group_version).await {
+                    Ok(list) => resources.push((version.group_version.clone(), list)),
+                    Err(e) => {
+                        found.push(unreadable(&version.group_version, kind, e.to_string(), notes));
+                        continue;
+                    }
                 }
             }
+            let plural = resources
+                .iter()
+                .find(|(gv, _)| *gv == version.group_version)
+                .and_then(|(_, list)| list.resources.iter().find(|r| r.kind == kind && !r.name.contains('/')))
+                .map(|r| r.name.clone());
+            if let Some(plural) = plural {
+                located = Some((version, plural));
+                break;
+            }
         }
-        let Some(plural) = resources
-            .iter()
-            .find(|(gv, _)| *gv == version.group_version)
-            .and_then(|(_, list)| list.resources.iter().find(|r| r.kind == kind && !r.name.contains('/')))
-            .map(|r| r.name.clone())
-        else {
-            continue;
-        };
+        let Some((version, plural)) = located else { continue };
         let resource = ApiResource {
             group: group.to_string(),
             version: version.version.clone(),
@@ -187,11 +210,7 @@ async fn unmodelled(client: &Client, notes: &mut Vec<Note>) -> Vec<Unmodelled> {
                 namespace: if cluster_wide { None } else { object.metadata.namespace.clone() },
                 name: object.metadata.name.clone().unwrap_or_default(),
             })),
-            // The group exists without this kind (another version of the CNI): nothing to find.
-            Err(kube::Error::Api(response)) if response.code == 404 => {}
-            Err(e) => notes.push(Note(format!(
-                "cannot list {kind} ({group}): {e}; checks it might touch cannot be told apart"
-            ))),
+            Err(e) => found.push(unreadable(&version.group_version, kind, e.to_string(), notes)),
         }
     }
     found
@@ -347,7 +366,7 @@ impl Cluster for KubeCluster {
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClusterError::Timeout { what: waiting.join("; "), limit });
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -360,7 +379,12 @@ impl Cluster for KubeCluster {
         // A pod per batch, created with its plan: it runs it once and exits, and its log is
         // the output (a channel no NetworkPolicy can block). Later batches of the same prober
         // (the canary's rounds) get pods of their own, with the same labels.
-        let round = self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let round = {
+            let mut rounds = self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let round = rounds.entry(client.key.clone()).or_insert(0);
+            *round += 1;
+            *round - 1
+        };
         let mut pod = client.clone();
         pod.role = crate::cluster::Role::Client;
         pod.ports = Vec::new();
@@ -386,17 +410,31 @@ impl Cluster for KubeCluster {
         let deadline = tokio::time::Instant::now() + limit;
         let mut client_ip = None;
         let mut finished = false;
+        let mut started = false;
+        let mut stuck = None;
         while tokio::time::Instant::now() < deadline {
             let current =
                 pods.get(&key.name).await.map_err(|e| api_error("get", "pods", &key.to_string(), e))?;
             let status = current.status.as_ref();
             client_ip =
                 client_ip.or_else(|| status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()));
-            if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+            let phase = status.and_then(|s| s.phase.as_deref());
+            started |= matches!(phase, Some("Running" | "Succeeded" | "Failed"));
+            stuck = waiting_reason(&current);
+            if matches!(phase, Some("Succeeded" | "Failed")) {
                 finished = true;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !started {
+            // It never ran: there is no log to read, and why is the pod's status.
+            let _ = pods.delete(&key.name, &DeleteParams::default().grace_period(0)).await;
+            let _ = maps.delete(&format!("{}-plan", key.name), &DeleteParams::default()).await;
+            return Err(ClusterError::Timeout {
+                what: stuck.unwrap_or_else(|| format!("pod {key} running its batch")),
+                limit,
+            });
         }
         let log = pods
             .logs(&key.name, &kube::api::LogParams::default())
@@ -425,7 +463,23 @@ impl Cluster for KubeCluster {
     }
 
     async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
-        self.remove_labelled(&selector(run_id)).await
+        // NB: a create already on its way when the run was cancelled can land after a pass has
+        // listed; passes go on (a few seconds apart) until one finds nothing, three at most.
+        let mut cleaned = Cleaned::default();
+        for pass in 0..3 {
+            if pass > 0 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            let removed = self.remove_labelled(&selector(run_id)).await?;
+            let found = removed.pods + removed.policies + removed.namespaces;
+            cleaned.pods += removed.pods;
+            cleaned.policies += removed.policies;
+            cleaned.namespaces += removed.namespaces;
+            if found == 0 {
+                break;
+            }
+        }
+        Ok(cleaned)
     }
 
     fn polls_cheaply(&self) -> bool {
@@ -435,9 +489,10 @@ impl Cluster for KubeCluster {
 
 impl KubeCluster {
     /// Removes what every run left behind (crashed runs included): everything labelled
-    /// `app.kubernetes.io/name=netpol-verify`.
+    /// `app.kubernetes.io/name=netpol-verify` *with* a run id (the app label alone may be the
+    /// user's own), and of namespaces only those with the tool's own names.
     pub async fn cleanup_all(&self) -> Result<Cleaned, ClusterError> {
-        self.remove_labelled(&format!("{APP_LABEL}={APP_VALUE}")).await
+        self.remove_labelled(&format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}")).await
     }
 
     /// Deletes the pods, ConfigMaps, NetworkPolicies and namespaces `selector` matches.
@@ -472,7 +527,11 @@ impl KubeCluster {
         for object in
             namespaces.list(&params).await.map_err(|e| api_error("list", "namespaces", "(the run's)", e))?
         {
-            self.delete_namespace(object.metadata.name.as_deref().unwrap_or_default()).await.or_else(gone)?;
+            let name = object.metadata.name.as_deref().unwrap_or_default();
+            if !["netpol-verify-", "nv-canary-"].iter().any(|prefix| name.starts_with(prefix)) {
+                continue;
+            }
+            self.delete_namespace(name).await.or_else(gone)?;
             cleaned.namespaces += 1;
         }
         Ok(cleaned)

@@ -8,8 +8,14 @@ use crate::model::{ObjectKey, Snapshot};
 use crate::run::{RunOptions, canary, plan, tool_namespace};
 use crate::scenario::Body;
 
-/// Every object a run of `options` on `snapshot` would create, in creation order.
-pub fn manifests(snapshot: &Snapshot, options: &RunOptions, pods: &PodOptions) -> Vec<Manifest> {
+/// Every object a run of `options` on `snapshot` would create, in creation order. The canary's
+/// objects only where it runs (`with_canary`: a lab; on Kubernetes it does not run yet).
+pub fn manifests(
+    snapshot: &Snapshot,
+    options: &RunOptions,
+    pods: &PodOptions,
+    with_canary: bool,
+) -> Vec<Manifest> {
     let run_id = &options.run_id;
     let mut namespaces = Vec::new();
     let mut config_maps = Vec::new();
@@ -32,6 +38,18 @@ pub fn manifests(snapshot: &Snapshot, options: &RunOptions, pods: &PodOptions) -
             "the control pod: a vantage point of the tool's own, to show targets alive",
             &probe_pod(&control, pods, false),
         ));
+        // Its probes run from a batch pod with its labels, made like a client's.
+        let mut control_batch = control.clone();
+        control_batch.key.name = format!("{}-b0", control.key.name);
+        control_batch.role = Role::Client;
+        control_batch.ports = Vec::new();
+        config_maps.push(Manifest::new(
+            "the plan of the control pod's batch (written at run time)",
+            &plan_config_map(&control_batch, "{\"schema\":1,\"probes\":[]}"),
+        ));
+        let mut batch_pod = probe_pod(&control_batch, pods, false);
+        batch_pod.metadata.labels = Some(control.all_labels());
+        probe_pods.push(Manifest::new("the control pod's batch: runs its plan once and exits", &batch_pod));
         for ns in &in_scope {
             let server = crate::run::probe_pod(
                 &ObjectKey::new(ns, format!("nv-server-{run_id}")),
@@ -56,7 +74,7 @@ pub fn manifests(snapshot: &Snapshot, options: &RunOptions, pods: &PodOptions) -
             ));
         }
     }
-    if options.scenarios.iter().any(|s| matches!(s.body, Body::Canary(_))) {
+    if with_canary && options.scenarios.iter().any(|s| matches!(s.body, Body::Canary(_))) {
         // NB: a documentation address (RFC 5737) stands in for a pod address known only at run time.
         let placeholder = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         let (names, canary_pods, canary_policies) = canary::objects(run_id, placeholder);

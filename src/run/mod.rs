@@ -18,7 +18,7 @@ use kube_core::{Selector, SelectorExt};
 use netpol_probe::wire::ProbeResult;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{APP_LABEL, APP_VALUE, Cleaned, Cluster, ClusterError, ProbePod, RUN_LABEL, Role};
+use crate::cluster::{Cleaned, Cluster, ClusterError, ProbePod, RUN_LABEL, Role};
 use crate::engine::Engine;
 use crate::model::{Note, ObjectKey, name_of};
 use crate::scenario::{Body, Scenario};
@@ -50,7 +50,7 @@ impl Scope {
             .filter(|ns| {
                 let name = name_of(&ns.metadata);
                 let labels = ns.metadata.labels.clone().unwrap_or_default();
-                let tools = labels.get(APP_LABEL).is_some_and(|v| v == APP_VALUE);
+                let tools = crate::cluster::is_tools(Some(&labels));
                 let system = SYSTEM_NAMESPACES.contains(&name);
                 let named = self.namespaces.iter().any(|n| n == name);
                 !tools

@@ -496,7 +496,7 @@ fn destinations(
 }
 
 fn is_tool_pod(labels: Option<&BTreeMap<String, String>>) -> bool {
-    labels.and_then(|l| l.get(crate::cluster::APP_LABEL)).is_some_and(|v| v == crate::cluster::APP_VALUE)
+    crate::cluster::is_tools(labels)
 }
 
 /// The cluster's DNS Service: kube-system/kube-dns, or a kube-system Service labelled

@@ -4,6 +4,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
+use crate::cluster::{APP_LABEL, APP_VALUE};
 
 fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
     Namespace {
@@ -23,23 +24,28 @@ fn cluster() -> Vec<Namespace> {
         namespace("argocd", &[("team", "platform")]),
         namespace("default", &[]),
         namespace("kube-system", &[]),
-        namespace("netpol-verify-abc123", &[(APP_LABEL, APP_VALUE)]),
+        namespace("netpol-verify-abc123", &[(APP_LABEL, APP_VALUE), (RUN_LABEL, "abc123")]),
+        // The user's own, wearing the common app label (their CronJob of the tool, say).
+        namespace("netpol-verify-cron", &[(APP_LABEL, APP_VALUE)]),
         namespace("shop", &[("team", "shop")]),
     ]
 }
 
 #[test]
 fn system_and_tool_namespaces_are_out_of_scope_by_default() {
-    assert_eq!(Scope::default().apply(&cluster()), ["argocd", "default", "shop"]);
+    assert_eq!(Scope::default().apply(&cluster()), ["argocd", "default", "netpol-verify-cron", "shop"]);
     let with_system = Scope { include_system: true, ..Scope::default() };
-    assert_eq!(with_system.apply(&cluster()), ["argocd", "default", "kube-system", "shop"]);
+    assert_eq!(
+        with_system.apply(&cluster()),
+        ["argocd", "default", "kube-system", "netpol-verify-cron", "shop"]
+    );
 }
 
 #[test]
 fn scope_filters_combine() {
     let named = Scope { namespaces: vec!["shop".into(), "kube-system".into()], ..Scope::default() };
     assert_eq!(named.apply(&cluster()), ["kube-system", "shop"], "naming a system namespace includes it");
-    let excluded = Scope { exclude: vec!["default".into()], ..Scope::default() };
+    let excluded = Scope { exclude: vec!["default".into(), "netpol-verify-cron".into()], ..Scope::default() };
     assert_eq!(excluded.apply(&cluster()), ["argocd", "shop"]);
     let selected = Scope { selector: Some(Selector::from_iter([("team", "shop")])), ..Scope::default() };
     assert_eq!(selected.apply(&cluster()), ["shop"]);
@@ -68,7 +74,7 @@ mod fake {
     use netpol_probe::wire::{Outcome, Plan, ProbeResult, Summary};
 
     use super::*;
-    use crate::cluster::{BatchOutput, Discovery, RUN_LABEL, Running};
+    use crate::cluster::{APP_LABEL, APP_VALUE, BatchOutput, Discovery, RUN_LABEL, Running};
     use crate::engine::Endpoint;
     use crate::model::{Snapshot, key_of};
 

@@ -156,8 +156,14 @@ async fn api_errors_say_what_to_do() {
         (
             403,
             "Forbidden",
-            "pods is forbidden",
-            "grant the tool `create` on `pods` (kubectl auth can-i create pods",
+            "pods is forbidden: User \"ci\" cannot create resource \"pods\" in API group \"\" in the namespace \"shop\"",
+            "grant the tool `create` on `pods` (kubectl auth can-i create pods; the role it needs is docs/rbac.yaml)",
+        ),
+        (
+            403,
+            "Forbidden",
+            "pods \"nv-server-t1\" is forbidden: violates PodSecurity \"restricted:latest\": seccompProfile",
+            "refused by admission (Pod Security, a policy webhook",
         ),
         (409, "AlreadyExists", "pods \"nv-server-t1\" already exists", "it already exists"),
         (
@@ -228,6 +234,14 @@ async fn cleanup_deletes_only_what_carries_the_runs_labels() {
             status(404, "NotFound", "namespaces \"netpol-verify-t1\" not found"),
         )
         .await;
+        // A second pass, for creates that were on the wire when the run stopped: nothing left.
+        answer(&mut server, "GET", "/api/v1/pods?&labelSelector", 200, list("Pod", json!([]))).await;
+        answer(&mut server, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([])))
+            .await;
+        let policies = "/apis/networking.k8s.io/v1/networkpolicies?&labelSelector";
+        answer(&mut server, "GET", policies, 200, list("NetworkPolicy", json!([]))).await;
+        answer(&mut server, "GET", "/api/v1/namespaces?&labelSelector", 200, list("Namespace", json!([])))
+            .await;
     });
     let cleaned = cluster.cleanup("t1").await.unwrap_or_else(|e| panic!("{e}"));
     api.await.expect("the scripted API server");
@@ -375,4 +389,46 @@ fn the_node_shows_alive_what_the_kubelets_readiness_probe_reached() {
     let ids: Vec<&str> = results.iter().filter_map(|r| r.id.as_deref()).collect();
     assert_eq!(ids, ["n1"], "only the Ready pod, on its readiness port, over TCP");
     assert_eq!(results[0].name.as_deref(), Some("shop/nv-server-t1"));
+}
+
+#[tokio::test]
+async fn a_policy_kind_that_cannot_be_listed_makes_every_check_unknown() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        for (path, kind) in [
+            ("/api/v1/namespaces?", "Namespace"),
+            ("/api/v1/pods?", "Pod"),
+            ("/apis/networking.k8s.io/v1/networkpolicies?", "NetworkPolicy"),
+            ("/api/v1/services?", "Service"),
+            ("/api/v1/nodes?", "Node"),
+        ] {
+            answer(&mut server, "GET", path, 200, list(kind, json!([]))).await;
+        }
+        let groups = json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": "crd.projectcalico.org", "versions": [{"groupVersion": "crd.projectcalico.org/v1", "version": "v1"}]}
+        ]});
+        answer(&mut server, "GET", "/apis", 200, groups).await;
+        let resources = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "crd.projectcalico.org/v1", "resources": [
+            {"name": "globalnetworkpolicies", "singularName": "globalnetworkpolicy", "namespaced": false, "kind": "GlobalNetworkPolicy", "verbs": ["list"]}
+        ]});
+        answer(&mut server, "GET", "/apis/crd.projectcalico.org/v1", 200, resources).await;
+        let forbidden = status(
+            403,
+            "Forbidden",
+            "globalnetworkpolicies.crd.projectcalico.org is forbidden: User \"ci\" cannot list resource",
+        );
+        answer(&mut server, "GET", "/apis/crd.projectcalico.org/v1/globalnetworkpolicies?", 403, forbidden)
+            .await;
+    });
+    let discovery = cluster.discover().await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    let unmodelled = discovery.snapshot.unmodelled();
+    assert_eq!(unmodelled.len(), 1);
+    assert_eq!(
+        (unmodelled[0].namespace.as_deref(), unmodelled[0].name.as_str()),
+        (None, "(could not be listed)")
+    );
+    assert!(
+        discovery.notes.iter().any(|n| n.0.contains("every check is `unknown` until the tool may list it"))
+    );
 }
