@@ -57,6 +57,7 @@ fn main() {
             scope: Scope::default(),
             probe_timeout: Duration::from_secs(2),
             pod_timeout: Duration::from_secs(120),
+            sweep_after: Duration::from_secs(3600),
         };
         let spec = LabSpec {
             name: Some(format!("bench-run-{attempt}")),

@@ -168,6 +168,10 @@ pub struct RunOptionArgs {
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = netpol_probe::text::parse_duration)]
     pub timeout: Duration,
 
+    /// First remove what earlier runs left (a crashed run's objects) once older than this.
+    #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = netpol_probe::text::parse_duration)]
+    pub sweep_older_than: Duration,
+
     /// Also print truth tables (text output).
     #[arg(short, long)]
     pub verbose: bool,

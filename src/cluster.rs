@@ -198,6 +198,13 @@ pub trait Cluster {
         true
     }
 
+    /// Removes what earlier runs left (a crashed run's objects) once they are older than
+    /// `older_than`. Backends whose leftovers go another way (the lab: `lab down`) do nothing.
+    fn sweep(&self, older_than: Duration) -> impl Future<Output = Result<Cleaned, ClusterError>> + Send {
+        let _ = older_than;
+        async { Ok(Cleaned::default()) }
+    }
+
     /// Removes every pod, policy and namespace labelled with `run_id`.
     fn cleanup(&self, run_id: &str) -> impl Future<Output = Result<Cleaned, ClusterError>> + Send;
 }

@@ -485,6 +485,15 @@ impl Cluster for KubeCluster {
     fn polls_cheaply(&self) -> bool {
         false
     }
+
+    async fn sweep(&self, older_than: Duration) -> Result<Cleaned, ClusterError> {
+        let cutoff = k8s_openapi::jiff::Timestamp::now()
+            .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(older_than).unwrap_or_default())
+            .unwrap_or(k8s_openapi::jiff::Timestamp::MIN);
+        let old =
+            |meta: &kube::api::ObjectMeta| meta.creation_timestamp.as_ref().is_some_and(|t| t.0 < cutoff);
+        self.remove_where(&format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}"), old).await
+    }
 }
 
 impl KubeCluster {
@@ -497,15 +506,37 @@ impl KubeCluster {
 
     /// Deletes the pods, ConfigMaps, NetworkPolicies and namespaces `selector` matches.
     async fn remove_labelled(&self, selector: &str) -> Result<Cleaned, ClusterError> {
+        self.remove_where(selector, |_| true).await
+    }
+
+    /// Deletes the pods, ConfigMaps, NetworkPolicies and namespaces `selector` matches and
+    /// `keep` accepts.
+    async fn remove_where(
+        &self,
+        selector: &str,
+        keep: impl Fn(&kube::api::ObjectMeta) -> bool,
+    ) -> Result<Cleaned, ClusterError> {
         let params = ListParams::default().labels(selector);
         let mut cleaned = Cleaned::default();
         let pods: Api<Pod> = Api::all(self.client.clone());
-        for pod in pods.list(&params).await.map_err(|e| api_error("list", "pods", "(the run's)", e))? {
+        for pod in pods
+            .list(&params)
+            .await
+            .map_err(|e| api_error("list", "pods", "(the run's)", e))?
+            .into_iter()
+            .filter(|p| keep(&p.metadata))
+        {
             self.delete_pod(&key_of(&pod.metadata)).await.or_else(gone)?;
             cleaned.pods += 1;
         }
         let maps: Api<ConfigMap> = Api::all(self.client.clone());
-        for map in maps.list(&params).await.map_err(|e| api_error("list", "configmaps", "(the run's)", e))? {
+        for map in maps
+            .list(&params)
+            .await
+            .map_err(|e| api_error("list", "configmaps", "(the run's)", e))?
+            .into_iter()
+            .filter(|m| keep(&m.metadata))
+        {
             let key = key_of(&map.metadata);
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
             api.delete(&key.name, &DeleteParams::default())
@@ -519,6 +550,8 @@ impl KubeCluster {
             .list(&params)
             .await
             .map_err(|e| api_error("list", "networkpolicies", "(the run's)", e))?
+            .into_iter()
+            .filter(|p| keep(&p.metadata))
         {
             self.delete_policy(&key_of(&object.metadata)).await.or_else(gone)?;
             cleaned.policies += 1;
@@ -528,7 +561,9 @@ impl KubeCluster {
             namespaces.list(&params).await.map_err(|e| api_error("list", "namespaces", "(the run's)", e))?
         {
             let name = object.metadata.name.as_deref().unwrap_or_default();
-            if !["netpol-verify-", "nv-canary-"].iter().any(|prefix| name.starts_with(prefix)) {
+            if !keep(&object.metadata)
+                || !["netpol-verify-", "nv-canary-"].iter().any(|prefix| name.starts_with(prefix))
+            {
                 continue;
             }
             self.delete_namespace(name).await.or_else(gone)?;

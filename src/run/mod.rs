@@ -74,6 +74,8 @@ pub struct RunOptions {
     pub probe_timeout: Duration,
     /// How long probe pods may take to start.
     pub pod_timeout: Duration,
+    /// Objects of earlier runs older than this are removed first (a crashed run's).
+    pub sweep_after: Duration,
 }
 
 /// Everything a run found: the input of every report.
@@ -249,6 +251,17 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     }));
     // Invalid stored policies stop the run before anything is created.
     Engine::new(&discovery.snapshot)?;
+    match cluster.sweep(options.sweep_after).await {
+        Ok(swept) if swept.pods + swept.policies + swept.namespaces > 0 => report.notes.push(Note(format!(
+            "removed what earlier runs left ({} pods, {} policies, {} namespaces older than {} s)",
+            swept.pods,
+            swept.policies,
+            swept.namespaces,
+            options.sweep_after.as_secs()
+        ))),
+        Ok(_) => {}
+        Err(e) => report.notes.push(Note(format!("could not sweep earlier runs' leftovers: {e}"))),
+    }
     let existing: Vec<&str> = discovery.snapshot.namespaces().iter().map(|n| name_of(&n.metadata)).collect();
     if let Some(missing) = options.scope.namespaces.iter().find(|n| !existing.contains(&n.as_str())) {
         return Err(RunError::NoSuchNamespace(missing.clone(), existing.join(", ")));

@@ -300,6 +300,7 @@ fn options() -> RunOptions {
         scope: Scope::default(),
         probe_timeout: Duration::from_millis(100),
         pod_timeout: Duration::from_secs(1),
+        sweep_after: Duration::from_secs(3600),
     }
 }
 

@@ -432,3 +432,63 @@ async fn a_policy_kind_that_cannot_be_listed_makes_every_check_unknown() {
         discovery.notes.iter().any(|n| n.0.contains("every check is `unknown` until the tool may list it"))
     );
 }
+
+#[tokio::test]
+async fn a_run_sweeps_only_what_earlier_runs_left_long_enough_ago() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let (request, respond) = server.next_request().await.expect("a request");
+        // The tool's objects only: the app label *and* a run label.
+        let uri = request.uri().to_string();
+        assert!(
+            uri.contains("labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun"),
+            "{uri}"
+        );
+        let pods = json!([
+            {"metadata": {"name": "nv-server-old", "namespace": "shop", "creationTimestamp": "2020-01-01T00:00:00Z", "labels": {"netpol-verify.io/run": "old"}}},
+            {"metadata": {"name": "nv-server-now", "namespace": "shop", "creationTimestamp": "2999-01-01T00:00:00Z", "labels": {"netpol-verify.io/run": "now"}}}
+        ]);
+        respond.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(serde_json::to_vec(&list("Pod", pods)).expect("JSON")))
+                .expect("a response"),
+        );
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/shop/pods/nv-server-old?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-old"}}),
+        )
+        .await;
+        answer(&mut server, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([])))
+            .await;
+        answer(
+            &mut server,
+            "GET",
+            "/apis/networking.k8s.io/v1/networkpolicies?&labelSelector",
+            200,
+            list("NetworkPolicy", json!([])),
+        )
+        .await;
+        let namespaces = json!([
+            {"metadata": {"name": "netpol-verify-old", "creationTimestamp": "2020-01-01T00:00:00Z"}},
+            {"metadata": {"name": "team-tools", "creationTimestamp": "2020-01-01T00:00:00Z"}}
+        ]);
+        answer(&mut server, "GET", "/api/v1/namespaces?&labelSelector", 200, list("Namespace", namespaces))
+            .await;
+        // team-tools carries the labels but is not a name the tool gives: it stays.
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/netpol-verify-old?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "netpol-verify-old"}}),
+        )
+        .await;
+    });
+    let swept = cluster.sweep(Duration::from_secs(3600)).await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    assert_eq!(swept, Cleaned { pods: 1, policies: 0, namespaces: 1 });
+}
