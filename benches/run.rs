@@ -58,6 +58,7 @@ fn main() {
             probe_timeout: Duration::from_secs(2),
             pod_timeout: Duration::from_secs(120),
             sweep_after: Duration::from_secs(3600),
+            mimic_workloads: false,
         };
         let spec = LabSpec {
             name: Some(format!("bench-run-{attempt}")),

@@ -169,8 +169,14 @@ pub struct RunOptionArgs {
     pub timeout: Duration,
 
     /// First remove what earlier runs left (a crashed run's objects) once older than this.
-    #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = netpol_probe::text::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_age)]
     pub sweep_older_than: Duration,
+
+    /// Also deploy, per distinct workload label set in a namespace, a probe server wearing those
+    /// labels on the workload's ports, so the workload's own policies are tested (on a cluster it
+    /// never becomes Ready: no Service sends it real traffic).
+    #[arg(long)]
+    pub mimic_workloads: bool,
 
     /// Also print truth tables (text output).
     #[arg(short, long)]
@@ -286,4 +292,44 @@ pub enum Output {
     Table,
     /// One JSON document with every probe (schema: docs/plan-json.md).
     Json,
+}
+
+/// An age: a whole number with `s`, `m`, `h` or `d` (`90m`, `1h`, `2d`).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid age {text:?}: write a whole number with s, m, h or d, e.g. 90m, 1h, 2d");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_seconds_to_days() {
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_age("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_age("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_age("1y").is_err() && parse_age("h").is_err() && parse_age("").is_err());
+    }
+
+    #[test]
+    fn every_default_parses() {
+        use clap::Parser;
+        // A default that its own parser refuses would break every run.
+        let cli = Cli::try_parse_from(["netpol-verify", "run", "--lab", "x"]).map_err(|e| e.to_string());
+        assert!(cli.is_ok(), "{cli:?}");
+        let cli =
+            Cli::try_parse_from(["netpol-verify", "lab", "run", "-f", "x.yaml"]).map_err(|e| e.to_string());
+        assert!(cli.is_ok(), "{cli:?}");
+    }
 }

@@ -450,6 +450,7 @@ fn run_options(args: &RunOptionArgs) -> Result<RunOptions, Error> {
         probe_timeout: args.probe_timeout,
         pod_timeout: args.timeout,
         sweep_after: args.sweep_older_than,
+        mimic_workloads: args.mimic_workloads,
     })
 }
 

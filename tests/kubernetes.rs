@@ -119,3 +119,16 @@ fn the_documented_role_passes_the_kubernetes_schemas() {
     let (valid, words) = validate(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/rbac.yaml")));
     assert!(valid, "{words}");
 }
+
+#[test]
+fn workload_doubles_wear_the_workloads_labels_and_never_become_ready() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let yaml = dry_run(&["-s", "matrix", "--mimic-workloads"]);
+    let (valid, words) = validate(&write(&dir, "mimic.yaml", &yaml));
+    assert!(valid, "{words}");
+    // shop's frontend, backend and db; monitoring's prometheus.
+    assert_eq!(yaml.matches("never Ready").count(), 4, "{yaml}");
+    let db = yaml.split("\n---\n").find(|doc| doc.contains("app: db\n")).expect("a double of db");
+    assert!(db.contains("conditionType: netpol-verify.io/never-ready"), "{db}");
+    assert!(db.contains("containerPort: 5432") && !db.contains("readinessProbe"), "{db}");
+}

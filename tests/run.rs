@@ -546,3 +546,43 @@ fn checks_an_unmodelled_policy_may_touch_are_never_confident() {
     assert!(others.iter().all(|c| c["verdict"] == "pass"), "{others:#?}");
     assert_eq!(run.code(), 3);
 }
+
+/// web in x admits y on 8080 (besides x's own pods).
+const WEB_POLICY: &str = "---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]
+    ports: [{port: 8080}]
+";
+
+#[test]
+fn workload_doubles_are_selected_by_the_workloads_own_policies() {
+    let objects = format!("{CLUSTER}{WEB_POLICY}");
+    let on_the_double = |run: &Run| -> Vec<String> {
+        run.checks()
+            .into_iter()
+            .filter(|c| c["to"].as_str().is_some_and(|t| t.starts_with("x/nv-mimic-0-")))
+            .map(|c| {
+                format!(
+                    "{}:{}/{} {} {}",
+                    c["from_namespace"], c["port"], c["protocol"], c["policy"], c["verdict"]
+                )
+            })
+            .collect()
+    };
+    let run = lab_run_on(&objects, "enforcing", &["-s", "matrix", "--mimic-workloads"]);
+    assert_eq!(
+        on_the_double(&run),
+        [
+            "\"x\":8080/\"TCP\" \"allow\" \"pass\"",
+            "\"y\":8080/\"TCP\" \"allow\" \"pass\"",
+            "\"z\":8080/\"TCP\" \"deny\" \"pass\"",
+        ]
+    );
+    let run = lab_run_on(&objects, "none", &["-s", "matrix", "--mimic-workloads"]);
+    assert_eq!(on_the_double(&run)[2], "\"z\":8080/\"TCP\" \"deny\" \"not-enforced\"");
+}

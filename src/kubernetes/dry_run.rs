@@ -64,6 +64,15 @@ pub fn manifests(
                 &[],
             );
             probe_pods.push(Manifest::new(format!("probe server in {ns}"), &probe_pod(&server, pods, false)));
+            if options.mimic_workloads {
+                let mut deployment = crate::run::plan::Deployment::default();
+                for mimic in crate::run::mimics(snapshot, ns, run_id, &mut deployment) {
+                    probe_pods.push(Manifest::new(
+                        format!("a double of a workload in {ns}: its labels and ports, so its policies select it; never Ready"),
+                        &probe_pod(&mimic, pods, true),
+                    ));
+                }
+            }
             config_maps.push(Manifest::new(
                 format!("the plan of {ns}'s client: its probes are written when the run starts, once the servers have addresses"),
                 &plan_config_map(&client, "{\"schema\":1,\"probes\":[]}"),

@@ -76,6 +76,8 @@ pub struct RunOptions {
     pub pod_timeout: Duration,
     /// Objects of earlier runs older than this are removed first (a crashed run's).
     pub sweep_after: Duration,
+    /// Also deploy, per distinct workload label set, a probe server wearing those labels.
+    pub mimic_workloads: bool,
 }
 
 /// Everything a run found: the input of every report.
@@ -294,6 +296,9 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
             pods.push(probe_pod(&server, Role::Server, run_id, &ports));
             deployment.clients.insert(ns.clone(), client);
             deployment.servers.insert(ns.clone(), server);
+            if options.mimic_workloads {
+                pods.extend(mimics(&discovery.snapshot, ns, run_id, &mut deployment));
+            }
         }
     }
     progress.phase("starting probe pods", pods.len() as u64);
@@ -463,6 +468,26 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     }
     let controls: Vec<_> = planned.controls.iter().chain(&planned.node_controls).cloned().collect();
     Ok((judge::judge(planned.checks, &controls, &results), notes))
+}
+
+/// `--mimic-workloads`: a probe server per distinct workload label set of `namespace`, wearing
+/// those labels and listening on the workload's ports, so the workload's own policies select
+/// it. (On Kubernetes it never becomes Ready: no Service sends it real traffic.)
+pub fn mimics(
+    snapshot: &crate::model::Snapshot,
+    namespace: &str,
+    run_id: &str,
+    deployment: &mut Deployment,
+) -> Vec<ProbePod> {
+    plan::workloads(snapshot, namespace)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (labels, ports))| {
+            let key = ObjectKey::new(namespace, format!("nv-mimic-{i}-{run_id}"));
+            deployment.mimics.push((namespace.to_string(), key.clone()));
+            ProbePod { key, role: Role::Server, run_id: run_id.to_string(), labels, ports }
+        })
+        .collect()
 }
 
 /// A probe pod of this run.

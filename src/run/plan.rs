@@ -30,6 +30,9 @@ pub struct Deployment {
     pub servers: BTreeMap<String, ObjectKey>,
     /// The tool's own vantage point, in its own namespace.
     pub control: Option<ObjectKey>,
+    /// `--mimic-workloads`: probe servers wearing a workload's labels, by namespace; they are
+    /// probed on their own (the workload's) ports.
+    pub mimics: Vec<(String, ObjectKey)>,
 }
 
 /// What the planner made of the scenarios.
@@ -168,6 +171,55 @@ fn add_source_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &m
             ))),
         }
     }
+}
+
+/// Labels the API server or controllers put on each pod of a workload; a double leaves them off.
+const PER_POD_LABELS: [&str; 4] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+];
+
+/// `--mimic-workloads`: for each distinct workload label set in `namespace` (pods of the
+/// snapshot, not the tool's, not on the host network), its labels and its TCP/UDP ports.
+pub fn workloads(
+    snapshot: &crate::model::Snapshot,
+    namespace: &str,
+) -> Vec<(BTreeMap<String, String>, Vec<ContainerPort>)> {
+    let mut found: Vec<(BTreeMap<String, String>, Vec<ContainerPort>)> = Vec::new();
+    for id in snapshot.pod_ids() {
+        let pod = snapshot.pod(id);
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        if pod.metadata.namespace.as_deref() != Some(namespace)
+            || is_tool_pod(Some(&labels))
+            || pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)
+        {
+            continue;
+        }
+        let labels: BTreeMap<String, String> =
+            labels.into_iter().filter(|(k, _)| !PER_POD_LABELS.contains(&k.as_str())).collect();
+        if labels.is_empty() || found.iter().any(|(l, _)| *l == labels) {
+            continue;
+        }
+        let mut ports: Vec<ContainerPort> = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let protocol = Protocol::from_api(p.protocol.as_deref().unwrap_or("TCP"))?;
+                let port = u16::try_from(p.container_port).ok()?;
+                (protocol != Protocol::Sctp).then(|| ContainerPort { port, protocol, name: p.name.clone() })
+            })
+            .collect();
+        ports.sort();
+        ports.dedup_by(|a, b| a.port == b.port && a.protocol == b.protocol);
+        if !ports.is_empty() {
+            found.push((labels, ports));
+        }
+    }
+    found
 }
 
 /// The client key of probes made from the node.
@@ -446,20 +498,43 @@ fn destinations(
         Target::ProbeServers { namespaces, relation } => Ok(deployment
             .servers
             .iter()
-            .filter(|(ns, _)| chosen(namespaces, ns))
-            .filter(|(ns, _)| match relation {
+            .map(|(ns, server)| (ns, server, false))
+            .chain(deployment.mimics.iter().map(|(ns, server)| (ns, server, true)))
+            .filter(|(ns, _, _)| chosen(namespaces, ns))
+            .filter(|(ns, _, _)| match relation {
                 Relation::Any => true,
                 Relation::Same => *ns == source_namespace,
                 Relation::Other => *ns != source_namespace,
             })
-            .filter_map(|(_, server)| {
-                let found = snapshot.find_pod(server).map(|id| (id, server));
+            .filter_map(|(_, server, mimic)| {
+                let found = snapshot.find_pod(server).map(|id| (id, server, mimic));
                 if found.is_none() {
                     unaddressed.borrow_mut().push(format!("{server} (gone)"));
                 }
                 found
             })
-            .flat_map(|(id, server)| pod_destinations(id, Some(server.to_string())))
+            .flat_map(|(id, server, mimic)| {
+                if !mimic {
+                    return pod_destinations(id, Some(server.to_string()));
+                }
+                // A workload's double answers on the workload's own ports.
+                let Some(address) = engine.pod_ip(id) else { return Vec::new() };
+                engine
+                    .declared_ports(id)
+                    .iter()
+                    .filter(|p| p.protocol != Protocol::Sctp)
+                    .map(|p| Destination {
+                        to: server.to_string(),
+                        to_namespace: Some(server.namespace.clone()),
+                        address,
+                        port: p.port,
+                        protocol: p.protocol,
+                        dns: false,
+                        expect_name: Some(server.to_string()),
+                        endpoints: vec![(id, p.port)],
+                    })
+                    .collect()
+            })
             .collect()),
         Target::Pods { namespaces, selector, .. } => Ok(snapshot
             .pod_ids()

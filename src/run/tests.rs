@@ -301,6 +301,7 @@ fn options() -> RunOptions {
         probe_timeout: Duration::from_millis(100),
         pod_timeout: Duration::from_secs(1),
         sweep_after: Duration::from_secs(3600),
+        mimic_workloads: false,
     }
 }
 
