@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort as ApiPort, Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use netpol_probe::wire::Plan;
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::{Lab, LabError};
 use crate::cluster::{
-    APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, ProbePod, RUN_LABEL, Role,
+    APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, ProbePod, RUN_LABEL,
     Running, parse_batch_output,
 };
 use crate::model::{NAMESPACE_NAME_LABEL, ObjectKey, key_of};
@@ -158,37 +158,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The Pod object of a probe pod: the one a Kubernetes backend would create (labels, and
+/// container ports when it serves), which the lab plumbs and serves.
 fn probe_pod_object(pod: &ProbePod) -> Pod {
-    let serves = matches!(pod.role, Role::Server | Role::Control);
-    let ports: Vec<ApiPort> = pod
-        .ports
-        .iter()
-        .filter(|_| serves)
-        .map(|p| ApiPort {
-            container_port: i32::from(p.port),
-            protocol: Some(p.protocol.as_str().into()),
-            name: p.name.clone(),
-            ..ApiPort::default()
-        })
-        .collect();
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(pod.key.name.clone()),
-            namespace: Some(pod.key.namespace.clone()),
-            labels: Some(pod.all_labels()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "probe".into(),
-                image: Some("netpol-probe".into()),
-                ports: (!ports.is_empty()).then_some(ports),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        status: None,
-    }
+    crate::kubernetes::probe_pod(pod, &crate::kubernetes::PodOptions::default(), false)
 }
 
 fn run_label(meta: &ObjectMeta) -> Option<&str> {
@@ -420,6 +393,7 @@ fn checked(kind: &str, meta: &ObjectMeta) -> Result<(), ClusterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Role;
     use crate::engine::{ContainerPort, Protocol};
 
     #[test]

@@ -69,7 +69,7 @@ mod fake {
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
 
-    use k8s_openapi::api::core::v1::{Container, ContainerPort as ApiPort, Pod, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     use netpol_probe::wire::{Outcome, Plan, ProbeResult, Summary};
 
@@ -169,34 +169,9 @@ mod fake {
             if state.fail_create.as_deref() == Some(pod.key.name.as_str()) {
                 return Err(ClusterError::Invalid(format!("pod {}: forbidden", pod.key)));
             }
-            let ip = format!("10.244.200.{}", state.pods.len() + 1);
-            let ports = pod.ports.iter().map(|p| ApiPort {
-                container_port: i32::from(p.port),
-                protocol: Some(p.protocol.as_str().into()),
-                name: p.name.clone(),
-                ..ApiPort::default()
-            });
-            state.pods.push(Pod {
-                metadata: ObjectMeta {
-                    name: Some(pod.key.name.clone()),
-                    namespace: Some(pod.key.namespace.clone()),
-                    labels: Some(pod.all_labels()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "probe".into(),
-                        ports: Some(ports.collect()),
-                        ..Container::default()
-                    }],
-                    ..PodSpec::default()
-                }),
-                status: Some(PodStatus {
-                    phase: Some("Running".into()),
-                    pod_ip: Some(ip),
-                    ..PodStatus::default()
-                }),
-            });
+            let ip = format!("10.244.200.{}", state.pods.len() + 1).parse().ok();
+            // The same Pod object the run plans with, as the API server would report it.
+            state.pods.push(crate::run::pod_object(pod, ip));
             Ok(())
         }
 
