@@ -629,4 +629,6 @@ fn gone(error: ClusterError) -> Result<(), ClusterError> {
 }
 
 #[cfg(test)]
+mod fake;
+#[cfg(test)]
 mod tests;

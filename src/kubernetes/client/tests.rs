@@ -492,3 +492,65 @@ async fn a_run_sweeps_only_what_earlier_runs_left_long_enough_ago() {
     api.await.expect("the scripted API server");
     assert_eq!(swept, Cleaned { pods: 1, policies: 0, namespaces: 1 });
 }
+
+/// A whole run against the stateful fake API server: what it creates, what it leaves.
+#[tokio::test]
+async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
+    use super::fake;
+    let state: fake::Shared = Default::default();
+    {
+        let mut seeded = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ns in ["a", "b"] {
+            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
+            seeded.objects.insert(("namespaces".into(), String::new(), ns.into()), object);
+        }
+        // A user's object wearing the common app label: never the tool's to touch.
+        let users = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "a", "labels": {"app.kubernetes.io/name": "netpol-verify"}}});
+        seeded.objects.insert(("configmaps".into(), "a".into(), "settings".into()), users);
+    }
+    let before: Vec<_> = state.lock().map(|s| s.objects.keys().cloned().collect()).unwrap_or_default();
+    let service = tower::service_fn({
+        let state = state.clone();
+        move |request| fake::handle(state.clone(), request)
+    });
+    let cluster = KubeCluster::new(Client::new(service, "default"), PodOptions::default());
+    let options = crate::run::RunOptions {
+        run_id: "t1".into(),
+        scenarios: crate::scenario::resolve(&["matrix".into()]).unwrap_or_else(|e| panic!("{e}")),
+        scope: crate::run::Scope::default(),
+        probe_timeout: Duration::from_millis(100),
+        pod_timeout: Duration::from_secs(5),
+        sweep_after: Duration::from_secs(3600),
+        mimic_workloads: false,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let report = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // 2 clients × 2 servers × (80/TCP, 80/UDP), every one through (no policies here).
+    assert_eq!(report.judged.len(), 8);
+    assert!(
+        report.judged.iter().all(|j| j.verdict == crate::run::check::Verdict::Pass),
+        "{:#?}",
+        report.judged
+    );
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let after: Vec<_> = state.objects.keys().cloned().collect();
+    assert_eq!(after, before, "everything the run created is gone, and nothing else");
+    // It wrote only its own objects, and deleted only those.
+    for request in &state.requests {
+        let Some(path) = request.strip_prefix("POST ").or_else(|| request.strip_prefix("DELETE ")) else {
+            continue;
+        };
+        let own = path.contains("/nv-")
+            || path.ends_with("/namespaces")
+            || path.ends_with("/pods")
+            || path.ends_with("/configmaps")
+            || path.contains("/netpol-verify-t1");
+        assert!(own, "{request}");
+        assert!(!path.contains("/settings"), "{request}");
+    }
+    // One batch pod per prober: the two clients and the control pod's batch.
+    let batches = state.requests.iter().filter(|r| r.starts_with("GET ") && r.ends_with("/log")).count();
+    assert_eq!(batches, 3, "{:#?}", state.requests);
+}
