@@ -132,3 +132,29 @@ fn workload_doubles_wear_the_workloads_labels_and_never_become_ready() {
     assert!(db.contains("conditionType: netpol-verify.io/never-ready"), "{db}");
     assert!(db.contains("containerPort: 5432") && !db.contains("readinessProbe"), "{db}");
 }
+
+/// On a real cluster (docs/e2e-kind.md): `cargo test --test kubernetes -- --ignored` with the
+/// kubeconfig's current context pointing at a throwaway cluster and `NETPOL_VERIFY_IMAGE` at a
+/// probe image it can pull. The run must finish with a verdict and leave nothing behind.
+#[test]
+#[ignore = "needs a real cluster"]
+fn a_real_cluster_run_judges_and_leaves_nothing_behind() {
+    let image = std::env::var("NETPOL_VERIFY_IMAGE").unwrap_or_else(|_| "netpol-probe:dev".into());
+    let output = Command::new(env!("CARGO_BIN_EXE_netpol-verify"))
+        .args(["run", "-s", "matrix", "-s", "dns", "--image", &image, "--output", "json"])
+        .output()
+        .expect("netpol-verify runs");
+    let code = output.status.code();
+    assert!(matches!(code, Some(0 | 1 | 3)), "exit {code:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert!(report["checks"].as_array().is_some_and(|c| !c.is_empty()), "{report:#}");
+    let run = report["run"]["id"].as_str().expect("a run id").to_string();
+    let cleanup = Command::new(env!("CARGO_BIN_EXE_netpol-verify"))
+        .args(["cleanup", "--run", &run])
+        .output()
+        .expect("netpol-verify runs");
+    assert_eq!(
+        String::from_utf8_lossy(&cleanup.stdout).trim(),
+        "removed 0 pods, 0 policies and 0 namespaces"
+    );
+}

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 pub struct State {
     pub objects: BTreeMap<(String, String, String), Value>,
     pub requests: Vec<String>,
+    /// Fired when the first batch pod is created: a user's Ctrl-C in the middle of a run.
+    pub interrupt: Option<tokio_util::sync::CancellationToken>,
     next_ip: u8,
 }
 
@@ -153,6 +155,9 @@ pub async fn handle(state: Shared, request: Request<Body>) -> Result<Response<Bo
             if resource == "pods" {
                 state.next_ip += 1;
                 let serves = object["spec"]["restartPolicy"] == "Always";
+                if !serves && let Some(interrupt) = state.interrupt.take() {
+                    interrupt.cancel();
+                }
                 object["status"] = json!({
                     "phase": if serves { "Running" } else { "Succeeded" },
                     "podIP": format!("10.9.0.{}", state.next_ip),

@@ -554,3 +554,86 @@ async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
     let batches = state.requests.iter().filter(|r| r.starts_with("GET ") && r.ends_with("/log")).count();
     assert_eq!(batches, 3, "{:#?}", state.requests);
 }
+
+fn fake_cluster() -> (KubeCluster, super::fake::Shared) {
+    let state: super::fake::Shared = Default::default();
+    {
+        let mut seeded = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ns in ["a", "b"] {
+            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
+            seeded.objects.insert(("namespaces".into(), String::new(), ns.into()), object);
+        }
+    }
+    let service = tower::service_fn({
+        let state = state.clone();
+        move |request| super::fake::handle(state.clone(), request)
+    });
+    (KubeCluster::new(Client::new(service, "default"), PodOptions::default()), state)
+}
+
+#[tokio::test]
+async fn a_run_interrupted_mid_batch_removes_everything_it_made() {
+    let (cluster, state) = fake_cluster();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).interrupt = Some(cancel.clone());
+    let options = crate::run::RunOptions {
+        run_id: "t2".into(),
+        scenarios: crate::scenario::resolve(&["matrix".into()]).unwrap_or_else(|e| panic!("{e}")),
+        scope: crate::run::Scope::default(),
+        probe_timeout: Duration::from_millis(100),
+        pod_timeout: Duration::from_secs(5),
+        sweep_after: Duration::from_secs(3600),
+        mimic_workloads: false,
+    };
+    let error = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(error.as_deref().is_some_and(|e| e.starts_with("interrupted; removed ")), "{error:?}");
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let left: Vec<_> = state
+        .objects
+        .keys()
+        .filter(|(_, _, name)| name.starts_with("nv-") || name.starts_with("netpol-verify-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        state.requests.iter().any(|r| r.starts_with("DELETE ") && r.contains("/pods/nv-server-t2")),
+        "{:#?}",
+        state.requests
+    );
+}
+
+#[tokio::test]
+async fn the_canarys_policies_are_created_labelled_and_deleted() {
+    let (cluster, state) = fake_cluster();
+    let policy: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "nv-canary-deny-ingress", "namespace": "a"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    cluster.create_policy(&policy, "t3").await.unwrap_or_else(|e| panic!("{e}"));
+    {
+        let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stored = &state.objects
+            [&("networkpolicies".to_string(), "a".to_string(), "nv-canary-deny-ingress".to_string())];
+        assert_eq!(stored["metadata"]["labels"]["netpol-verify.io/run"], "t3");
+        assert_eq!(stored["metadata"]["labels"]["app.kubernetes.io/name"], "netpol-verify");
+    }
+    let cleaned = cluster.cleanup("t3").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cleaned.policies, 1);
+    // Invalid policies never reach the API server.
+    let invalid: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "bad", "namespace": "a"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cluster.create_policy(&invalid, "t3").await.is_err());
+    let posts = state
+        .lock()
+        .map(|s| {
+            s.requests.iter().filter(|r| r.starts_with("POST ") && r.ends_with("/networkpolicies")).count()
+        })
+        .unwrap_or_default();
+    assert_eq!(posts, 1, "only the valid policy was sent");
+}
