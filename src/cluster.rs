@@ -3,7 +3,8 @@
 //! Everything netpol-verify does to a cluster goes through it: read what is there, create its
 //! own short-lived namespaces, probe pods and policies (all labelled with the run's id), wait
 //! for pods with a bound, run one probe batch per client pod, and remove everything of a run.
-//! Two backends implement it: the lab ([`crate::lab::LabCluster`]) and, later, Kubernetes.
+//! Two backends implement it: the lab ([`crate::lab::LabCluster`]) and Kubernetes
+//! ([`crate::kubernetes::client::KubeCluster`]).
 //! Methods return futures that are `Send`, so a backend may do its work on any runtime thread.
 
 use std::collections::BTreeMap;

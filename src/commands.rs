@@ -231,7 +231,7 @@ fn lab_exec(name: &str, pod: &str, command: &[String]) -> Result<(), Error> {
     Err(Error::Usage(format!("cannot run {program} in {netns}: {failure}")))
 }
 
-/// `netpol-verify run`: against a lab (`--lab`); the Kubernetes backend is not built yet.
+/// `netpol-verify run`: against a lab (`--lab`), or the kubeconfig's cluster.
 pub async fn run(
     args: &RunArgs,
     quiet: bool,

@@ -11,8 +11,8 @@
 //! the stored policies say about any connection; [`plan`] lists what `plan` shows. A run
 //! ([`run::run`]) discovers a cluster through the [`cluster::Cluster`] trait, deploys probe
 //! pods, plans the [`scenario`]s' checks ([`run::plan`]), probes, judges ([`run::judge`]) and
-//! hands the result to [`report`]. The [`lab`] is a cluster in network namespaces behind the
-//! trait; the Kubernetes backend comes next.
+//! hands the result to [`report`]. Behind the trait: the [`lab`], a cluster in network
+//! namespaces, and [`kubernetes`], a real cluster through kube-rs.
 
 pub mod cli;
 pub mod cluster;

@@ -1,13 +1,13 @@
 //! The Kubernetes backend over kube-rs: the `Cluster` trait against a real API server.
 //!
-//! Built so far: connecting like kubectl (KUBECONFIG, `--kubeconfig`, `--context`, in-cluster
-//! config), discovery (Namespaces, Pods, NetworkPolicies, Services, Nodes, and through API
-//! discovery the policy kinds the engine does not model), creating and deleting the tool's own
-//! namespaces, pods and policies with every API error turned into a message that says what to
-//! do, bounded waits that name why a pod does not start, and cleanup by the run's label.
-//! Probe batches run as pods created with their plan (a ConfigMap), whose log is the output.
-//! `run` does not use this backend yet (it needs `--lab`): the canary's rounds, a pod each, and
-//! the node controls from readiness probes come first.
+//! Connects like kubectl (KUBECONFIG, `--kubeconfig`, `--context`, in-cluster config); discovers
+//! Namespaces, Pods, NetworkPolicies, Services, Nodes, and through API discovery the policy
+//! kinds the engine does not model; creates and deletes the tool's own namespaces, pods and
+//! policies, every API error turned into a message that says what to do; waits with bounds that
+//! name why a pod does not start; runs each batch as a pod created with its plan (a ConfigMap),
+//! whose log is the output; shows the node's view through readiness; cleans up by the run's
+//! label. `run` uses it without `--lab` (a preview: docs/kubernetes.md); the canary does not
+//! run here yet (a pod per 50 ms round cannot time it).
 
 use std::path::Path;
 use std::time::Duration;

@@ -7,8 +7,8 @@
 //! (or NET_BIND_SERVICE, where a cluster forbids that sysctl); a readiness probe from the
 //! kubelet (the node, which NetworkPolicy always allows) shows each server alive. Clients run
 //! their batch from a ConfigMap and exit; their results are their logs. `--dry-run` prints
-//! these objects ([`dry_run`]). The client that sends them to an API server is the next step
-//! of the Kubernetes backend.
+//! these objects ([`dry_run`]); [`client`] sends them to an API server; [`detect`] recognises
+//! the cluster's CNI and provider.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
