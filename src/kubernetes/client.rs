@@ -334,8 +334,15 @@ impl Cluster for KubeCluster {
             let mut waiting = Vec::new();
             for key in pods {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
-                let pod =
-                    api.get(&key.name).await.map_err(|e| api_error("get", "pods", &key.to_string(), e))?;
+                let pod = match api.get(&key.name).await {
+                    Ok(pod) => pod,
+                    // A busy or restarting API server: ask again, within the bound.
+                    Err(e) if transient(&e) => {
+                        waiting.push(format!("pod {key}: the API server did not answer ({e})"));
+                        continue;
+                    }
+                    Err(e) => return Err(api_error("get", "pods", &key.to_string(), e)),
+                };
                 // Why it waits, with the fix; said when the bound runs out.
                 if let Some(reason) = waiting_reason(&pod) {
                     waiting.push(reason);
@@ -413,8 +420,14 @@ impl Cluster for KubeCluster {
         let mut started = false;
         let mut stuck = None;
         while tokio::time::Instant::now() < deadline {
-            let current =
-                pods.get(&key.name).await.map_err(|e| api_error("get", "pods", &key.to_string(), e))?;
+            let current = match pods.get(&key.name).await {
+                Ok(current) => current,
+                Err(e) if transient(&e) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(api_error("get", "pods", &key.to_string(), e)),
+            };
             let status = current.status.as_ref();
             client_ip =
                 client_ip.or_else(|| status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()));
@@ -618,6 +631,15 @@ pub fn node_results(pods: &[Pod], plan: &Plan) -> Vec<netpol_probe::wire::ProbeR
             })
         })
         .collect()
+}
+
+/// An answer worth asking again: too many requests, a server error, no answer at all.
+fn transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(response) => response.code == 429 || response.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
 }
 
 /// Something already gone is cleaned up.

@@ -637,3 +637,23 @@ async fn the_canarys_policies_are_created_labelled_and_deleted() {
         .unwrap_or_default();
     assert_eq!(posts, 1, "only the valid policy was sent");
 }
+
+#[tokio::test]
+async fn a_busy_api_server_is_asked_again_within_the_bound() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let path = "/api/v1/namespaces/shop/pods/nv-server-t1";
+        answer(&mut server, "GET", path, 429, status(429, "TooManyRequests", "too many requests")).await;
+        let ready = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"},
+            "spec": {"containers": [{"name": "probe", "readinessProbe": {"tcpSocket": {"port": 80}}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "conditions": [{"type": "Ready", "status": "True"}]}});
+        answer(&mut server, "GET", path, 200, ready).await;
+    });
+    let running = cluster
+        .wait_running(&[ObjectKey::new("shop", "nv-server-t1")], Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].ip.to_string(), "10.0.0.5");
+}
