@@ -204,8 +204,8 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     report.phases.push(("cleanup".into(), started.elapsed()));
     let left_behind = |why: String| {
         format!(
-            "cleanup of run {id} {why}: remove what is left, everything labelled {RUN_LABEL}={id} \
-             (on a lab, `netpol-verify lab down` removes the whole lab)",
+            "cleanup of run {id} {why}: remove what is left (everything labelled {RUN_LABEL}={id}) \
+             with `netpol-verify cleanup --run {id}`, or on a lab with `netpol-verify lab down`",
             id = options.run_id
         )
     };
