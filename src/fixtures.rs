@@ -13,6 +13,34 @@ pub fn upstream_cluster_yaml() -> String {
     Grid::upstream().to_yaml()
 }
 
+/// Cluster DNS as kubeadm sets it up: a `coredns` pod in kube-system at `pod_ip` serving
+/// `dns` (53/UDP) and `dns-tcp` (53/TCP), behind the kube-dns Service at 10.96.0.10. Ends with
+/// a document separator, so more objects can follow.
+pub fn cluster_dns_yaml(pod_ip: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: coredns, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}
+spec:
+  containers:
+  - name: coredns
+    ports: [{{name: dns, containerPort: 53, protocol: UDP}}, {{name: dns-tcp, containerPort: 53}}]
+status: {{phase: Running, podIP: {pod_ip}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: kube-dns, namespace: kube-system}}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {{k8s-app: kube-dns}}
+  ports:
+  - {{name: dns, port: 53, protocol: UDP, targetPort: dns}}
+  - {{name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}}
+---
+"
+    )
+}
+
 /// Every namespace × every pod, in the upstream e2e style.
 pub fn grid_yaml(namespaces: &[&str], pods: &[&str]) -> String {
     Grid::new(namespaces, pods).to_yaml()

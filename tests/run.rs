@@ -11,7 +11,10 @@ use netpol_verify::lab::Lab;
 use serde_json::Value;
 
 /// x admits only its own namespace; y may reach only x, y and DNS; z has no policy.
-const CLUSTER: &str = r#"
+fn cluster() -> String {
+    format!(
+        "{}{}{}",
+        r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: x}
@@ -35,26 +38,9 @@ spec:
   containers: [{name: web, ports: [{containerPort: 8080}]}]
 status: {phase: Running, podIP: 10.244.1.10}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
-spec:
-  containers:
-  - name: coredns
-    ports: [{name: dns, containerPort: 53, protocol: UDP}, {name: dns-tcp, containerPort: 53}]
-status: {phase: Running, podIP: 10.244.0.10}
----
-apiVersion: v1
-kind: Service
-metadata: {name: kube-dns, namespace: kube-system}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {k8s-app: kube-dns}
-  ports:
-  - {name: dns, port: 53, protocol: UDP, targetPort: dns}
-  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}
----
-apiVersion: networking.k8s.io/v1
+"#,
+        netpol_verify::fixtures::cluster_dns_yaml("10.244.0.10"),
+        r#"apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: same-namespace, namespace: x}
 spec:
@@ -71,7 +57,9 @@ spec:
   - to: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [x, y]}]}}]
   - to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
     ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
-"#;
+"#
+    )
+}
 
 fn verify() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_netpol-verify"))
@@ -122,7 +110,7 @@ fn cell(check: &Value) -> String {
 /// `lab run` on the test cluster with `args`; the JSON report, and a check that the lab and
 /// everything the run made are gone.
 fn lab_run(cni: &str, args: &[&str]) -> Run {
-    lab_run_on(CLUSTER, cni, args)
+    lab_run_on(&cluster(), cni, args)
 }
 
 fn lab_run_on(objects: &str, cni: &str, args: &[&str]) -> Run {
@@ -446,7 +434,7 @@ const DNS_AS_STORED: &str = "apiVersion: netpol-verify.io/v1alpha1\nkind: Scenar
 
 #[test]
 fn dns_denied_through_the_service_passes_only_with_every_end_shown_alive() {
-    let objects = format!("{CLUSTER}{NO_DNS}");
+    let objects = format!("{}{NO_DNS}", cluster());
     let dir = tempfile::tempdir().expect("a temporary directory");
     let scenario = scenario_file(dir.path(), "dns.yaml", DNS_AS_STORED).display().to_string();
     let run = lab_run_on(&objects, "enforcing", &["-s", &scenario, "-n", "q"]);
@@ -489,7 +477,7 @@ fn a_run_that_checks_nothing_is_not_a_pass() {
 fn a_namespace_that_does_not_exist_is_an_error() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let cluster = dir.path().join("cluster.yaml");
-    std::fs::write(&cluster, CLUSTER).expect("write the cluster");
+    std::fs::write(&cluster, self::cluster()).expect("write the cluster");
     let output = Command::new(verify())
         .args(["lab", "run", "--from-file"])
         .arg(&cluster)
@@ -527,7 +515,7 @@ spec:
 
 #[test]
 fn checks_an_unmodelled_policy_may_touch_are_never_confident() {
-    let objects = format!("{CLUSTER}{CILIUM}");
+    let objects = format!("{}{CILIUM}", cluster());
     let run = lab_run_on(&objects, "enforcing", &["-s", "matrix"]);
     let touching_x = |c: &&Value| c["from_namespace"] == "x" || c["to_namespace"] == "x";
     let (touching, others): (Vec<&Value>, Vec<&Value>) = run.checks().into_iter().partition(touching_x);
@@ -561,7 +549,7 @@ spec:
 
 #[test]
 fn workload_doubles_are_selected_by_the_workloads_own_policies() {
-    let objects = format!("{CLUSTER}{WEB_POLICY}");
+    let objects = format!("{}{WEB_POLICY}", cluster());
     let on_the_double = |run: &Run| -> Vec<String> {
         run.checks()
             .into_iter()

@@ -13,7 +13,7 @@
 //! Every expectation is the engine's answer for the canary's own objects, and every denial is
 //! backed by a control probe that shows the target alive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -384,17 +384,7 @@ async fn round_of<C: Cluster + Clone + Send + Sync + 'static>(
     probes: &[Probe],
 ) -> HashMap<String, ProbeResult> {
     let timeout_ms = POLL_TIMEOUT.as_millis() as u64;
-    let mut plans: BTreeMap<ObjectKey, netpol_probe::wire::Plan> = BTreeMap::new();
-    for probe in probes {
-        plans
-            .entry(probe.client.clone())
-            .or_insert_with(|| netpol_probe::wire::Plan {
-                schema: netpol_probe::wire::SCHEMA,
-                probes: Vec::new(),
-            })
-            .probes
-            .push(super::plan::spec(probe, timeout_ms));
-    }
+    let plans = super::plan::batches_of(probes.iter(), timeout_ms);
     let mut tasks = tokio::task::JoinSet::new();
     let probers = pods(names);
     for (client, plan) in plans {
@@ -668,11 +658,7 @@ mod tests {
 
     #[test]
     fn the_canarys_policies_are_valid_networkpolicies() {
-        let names = Names {
-            namespace: "nv-canary-r1".into(),
-            peer_namespace: "nv-canary-peer-r1".into(),
-            run_id: "r1".into(),
-        };
+        let names = Names::new("r1");
         let ips = HashMap::from([(
             names.pod("target"),
             "10.244.0.7".parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0])),

@@ -774,8 +774,16 @@ fn endpoints_of(engine: &Engine<'_>, check: &Check) -> Vec<(PodId, u16)> {
 /// One batch plan per client pod (the control pod included), every probe with `timeout_ms`.
 /// The node's probes are not among them: see [`node_batch`].
 pub fn batches(planned: &Planned, timeout_ms: u64) -> BTreeMap<ObjectKey, wire::Plan> {
+    batches_of(planned.checks.iter().map(|c| &c.probe).chain(&planned.controls), timeout_ms)
+}
+
+/// `probes` grouped into one batch plan per client, every probe with `timeout_ms`.
+pub fn batches_of<'p>(
+    probes: impl Iterator<Item = &'p Probe>,
+    timeout_ms: u64,
+) -> BTreeMap<ObjectKey, wire::Plan> {
     let mut plans: BTreeMap<ObjectKey, wire::Plan> = BTreeMap::new();
-    for probe in planned.checks.iter().map(|c| &c.probe).chain(&planned.controls) {
+    for probe in probes {
         plans
             .entry(probe.client.clone())
             .or_insert_with(|| wire::Plan { schema: wire::SCHEMA, probes: Vec::new() })

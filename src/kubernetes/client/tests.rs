@@ -38,6 +38,21 @@ async fn answer(handle: &mut Handle, method: &str, path: &str, status: u16, body
     serde_json::from_slice(&sent).unwrap_or(Value::Null)
 }
 
+/// Answers the next request, a list whose query must contain `query`, with `items`.
+async fn answer_list_with(handle: &mut Handle, query: &str, kind: &str, items: Value) {
+    let (request, respond) = handle.next_request().await.expect("the client made a request");
+    assert!(request.uri().to_string().contains(query), "{}", request.uri());
+    let body = serde_json::to_vec(&list(kind, items)).expect("JSON");
+    respond.send_response(Response::builder().status(200).body(Body::from(body)).expect("a response"));
+}
+
+/// Answers a cleanup pass's lists of the run's ConfigMaps and NetworkPolicies: none.
+async fn no_configmaps_or_policies(handle: &mut Handle) {
+    answer(handle, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([]))).await;
+    let policies = "/apis/networking.k8s.io/v1/networkpolicies?&labelSelector";
+    answer(handle, "GET", policies, 200, list("NetworkPolicy", json!([]))).await;
+}
+
 fn list(kind: &str, items: Value) -> Value {
     json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
 }
@@ -196,14 +211,7 @@ async fn cleanup_deletes_only_what_carries_the_runs_labels() {
     let selector = "labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun%3Dt1";
     let api = tokio::spawn(async move {
         let pod = json!({"metadata": {"name": "nv-server-t1", "namespace": "shop"}});
-        let (request, respond) = server.next_request().await.expect("a request");
-        assert!(request.uri().to_string().contains(selector), "{}", request.uri());
-        respond.send_response(
-            Response::builder()
-                .status(200)
-                .body(Body::from(serde_json::to_vec(&list("Pod", json!([pod]))).expect("JSON")))
-                .expect("a response"),
-        );
+        answer_list_with(&mut server, selector, "Pod", json!([pod])).await;
         answer(
             &mut server,
             "DELETE",
@@ -212,16 +220,7 @@ async fn cleanup_deletes_only_what_carries_the_runs_labels() {
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1"}}),
         )
         .await;
-        answer(&mut server, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([])))
-            .await;
-        answer(
-            &mut server,
-            "GET",
-            "/apis/networking.k8s.io/v1/networkpolicies?&labelSelector",
-            200,
-            list("NetworkPolicy", json!([])),
-        )
-        .await;
+        no_configmaps_or_policies(&mut server).await;
         let ns = json!({"metadata": {"name": "netpol-verify-t1"}});
         answer(&mut server, "GET", "/api/v1/namespaces?&labelSelector", 200, list("Namespace", json!([ns])))
             .await;
@@ -236,10 +235,7 @@ async fn cleanup_deletes_only_what_carries_the_runs_labels() {
         .await;
         // A second pass, for creates that were on the wire when the run stopped: nothing left.
         answer(&mut server, "GET", "/api/v1/pods?&labelSelector", 200, list("Pod", json!([]))).await;
-        answer(&mut server, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([])))
-            .await;
-        let policies = "/apis/networking.k8s.io/v1/networkpolicies?&labelSelector";
-        answer(&mut server, "GET", policies, 200, list("NetworkPolicy", json!([]))).await;
+        no_configmaps_or_policies(&mut server).await;
         answer(&mut server, "GET", "/api/v1/namespaces?&labelSelector", 200, list("Namespace", json!([])))
             .await;
     });
@@ -437,23 +433,13 @@ async fn a_policy_kind_that_cannot_be_listed_makes_every_check_unknown() {
 async fn a_run_sweeps_only_what_earlier_runs_left_long_enough_ago() {
     let (cluster, mut server) = mocked();
     let api = tokio::spawn(async move {
-        let (request, respond) = server.next_request().await.expect("a request");
-        // The tool's objects only: the app label *and* a run label.
-        let uri = request.uri().to_string();
-        assert!(
-            uri.contains("labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun"),
-            "{uri}"
-        );
         let pods = json!([
             {"metadata": {"name": "nv-server-old", "namespace": "shop", "creationTimestamp": "2020-01-01T00:00:00Z", "labels": {"netpol-verify.io/run": "old"}}},
             {"metadata": {"name": "nv-server-now", "namespace": "shop", "creationTimestamp": "2999-01-01T00:00:00Z", "labels": {"netpol-verify.io/run": "now"}}}
         ]);
-        respond.send_response(
-            Response::builder()
-                .status(200)
-                .body(Body::from(serde_json::to_vec(&list("Pod", pods)).expect("JSON")))
-                .expect("a response"),
-        );
+        // The tool's objects only: the app label *and* a run label.
+        let selector = "labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun";
+        answer_list_with(&mut server, selector, "Pod", pods).await;
         answer(
             &mut server,
             "DELETE",
@@ -462,16 +448,7 @@ async fn a_run_sweeps_only_what_earlier_runs_left_long_enough_ago() {
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-old"}}),
         )
         .await;
-        answer(&mut server, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([])))
-            .await;
-        answer(
-            &mut server,
-            "GET",
-            "/apis/networking.k8s.io/v1/networkpolicies?&labelSelector",
-            200,
-            list("NetworkPolicy", json!([])),
-        )
-        .await;
+        no_configmaps_or_policies(&mut server).await;
         let namespaces = json!([
             {"metadata": {"name": "netpol-verify-old", "creationTimestamp": "2020-01-01T00:00:00Z"}},
             {"metadata": {"name": "team-tools", "creationTimestamp": "2020-01-01T00:00:00Z"}}
@@ -496,33 +473,15 @@ async fn a_run_sweeps_only_what_earlier_runs_left_long_enough_ago() {
 /// A whole run against the stateful fake API server: what it creates, what it leaves.
 #[tokio::test]
 async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
-    use super::fake;
-    let state: fake::Shared = Default::default();
+    let (cluster, state) = fake_cluster();
     {
         let mut seeded = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for ns in ["a", "b"] {
-            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
-            seeded.objects.insert(("namespaces".into(), String::new(), ns.into()), object);
-        }
         // A user's object wearing the common app label: never the tool's to touch.
         let users = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "a", "labels": {"app.kubernetes.io/name": "netpol-verify"}}});
         seeded.objects.insert(("configmaps".into(), "a".into(), "settings".into()), users);
     }
     let before: Vec<_> = state.lock().map(|s| s.objects.keys().cloned().collect()).unwrap_or_default();
-    let service = tower::service_fn({
-        let state = state.clone();
-        move |request| fake::handle(state.clone(), request)
-    });
-    let cluster = KubeCluster::new(Client::new(service, "default"), PodOptions::default());
-    let options = crate::run::RunOptions {
-        run_id: "t1".into(),
-        scenarios: crate::scenario::resolve(&["matrix".into()]).unwrap_or_else(|e| panic!("{e}")),
-        scope: crate::run::Scope::default(),
-        probe_timeout: Duration::from_millis(100),
-        pod_timeout: Duration::from_secs(5),
-        sweep_after: Duration::from_secs(3600),
-        mimic_workloads: false,
-    };
+    let options = matrix_options("t1");
     let cancel = tokio_util::sync::CancellationToken::new();
     let report = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
         .await
@@ -555,6 +514,20 @@ async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
     assert_eq!(batches, 3, "{:#?}", state.requests);
 }
 
+/// Options for a matrix-only run with short bounds.
+fn matrix_options(run_id: &str) -> crate::run::RunOptions {
+    crate::run::RunOptions {
+        run_id: run_id.into(),
+        scenarios: crate::scenario::resolve(&["matrix".into()]).unwrap_or_else(|e| panic!("{e}")),
+        scope: crate::run::Scope::default(),
+        probe_timeout: Duration::from_millis(100),
+        pod_timeout: Duration::from_secs(5),
+        sweep_after: Duration::from_secs(3600),
+        mimic_workloads: false,
+    }
+}
+
+/// The fake API server seeded with namespaces a and b, behind a `KubeCluster`.
 fn fake_cluster() -> (KubeCluster, super::fake::Shared) {
     let state: super::fake::Shared = Default::default();
     {
@@ -576,15 +549,7 @@ async fn a_run_interrupted_mid_batch_removes_everything_it_made() {
     let (cluster, state) = fake_cluster();
     let cancel = tokio_util::sync::CancellationToken::new();
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).interrupt = Some(cancel.clone());
-    let options = crate::run::RunOptions {
-        run_id: "t2".into(),
-        scenarios: crate::scenario::resolve(&["matrix".into()]).unwrap_or_else(|e| panic!("{e}")),
-        scope: crate::run::Scope::default(),
-        probe_timeout: Duration::from_millis(100),
-        pod_timeout: Duration::from_secs(5),
-        sweep_after: Duration::from_secs(3600),
-        mimic_workloads: false,
-    };
+    let options = matrix_options("t2");
     let error = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
         .await
         .err()

@@ -3,7 +3,11 @@ use crate::input::{Source, load};
 use crate::model::Snapshot;
 use crate::scenario;
 
-const CLUSTER: &str = r#"
+/// Namespaces a, b, kube-system and the tool's, cluster DNS, and two policies.
+fn cluster() -> String {
+    format!(
+        "{}{}{}",
+        r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: a}
@@ -20,26 +24,9 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: nv-r1, labels: {app.kubernetes.io/name: netpol-verify}}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
-spec:
-  containers:
-  - name: coredns
-    ports: [{name: dns, containerPort: 53, protocol: UDP}, {name: dns-tcp, containerPort: 53}]
-status: {phase: Running, podIP: 10.244.0.53}
----
-apiVersion: v1
-kind: Service
-metadata: {name: kube-dns, namespace: kube-system}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {k8s-app: kube-dns}
-  ports:
-  - {name: dns, port: 53, protocol: UDP, targetPort: dns}
-  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}
----
-apiVersion: networking.k8s.io/v1
+"#,
+        crate::fixtures::cluster_dns_yaml("10.244.0.53"),
+        r#"apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: same-namespace-only, namespace: b}
 spec:
@@ -53,7 +40,9 @@ spec:
   podSelector: {}
   policyTypes: [Egress]
   egress: [{ports: [{port: 80}]}]
-"#;
+"#
+    )
+}
 
 fn probe_pod(namespace: &str, name: &str, role: &str, ip: &str) -> String {
     format!(
@@ -62,7 +51,7 @@ fn probe_pod(namespace: &str, name: &str, role: &str, ip: &str) -> String {
 }
 
 fn snapshot() -> (Snapshot, Deployment) {
-    let mut text = CLUSTER.to_string();
+    let mut text = cluster();
     let mut deployment = Deployment { namespaces: vec!["a".into(), "b".into()], ..Deployment::default() };
     for (i, ns) in ["a", "b"].iter().enumerate() {
         text += &probe_pod(ns, "nv-client", "client", &format!("10.244.9.{}", 10 + i));
