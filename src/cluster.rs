@@ -17,6 +17,9 @@ use netpol_probe::wire::{Plan, ProbeResult, Summary};
 
 use crate::model::{Note, ObjectKey, Snapshot};
 
+pub mod poll;
+pub use poll::{Poller, Round};
+
 /// Every object the tool creates carries this label...
 pub const APP_LABEL: &str = "app.kubernetes.io/name";
 pub const APP_VALUE: &str = "netpol-verify";
@@ -193,11 +196,19 @@ pub trait Cluster {
         limit: Duration,
     ) -> impl Future<Output = Result<BatchOutput, ClusterError>> + Send;
 
-    /// Whether a batch can be run every few tens of milliseconds (the canary's polling). On
-    /// Kubernetes every batch is a pod, started in seconds.
-    fn polls_cheaply(&self) -> bool {
-        true
-    }
+    /// Starts `prober` running `plan` in rounds, one every `every`, until `total` has passed
+    /// from its first moment; its rounds arrive as they complete (see [`poll`]). The backend
+    /// creates the prober for this (a fresh pod on Kubernetes, with the prober's labels; in the
+    /// lab the prober itself, if it does not run yet), so a new prober's first round is as
+    /// near its pod's first moment as the backend gets. Starting is bounded by `limit`.
+    fn start_poll(
+        &self,
+        prober: &ProbePod,
+        plan: &Plan,
+        every: Duration,
+        total: Duration,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Poller, ClusterError>> + Send;
 
     /// Removes what earlier runs left (a crashed run's objects) once they are older than
     /// `older_than`. Backends whose leftovers go another way (the lab: `lab down`) do nothing.

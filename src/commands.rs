@@ -320,7 +320,7 @@ async fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     }
     let pods = pod_options(&args.pods);
     // The canary runs in a lab, not yet on Kubernetes.
-    let manifests = crate::kubernetes::dry_run::manifests(&snapshot, &options, &pods, args.lab.is_some());
+    let manifests = crate::kubernetes::dry_run::manifests(&snapshot, &options, &pods);
     out.write_all(crate::kubernetes::to_yaml(&manifests).as_bytes())?;
     Ok(Exit::Pass)
 }

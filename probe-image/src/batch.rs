@@ -11,8 +11,8 @@ use crate::connect::{self, Observation};
 use crate::dns;
 use crate::net::resolve_target;
 use crate::wire::{
-    MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, Outcome, Plan, ProbeKind, ProbeResult, ProbeSpec, SCHEMA, Summary,
-    SummaryLine, Transport,
+    MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, Outcome, Plan, ProbeKind, ProbeResult, ProbeSpec, RoundLine, SCHEMA,
+    Summary, SummaryLine, Transport,
 };
 
 /// Default number of probes in flight.
@@ -83,6 +83,45 @@ pub async fn run(plan: Plan, concurrency: usize, out: &mut impl Write) -> std::i
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(summary)
+}
+
+/// Runs the whole plan in rounds, a round beginning every `every` (or as soon as the last one
+/// ends, when it took longer) until `total` has passed since the start: one [`RoundLine`] per
+/// round. Time counts from the process's first moment, so a fresh pod's rounds say how soon
+/// after it started each one ran. Returns the number of rounds.
+pub async fn repeat(
+    plan: Plan,
+    concurrency: usize,
+    every: Duration,
+    total: Duration,
+    started: Instant,
+    out: &mut impl Write,
+) -> std::io::Result<u32> {
+    let mut round = 0;
+    while started.elapsed() < total {
+        let begun = Instant::now();
+        let at_ms = begun.saturating_duration_since(started).as_millis() as u64;
+        let mut results = Vec::with_capacity(plan.probes.len());
+        let mut waiting = plan.probes.iter().cloned();
+        let mut running = Running::default();
+        for spec in waiting.by_ref().take(concurrency.max(1)) {
+            running.start(spec);
+        }
+        while let Some(result) = running.next().await {
+            results.push(result);
+            if let Some(spec) = waiting.next() {
+                running.start(spec);
+            }
+        }
+        // In the plan's order, so that rounds read alike.
+        results.sort_by_key(|r| plan.probes.iter().position(|p| Some(&p.id) == r.id.as_ref()));
+        serde_json::to_writer(&mut *out, &RoundLine { round, at_ms, results })?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        round += 1;
+        tokio::time::sleep_until((begun + every).into()).await;
+    }
+    Ok(round)
 }
 
 /// The probes in flight, remembered by task so that one whose task fails still gets its line.
@@ -190,6 +229,35 @@ mod tests {
 
     fn plan(probes: &str) -> String {
         format!(r#"{{"schema": 1, "probes": [{probes}]}}"#)
+    }
+
+    #[tokio::test]
+    async fn a_repeating_batch_writes_a_round_per_interval_in_plan_order() {
+        let text = plan(
+            r#"{"id": "b", "target": "not an address", "port": 80, "timeout_ms": 5},
+               {"id": "a", "target": "also not", "port": 81, "timeout_ms": 5}"#,
+        );
+        let plan = parse_plan(&text).expect("valid");
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let every = Duration::from_millis(20);
+        let rounds =
+            repeat(plan, 8, every, Duration::from_millis(100), started, &mut out).await.expect("written");
+        assert!((4..=6).contains(&rounds), "{rounds} rounds in 100 ms every 20 ms");
+        let lines: Vec<RoundLine> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a round line"))
+            .collect();
+        assert_eq!(lines.len(), rounds as usize);
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(line.round, i as u32);
+            let ids: Vec<_> = line.results.iter().map(|r| r.id.as_deref().unwrap_or_default()).collect();
+            assert_eq!(ids, ["b", "a"]);
+            assert!(line.results.iter().all(|r| r.outcome == Outcome::Error));
+        }
+        let at: Vec<u64> = lines.iter().map(|l| l.at_ms).collect();
+        assert!(at.windows(2).all(|w| w[1] >= w[0] + 19), "{at:?}");
+        assert!(at.last().is_some_and(|&t| t < 100), "{at:?}");
     }
 
     #[test]

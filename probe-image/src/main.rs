@@ -68,6 +68,12 @@ enum Command {
         /// How many probes run at once.
         #[arg(long, default_value_t = batch::DEFAULT_CONCURRENCY, value_parser = concurrency)]
         concurrency: usize,
+        /// Run the whole plan again every INTERVAL (e.g. 50ms): one round line each.
+        #[arg(long, value_name = "INTERVAL", value_parser = args::parse_duration, requires = "repeat_for")]
+        every: Option<Duration>,
+        /// With --every: stop starting rounds this long after the start (at most 10m).
+        #[arg(long = "for", value_name = "DURATION", value_parser = repeat_for, requires = "every")]
+        repeat_for: Option<Duration>,
     },
 }
 
@@ -86,17 +92,26 @@ fn concurrency(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("invalid concurrency {text:?}: use 1 to 65536"))
 }
 
+fn repeat_for(text: &str) -> Result<Duration, String> {
+    let limit = Duration::from_millis(netpol_probe::wire::MAX_REPEAT_MS);
+    args::parse_duration(text).and_then(|d| {
+        if d <= limit { Ok(d) } else { Err(format!("{text} is longer than {}s", limit.as_secs())) }
+    })
+}
+
 fn main() -> ExitCode {
+    // Rounds of `batch --every` count from here: the pod's first moment, as near as it gets.
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return usage(&format!("cannot start: {e}")),
     };
-    runtime.block_on(run(cli.command))
+    runtime.block_on(run(cli.command, started))
 }
 
-async fn run(command: Command) -> ExitCode {
+async fn run(command: Command, started: std::time::Instant) -> ExitCode {
     match command {
         Command::Serve { tcp, udp, name } => {
             let config = serve::Config {
@@ -175,7 +190,7 @@ async fn run(command: Command) -> ExitCode {
                 rcode: seen.reply.map(|r| r.rcode),
             })
         }
-        Command::Batch { plan, concurrency } => {
+        Command::Batch { plan, concurrency, every, repeat_for } => {
             let text = if plan == "-" {
                 std::io::read_to_string(std::io::stdin())
             } else {
@@ -190,6 +205,16 @@ async fn run(command: Command) -> ExitCode {
                 Err(message) => return usage(&message),
             };
             let stdout = std::io::stdout();
+            if let (Some(every), Some(total)) = (every, repeat_for) {
+                if every.is_zero() {
+                    return usage("--every must be longer than 0");
+                }
+                return match batch::repeat(plan, concurrency, every, total, started, &mut stdout.lock()).await
+                {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => usage(&format!("cannot write results: {e}")),
+                };
+            }
             match batch::run(plan, concurrency, &mut stdout.lock()).await {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => usage(&format!("cannot write results: {e}")),

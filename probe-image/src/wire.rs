@@ -201,6 +201,18 @@ pub enum BatchLine {
     Result(ProbeResult),
 }
 
+/// A round of a repeating batch (`batch --every`): every probe's result, in the plan's order,
+/// and when the round began, in ms from the prober's first moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundLine {
+    pub round: u32,
+    pub at_ms: u64,
+    pub results: Vec<ProbeResult>,
+}
+
+/// The longest a repeating batch may run: a prober always ends by itself.
+pub const MAX_REPEAT_MS: u64 = 600_000;
+
 /// What `serve` answers: over TCP on accept, and over UDP with the datagram's payload echoed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

@@ -5,10 +5,11 @@
 //! kinds the engine does not model; creates and deletes the tool's own namespaces, pods and
 //! policies, every API error turned into a message that says what to do; waits with bounds that
 //! name why a pod does not start; runs each batch as a pod created with its plan (a ConfigMap),
-//! whose log is the output; shows the node's view through readiness; cleans up by the run's
-//! label. `run` uses it without `--lab` (a preview: docs/kubernetes.md); the canary does not
-//! run here yet (a pod per 50 ms round cannot time it).
+//! whose log is the output, and each poller (the canary's) as a pod running `batch --every`
+//! whose followed log brings its rounds; shows the node's view through readiness; cleans up by
+//! the run's label. `run` uses it without `--lab` (docs/kubernetes.md).
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,8 +22,8 @@ use netpol_probe::wire::Plan;
 
 use super::{PodOptions, namespace, policy, probe_pod};
 use crate::cluster::{
-    APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, ProbePod, RUN_LABEL,
-    Running,
+    APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, Poller, ProbePod,
+    RUN_LABEL, Running,
 };
 use crate::model::{Note, ObjectKey, Snapshot, Unmodelled, key_of};
 
@@ -384,85 +385,76 @@ impl Cluster for KubeCluster {
         limit: Duration,
     ) -> Result<BatchOutput, ClusterError> {
         // A pod per batch, created with its plan: it runs it once and exits, and its log is
-        // the output (a channel no NetworkPolicy can block). Later batches of the same prober
-        // (the canary's rounds) get pods of their own, with the same labels.
-        let round = {
-            let mut rounds = self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let round = rounds.entry(client.key.clone()).or_insert(0);
-            *round += 1;
-            *round - 1
-        };
-        let mut pod = client.clone();
-        pod.role = crate::cluster::Role::Client;
-        pod.ports = Vec::new();
-        if client.role != crate::cluster::Role::Client || round > 0 {
-            pod.key.name = format!("{}-b{round}", client.key.name);
-        }
-        let key = pod.key.clone();
-        let text = serde_json::to_string(plan)
-            .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
-        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
-        let map = super::plan_config_map(&pod, &text);
-        maps.create(&PostParams::default(), &map).await.map_err(|e| {
-            api_error("create", "configmaps", &format!("{}/{}-plan", key.namespace, key.name), e)
-        })?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
-        let mut object = probe_pod(&pod, &self.pods, false);
-        // The prober's own labels, role included: its policies must select the batch pod too.
-        object.metadata.labels = Some(client.all_labels());
-        pods.create(&PostParams::default(), &object)
-            .await
-            .map_err(|e| api_error("create", "pods", &key.to_string(), e))?;
-
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut client_ip = None;
-        let mut finished = false;
-        let mut started = false;
-        let mut stuck = None;
-        while tokio::time::Instant::now() < deadline {
-            let current = match pods.get(&key.name).await {
-                Ok(current) => current,
-                Err(e) if transient(&e) => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                Err(e) => return Err(api_error("get", "pods", &key.to_string(), e)),
-            };
-            let status = current.status.as_ref();
-            client_ip =
-                client_ip.or_else(|| status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()));
-            let phase = status.and_then(|s| s.phase.as_deref());
-            started |= matches!(phase, Some("Running" | "Succeeded" | "Failed"));
-            stuck = waiting_reason(&current);
-            if matches!(phase, Some("Succeeded" | "Failed")) {
-                finished = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        if !started {
+        // the output (a channel no NetworkPolicy can block).
+        let prober = self.create_prober(client, "b", plan, &[]).await?;
+        let watched = prober.watch(limit, true).await;
+        let Some(watched) = watched.filter(|w| w.started) else {
             // It never ran: there is no log to read, and why is the pod's status.
-            let _ = pods.delete(&key.name, &DeleteParams::default().grace_period(0)).await;
-            let _ = maps.delete(&format!("{}-plan", key.name), &DeleteParams::default()).await;
+            let stuck = prober.stuck.lock().map(|s| s.clone()).unwrap_or_default();
+            prober.remove().await;
             return Err(ClusterError::Timeout {
-                what: stuck.unwrap_or_else(|| format!("pod {key} running its batch")),
+                what: stuck.unwrap_or_else(|| format!("pod {} running its batch", prober.key)),
                 limit,
             });
-        }
-        let log = pods
-            .logs(&key.name, &kube::api::LogParams::default())
+        };
+        let log = prober
+            .pods
+            .logs(&prober.key.name, &kube::api::LogParams::default())
             .await
-            .map_err(|e| api_error("get", "pods/log", &key.to_string(), e))?;
-        let mut output = crate::cluster::parse_batch_output(&log);
-        if !finished {
+            .map_err(|e| api_error("get", "pods/log", &prober.key.to_string(), e));
+        // Done with: the run's cleanup would remove them too.
+        prober.remove().await;
+        let mut output = crate::cluster::parse_batch_output(&log?);
+        if !watched.finished {
             // Out of time: what it printed so far stands, the rest did not run.
             output.summary = None;
         }
-        output.client_ip = client_ip;
-        // Done with: the run's cleanup would remove them too.
-        let _ = pods.delete(&key.name, &DeleteParams::default().grace_period(0)).await;
-        let _ = maps.delete(&format!("{}-plan", key.name), &DeleteParams::default()).await;
+        output.client_ip = watched.ip;
         Ok(output)
+    }
+
+    async fn start_poll(
+        &self,
+        prober: &ProbePod,
+        plan: &Plan,
+        every: Duration,
+        total: Duration,
+        limit: Duration,
+    ) -> Result<Poller, ClusterError> {
+        // A pod of its own running `batch --every`; its log, followed, brings the rounds.
+        let args = [
+            "--every".to_string(),
+            format!("{}ms", every.as_millis()),
+            "--for".into(),
+            format!("{}ms", total.as_millis()),
+        ];
+        let pod = self.create_prober(prober, "p", plan, &args).await?;
+        if !pod.watch(limit, false).await.is_some_and(|w| w.started) {
+            let stuck = pod.stuck.lock().map(|s| s.clone()).unwrap_or_default();
+            pod.remove().await;
+            return Err(ClusterError::Timeout {
+                what: stuck.unwrap_or_else(|| format!("pod {} polling", pod.key)),
+                limit,
+            });
+        }
+        let params = kube::api::LogParams { follow: true, ..kube::api::LogParams::default() };
+        let stream = match pod.pods.log_stream(&pod.key.name, &params).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                pod.remove().await;
+                return Err(api_error("get", "pods/log", &pod.key.to_string(), e));
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            use tokio_util::compat::FuturesAsyncReadCompatExt;
+            let lines = tokio::io::BufReader::new(stream.compat());
+            crate::cluster::poll::relay(lines, tx, token).await;
+            pod.remove().await;
+        });
+        Ok(Poller::new(rx, stop))
     }
 
     async fn run_node_batch(&self, plan: &Plan, _: Duration) -> Result<BatchOutput, ClusterError> {
@@ -495,10 +487,6 @@ impl Cluster for KubeCluster {
         Ok(cleaned)
     }
 
-    fn polls_cheaply(&self) -> bool {
-        false
-    }
-
     async fn sweep(&self, older_than: Duration) -> Result<Cleaned, ClusterError> {
         let cutoff = k8s_openapi::jiff::Timestamp::now()
             .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(older_than).unwrap_or_default())
@@ -509,7 +497,109 @@ impl Cluster for KubeCluster {
     }
 }
 
+/// A pod running a plan of its own (a batch or a poller), with its ConfigMap.
+struct Prober {
+    key: ObjectKey,
+    pods: Api<Pod>,
+    maps: Api<ConfigMap>,
+    /// Why it is not running yet, if the pod says.
+    stuck: std::sync::Mutex<Option<String>>,
+}
+
+/// What watching a prober showed.
+struct Watched {
+    started: bool,
+    finished: bool,
+    ip: Option<IpAddr>,
+}
+
+impl Prober {
+    /// Polls the pod until it has started (`until_finished`: until it has ended) or `limit`
+    /// passes; `None` when the API server kept failing.
+    async fn watch(&self, limit: Duration, until_finished: bool) -> Option<Watched> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut watched = Watched { started: false, finished: false, ip: None };
+        while tokio::time::Instant::now() < deadline {
+            let current = match self.pods.get(&self.key.name).await {
+                Ok(current) => current,
+                Err(e) if transient(&e) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(_) => return None,
+            };
+            let status = current.status.as_ref();
+            watched.ip = watched
+                .ip
+                .or_else(|| status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()));
+            let phase = status.and_then(|s| s.phase.as_deref());
+            watched.started |= matches!(phase, Some("Running" | "Succeeded" | "Failed"));
+            watched.finished = matches!(phase, Some("Succeeded" | "Failed"));
+            if let Ok(mut stuck) = self.stuck.lock() {
+                *stuck = waiting_reason(&current);
+            }
+            if watched.finished || (watched.started && !until_finished) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Some(watched)
+    }
+
+    /// Deletes the pod and its plan (the run's cleanup would, too).
+    async fn remove(&self) {
+        let _ = self.pods.delete(&self.key.name, &DeleteParams::default().grace_period(0)).await;
+        let _ = self.maps.delete(&format!("{}-plan", self.key.name), &DeleteParams::default()).await;
+    }
+}
+
 impl KubeCluster {
+    /// Creates a pod wearing `client`'s labels (its policies must select it too) that runs
+    /// `plan` once, or in rounds with `extra` arguments, reading it from a ConfigMap. Every
+    /// pod of a prober after its first, and every one for a server or the control pod, gets a
+    /// name of its own: `NAME-{kind}{n}`.
+    async fn create_prober(
+        &self,
+        client: &ProbePod,
+        kind: &str,
+        plan: &Plan,
+        extra: &[String],
+    ) -> Result<Prober, ClusterError> {
+        let round = {
+            let mut rounds = self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let round = rounds.entry(client.key.clone()).or_insert(0);
+            *round += 1;
+            *round - 1
+        };
+        let mut pod = client.clone();
+        pod.role = crate::cluster::Role::Client;
+        pod.ports = Vec::new();
+        if client.role != crate::cluster::Role::Client || round > 0 || kind != "b" {
+            pod.key.name = format!("{}-{kind}{round}", client.key.name);
+        }
+        let key = pod.key.clone();
+        let text = serde_json::to_string(plan)
+            .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
+        let map = super::plan_config_map(&pod, &text);
+        maps.create(&PostParams::default(), &map).await.map_err(|e| {
+            api_error("create", "configmaps", &format!("{}/{}-plan", key.namespace, key.name), e)
+        })?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        let mut object = probe_pod(&pod, &self.pods, false);
+        // The prober's own labels, role included: its policies must select this pod too.
+        object.metadata.labels = Some(client.all_labels());
+        if let Some(container) = object.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+            container.args.get_or_insert_with(Vec::new).extend(extra.iter().cloned());
+        }
+        let prober = Prober { key: key.clone(), pods, maps, stuck: std::sync::Mutex::new(None) };
+        if let Err(e) = prober.pods.create(&PostParams::default(), &object).await {
+            prober.remove().await;
+            return Err(api_error("create", "pods", &key.to_string(), e));
+        }
+        Ok(prober)
+    }
+
     /// Removes what every run left behind (crashed runs included): everything labelled
     /// `app.kubernetes.io/name=netpol-verify` *with* a run id (the app label alone may be the
     /// user's own), and of namespaces only those with the tool's own names.

@@ -8,13 +8,11 @@ use crate::model::{ObjectKey, Snapshot};
 use crate::run::{RunOptions, canary, plan, tool_namespace};
 use crate::scenario::Body;
 
-/// Every object a run of `options` on `snapshot` would create, in creation order. The canary's
-/// objects only where it runs (`with_canary`: a lab; on Kubernetes it does not run yet).
+/// Every object a run of `options` on `snapshot` would create, in creation order.
 pub fn manifests(
     snapshot: &Snapshot,
     options: &RunOptions,
     pods: &PodOptions,
-    with_canary: bool,
 ) -> Vec<Manifest> {
     let run_id = &options.run_id;
     let mut namespaces = Vec::new();
@@ -83,7 +81,7 @@ pub fn manifests(
             ));
         }
     }
-    if with_canary && options.scenarios.iter().any(|s| matches!(s.body, Body::Canary(_))) {
+    if options.scenarios.iter().any(|s| matches!(s.body, Body::Canary(_))) {
         // NB: a documentation address (RFC 5737) stands in for a pod address known only at run time.
         let placeholder = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         let (names, canary_pods, canary_policies) = canary::objects(run_id, placeholder);
@@ -95,7 +93,14 @@ pub fn manifests(
         }
         for pod in canary_pods {
             let role = pod.labels.get("netpol-verify.io/canary").cloned().unwrap_or_default();
-            probe_pods.push(Manifest::new(format!("canary pod: {role}"), &probe_pod(&pod, pods, false)));
+            let what = match pod.role {
+                crate::cluster::Role::Client => format!(
+                    "canary prober ({role}): a pod per canary step, named {}-pN, running its plan every 50 ms (batch --every 50ms --for ...) until the step is done",
+                    pod.key.name
+                ),
+                _ => format!("canary pod: {role}"),
+            };
+            probe_pods.push(Manifest::new(what, &probe_pod(&pod, pods, false)));
         }
         for p in canary_policies {
             let comment = if p.metadata.name.as_deref() == Some("nv-canary-except") {

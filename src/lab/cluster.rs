@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use super::{Lab, LabError};
 use crate::cluster::{
-    APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, ProbePod, RUN_LABEL,
-    Running, parse_batch_output,
+    APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, Poller, ProbePod,
+    RUN_LABEL, Running, parse_batch_output,
 };
 use crate::model::{NAMESPACE_NAME_LABEL, ObjectKey, key_of};
 
@@ -307,6 +307,55 @@ impl Cluster for LabCluster {
         Ok(output)
     }
 
+    async fn start_poll(
+        &self,
+        prober: &ProbePod,
+        plan: &Plan,
+        every: Duration,
+        total: Duration,
+        limit: Duration,
+    ) -> Result<Poller, ClusterError> {
+        let key = &prober.key;
+        if self.lab().pod_netns(key).is_none() {
+            self.create_probe_pod(prober).await?;
+            self.wait_running(std::slice::from_ref(key), limit).await?;
+        }
+        let (netns, probe) = {
+            let lab = self.lab();
+            let netns =
+                lab.pod_netns(key).ok_or_else(|| ClusterError::NotFound { what: format!("pod {key}") })?;
+            (netns, lab.state.probe.clone())
+        };
+        // The real prober, as on Kubernetes: `batch --every` in the pod's network namespace.
+        let mut child = probe_in(&netns, &probe, plan.probes.len())
+            .args(["--every", &format!("{}ms", every.as_millis())])
+            .args(["--for", &format!("{}ms", total.as_millis())])
+            .spawn()
+            .map_err(|e| LabError::Command {
+                command: format!("netpol-probe batch --every in {netns}"),
+                output: e.to_string(),
+            })?;
+        let text = serde_json::to_vec(plan)
+            .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
+        let mut stdin =
+            child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the poller".into()))?;
+        let stdout =
+            child.stdout.take().ok_or_else(|| ClusterError::Invalid("no stdout for the poller".into()))?;
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, &text).await.map_err(|e| {
+            ClusterError::Invalid(format!("cannot hand the plan to the poller in {netns}: {e}"))
+        })?;
+        drop(stdin);
+        let (tx, rx) = mpsc::channel(64);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            crate::cluster::poll::relay(tokio::io::BufReader::new(stdout), tx, token).await;
+            // Stopped or done: the prober goes with the relay (kill on drop).
+            drop(child);
+        });
+        Ok(Poller::new(rx, stop))
+    }
+
     async fn run_node_batch(&self, plan: &Plan, limit: Duration) -> Result<BatchOutput, ClusterError> {
         let lab = self.lab();
         let netns = super::state::node_netns(&lab.state.name);
@@ -333,6 +382,21 @@ impl Cluster for LabCluster {
     }
 }
 
+/// `netpol-probe batch` in network namespace `netns`, the plan on its standard input, every
+/// probe at once, killed when dropped.
+fn probe_in(netns: &str, probe: &std::path::Path, probes: usize) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("ip");
+    command
+        .args(["netns", "exec", netns])
+        .arg(probe)
+        .args(["batch", "--concurrency", &probes.clamp(1, 4096).to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 /// Runs `plan` as one `netpol-probe batch` in network namespace `netns`, at most `limit`.
 async fn batch_in(
     netns: &str,
@@ -342,20 +406,10 @@ async fn batch_in(
 ) -> Result<BatchOutput, ClusterError> {
     let text = serde_json::to_vec(plan)
         .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
-    let concurrency = plan.probes.len().clamp(1, 4096).to_string();
-    let mut child = tokio::process::Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(probe)
-        .args(["batch", "--concurrency", &concurrency])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| LabError::Command {
-            command: format!("netpol-probe batch in {netns}"),
-            output: e.to_string(),
-        })?;
+    let mut child = probe_in(netns, probe, plan.probes.len()).spawn().map_err(|e| LabError::Command {
+        command: format!("netpol-probe batch in {netns}"),
+        output: e.to_string(),
+    })?;
     let mut stdin =
         child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the batch".into()))?;
     let mut stdout =

@@ -7,22 +7,26 @@
 //! 3. capabilities — policies for UDP, named ports, `endPort`, SCTP-is-not-TCP,
 //!    namespaceSelector, egress deny and ipBlock `except`, each on pods of its own, probed
 //!    until they all behave or the bound runs out;
-//! 4. pod-start window — a fresh pod the deny policy selects is probed from its first moment:
-//!    how long traffic the policy denies still got through.
+//! 4. pod-start window — a fresh pod the egress policy selects probes from its first moment:
+//!    how long traffic the policy denies still got out.
 //!
 //! Every expectation is the engine's answer for the canary's own objects, and every denial is
-//! backed by a control probe that shows the target alive.
+//! backed by a control probe that shows the target alive. The probes run in pollers (probers
+//! repeating their plan every 50 ms, [`crate::cluster::poll`]), so the timings hold on
+//! Kubernetes too, where a batch is a pod.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netpol_probe::wire::ProbeResult;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::check::{Check, Judged, Observed, PolicyAnswer, Probe, TargetKey, Verdict};
 use super::judge;
-use crate::cluster::{Cluster, ClusterError, ProbePod, Role, Running};
+use crate::cluster::{Cluster, ClusterError, ProbePod, Role, Round, Running};
 use crate::engine::{ContainerPort, Endpoint, Engine, Protocol};
 use crate::model::ObjectKey;
 use crate::report::reason::because;
@@ -34,6 +38,8 @@ const CANARY_LABEL: &str = "netpol-verify.io/canary";
 const POLL_TIMEOUT: Duration = Duration::from_millis(300);
 /// How often the canary polls: fine enough to time enforcement, coarse enough to stay cheap.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long the baseline may take once every prober polls.
+const BASELINE_BOUND: Duration = Duration::from_secs(5);
 
 /// What one capability came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,15 +148,25 @@ fn pods(names: &Names) -> Vec<ProbePod> {
         .collect()
 }
 
-/// What the canary of run `run_id` creates, for `--dry-run`: its namespaces, its first pods
-/// and its policies (the fresh pod-start pod is one more server like `ingress`). The ipBlock
-/// policy's `except` names a pod's address, known only at run time: `target` stands in.
+/// What the canary of run `run_id` creates, for `--dry-run`: its namespaces, its pods (the
+/// fresh pod-start prober last) and its policies. The ipBlock policy's `except` names a pod's
+/// address, known only at run time: `target` stands in.
 pub fn objects(run_id: &str, target: IpAddr) -> (Vec<String>, Vec<ProbePod>, Vec<NetworkPolicy>) {
     let names = Names::new(run_id);
     let ips = HashMap::from([(names.pod("target"), target)]);
     let mut policies = vec![ingress_policy(&names)];
     policies.extend(capability_policies(&names, &ips));
-    (vec![names.namespace.clone(), names.peer_namespace.clone()], pods(&names), policies)
+    let mut pods = pods(&names);
+    pods.push(late_pod(&names));
+    (vec![names.namespace.clone(), names.peer_namespace.clone()], pods, policies)
+}
+
+/// The fresh prober of the pod-start window: the egress policy selects it.
+fn late_pod(names: &Names) -> ProbePod {
+    let key = ObjectKey::new(&names.namespace, format!("nv-canary-late-{}", names.run_id));
+    let mut late = super::probe_pod(&key, Role::Client, &names.run_id, &[]);
+    late.labels.insert(CANARY_LABEL.into(), "egress-client".into());
+    late
 }
 
 /// Runs the canary; its namespaces carry the run id, so the run's cleanup removes them.
@@ -174,11 +190,22 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let ips: HashMap<ObjectKey, IpAddr> = running.into_iter().map(|Running { key, ip }| (key, ip)).collect();
     let mut report = CanaryReport::default();
 
-    // 1. Baseline: with no policy, the client reaches the ingress server.
+    // 1. Baseline: with no policy, the client reaches the ingress server. The pollers that
+    // time the deny run from before it is stored; their first rounds are the baseline.
     let engine_checks = checks(cluster, scenario, &names, &ips).await?;
     let baseline: Vec<Check> = engine_checks.iter().filter(|c| c.group == "ingress deny").cloned().collect();
-    let results = round(cluster, &names, &baseline, &[]).await;
-    if !results.values().any(ProbeResult::reached) {
+    let controls = controls_for(&baseline, &names);
+    let total = BASELINE_BOUND + options.enforce_timeout + Duration::from_secs(5);
+    let since = Instant::now();
+    let mut watch =
+        Watch::start(cluster, &names, &probes_of(&baseline, &controls), total, pod_timeout).await?;
+    let reached = |watch: &Watch| {
+        baseline.iter().all(|c| watch.since(since).get(&c.probe.id).is_some_and(ProbeResult::reached))
+    };
+    watch.until(pod_timeout, |w| w.all_started()).await;
+    let deadline = Instant::now() + BASELINE_BOUND;
+    while !reached(&watch) && watch.next(deadline).await.is_some() {}
+    if !reached(&watch) {
         report.capabilities.push(Capability {
             name: "connectivity",
             status: "inconclusive",
@@ -188,7 +215,7 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
                 names.pod("ingress")
             ),
         });
-        report.checks = judge::judge(baseline, &[], &results);
+        report.checks = judge::judge(baseline, &[], &watch.since(since));
         return Ok(report);
     }
 
@@ -198,25 +225,24 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     cluster.create_policy(&ingress_policy(&names), run_id).await?;
     let checks_now = checks(cluster, scenario, &names, &ips).await?;
     let deny: Vec<Check> = checks_now.iter().filter(|c| c.group == "ingress deny").cloned().collect();
-    let controls = controls_for(&deny, &names);
     let deadline = stored + options.enforce_timeout;
-    let mut results;
     loop {
-        let sent = Instant::now();
-        results = round(cluster, &names, &deny, &controls).await;
-        // A denial, not a probe that failed in itself, while the control shows the server alive.
+        // A denial, not a probe that failed in itself, while the control shows the server
+        // alive, both in rounds begun after the policy was stored.
+        let results = watch.since(stored);
         let denied =
             deny.iter().all(|c| results.get(&c.probe.id).is_some_and(|r| judge::observed(Some(r)).is_deny()));
         let alive = controls.iter().all(|k| results.get(&k.id).is_some_and(ProbeResult::reached));
         if denied && alive {
+            let sent = deny.iter().filter_map(|c| watch.sent(&c.probe.id)).max().unwrap_or(stored);
             report.enforce_latency = Some(sent.saturating_duration_since(stored));
             break;
         }
-        if Instant::now() >= deadline {
+        if watch.next(deadline).await.is_none() {
             break;
         }
-        pause(sent).await;
     }
+    drop(watch);
 
     // 3. Every other capability, on pods of its own.
     for policy in capability_policies(&names, &ips) {
@@ -230,17 +256,25 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
         None => Duration::from_secs(2),
     }
     .min(options.enforce_timeout);
-    loop {
-        let sent = Instant::now();
-        results = round(cluster, &names, &all, &controls).await;
-        let behaving = all.iter().filter(|c| c.implementation_defined.is_empty()).all(|c| {
+    let mut watch = Watch::start(
+        cluster,
+        &names,
+        &probes_of(&all, &controls),
+        bound + Duration::from_secs(5),
+        pod_timeout,
+    )
+    .await?;
+    watch.until(pod_timeout, |w| w.all_started()).await;
+    let deadline = Instant::now().max(applied) + bound;
+    let behaving = |watch: &Watch| {
+        let results = watch.since(applied);
+        all.iter().filter(|c| c.implementation_defined.is_empty()).all(|c| {
             results.get(&c.probe.id).is_some_and(|r| r.reached() == (c.policy == PolicyAnswer::Allow))
-        });
-        if behaving || applied.elapsed() >= bound {
-            break;
-        }
-        pause(sent).await;
-    }
+        }) && controls.iter().all(|k| results.contains_key(&k.id))
+    };
+    while !behaving(&watch) && watch.next(deadline).await.is_some() {}
+    let results = watch.since(applied);
+    drop(watch);
     let mut judged = judge::judge(all, &controls, &results);
     if let Some(first) = judged.first_mut() {
         first.detail = match report.enforce_latency {
@@ -257,7 +291,7 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     report.capabilities = capabilities(&judged);
 
     // 4. The pod-start window.
-    let (window, check) = pod_start(cluster, scenario, &names, options, pod_timeout).await?;
+    let (window, check) = pod_start(cluster, scenario, &names, &ips, options, pod_timeout).await?;
     report.pod_start_window = window;
     report.capabilities.push(Capability {
         name: "pod-start window",
@@ -267,6 +301,131 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     judged.push(check);
     report.checks = judged;
     Ok(report)
+}
+
+/// The probes of `checks`, then the controls.
+fn probes_of(checks: &[Check], controls: &[Probe]) -> Vec<Probe> {
+    checks.iter().map(|c| c.probe.clone()).chain(controls.iter().cloned()).collect()
+}
+
+/// Pollers for a set of probes, a prober each, and what every probe saw last.
+struct Watch {
+    rounds: mpsc::Receiver<(ObjectKey, Round)>,
+    probers: usize,
+    started: HashSet<ObjectKey>,
+    /// By probe id: the latest result and when its round began.
+    latest: HashMap<String, (Instant, ProbeResult)>,
+}
+
+impl Watch {
+    /// Starts a poller per prober of `probes` (all at once: on Kubernetes each is a pod), each
+    /// running for `total` from its first moment; starting is bounded by `limit`.
+    async fn start<C: Cluster + Clone + Send + Sync + 'static>(
+        cluster: &C,
+        names: &Names,
+        probes: &[Probe],
+        total: Duration,
+        limit: Duration,
+    ) -> Result<Watch, ClusterError> {
+        let probers: Vec<ProbePod> = pods(names);
+        Watch::start_with(cluster, &probers, probes, total, limit).await
+    }
+
+    async fn start_with<C: Cluster + Clone + Send + Sync + 'static>(
+        cluster: &C,
+        probers: &[ProbePod],
+        probes: &[Probe],
+        total: Duration,
+        limit: Duration,
+    ) -> Result<Watch, ClusterError> {
+        let timeout_ms = POLL_TIMEOUT.as_millis() as u64;
+        let plans = super::plan::batches_of(probes.iter(), timeout_ms);
+        let mut starting = tokio::task::JoinSet::new();
+        for (client, plan) in plans {
+            let Some(prober) = probers.iter().find(|p| p.key == client).cloned() else {
+                return Err(ClusterError::NotFound { what: format!("canary prober {client}") });
+            };
+            let cluster = cluster.clone();
+            starting.spawn(async move {
+                let poller = cluster.start_poll(&prober, &plan, POLL_INTERVAL, total, limit).await;
+                (prober.key, poller)
+            });
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let mut count = 0;
+        let mut failed = None;
+        while let Some(joined) = starting.join_next().await {
+            let (key, poller) = match joined {
+                Ok((key, Ok(poller))) => (key, poller),
+                Ok((_, Err(e))) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => {
+                    failed
+                        .get_or_insert(ClusterError::Invalid(format!("a canary prober did not start: {e}")));
+                    continue;
+                }
+            };
+            count += 1;
+            let tx = tx.clone();
+            // Owns the poller: it stops once the watch is dropped.
+            tokio::spawn(async move {
+                let mut poller = poller;
+                loop {
+                    let round = tokio::select! {
+                        () = tx.closed() => return,
+                        round = poller.rounds.recv() => round,
+                    };
+                    let Some(round) = round else { return };
+                    if tx.send((key.clone(), round)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(Watch { rounds: rx, probers: count, started: HashSet::new(), latest: HashMap::new() })
+    }
+
+    /// Takes in the next round from any prober, at the latest by `deadline`; `None` when the
+    /// deadline passed or every poller ended.
+    async fn next(&mut self, deadline: Instant) -> Option<(ObjectKey, Round)> {
+        let (key, round) = tokio::time::timeout_at(deadline, self.rounds.recv()).await.ok()??;
+        self.started.insert(key.clone());
+        for result in &round.results {
+            if let Some(id) = &result.id {
+                self.latest.insert(id.clone(), (round.sent, result.clone()));
+            }
+        }
+        Some((key, round))
+    }
+
+    /// Takes in rounds until `done` holds, at most `limit`.
+    async fn until(&mut self, limit: Duration, done: impl Fn(&Watch) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done(self) && self.next(deadline).await.is_some() {}
+    }
+
+    fn all_started(&self) -> bool {
+        self.started.len() >= self.probers
+    }
+
+    /// The latest result of each probe from rounds begun at `from` or later.
+    fn since(&self, from: Instant) -> HashMap<String, ProbeResult> {
+        self.latest
+            .iter()
+            .filter(|(_, (sent, _))| *sent >= from)
+            .map(|(id, (_, r))| (id.clone(), r.clone()))
+            .collect()
+    }
+
+    /// When the round of probe `id`'s latest result began.
+    fn sent(&self, id: &str) -> Option<Instant> {
+        self.latest.get(id).map(|(sent, _)| *sent)
+    }
 }
 
 /// The engine's answer for every capability probe, against the cluster as it is now.
@@ -359,48 +518,6 @@ fn controls_for(checks: &[Check], names: &Names) -> Vec<Probe> {
         controls.push(Probe { id: format!("canary-k{}", controls.len() + 1), client, ..check.probe.clone() });
     }
     controls
-}
-
-/// Polls start at most every [`POLL_INTERVAL`], however fast a round comes back.
-async fn pause(round_started: Instant) {
-    tokio::time::sleep_until((round_started + POLL_INTERVAL).into()).await;
-}
-
-/// One concurrent round of the checks' probes and the controls, a batch per client.
-async fn round<C: Cluster + Clone + Send + Sync + 'static>(
-    cluster: &C,
-    names: &Names,
-    checks: &[Check],
-    controls: &[Probe],
-) -> HashMap<String, ProbeResult> {
-    let probes: Vec<Probe> = checks.iter().map(|c| c.probe.clone()).chain(controls.iter().cloned()).collect();
-    round_of(cluster, names, &probes).await
-}
-
-/// One concurrent round of probes, a batch per client; results by id.
-async fn round_of<C: Cluster + Clone + Send + Sync + 'static>(
-    cluster: &C,
-    names: &Names,
-    probes: &[Probe],
-) -> HashMap<String, ProbeResult> {
-    let timeout_ms = POLL_TIMEOUT.as_millis() as u64;
-    let plans = super::plan::batches_of(probes.iter(), timeout_ms);
-    let mut tasks = tokio::task::JoinSet::new();
-    let probers = pods(names);
-    for (client, plan) in plans {
-        let Some(prober) = probers.iter().find(|p| p.key == client).cloned() else { continue };
-        let cluster = cluster.clone();
-        tasks.spawn(async move {
-            cluster.run_batch(&prober, &plan, POLL_TIMEOUT + Duration::from_secs(10)).await
-        });
-    }
-    let mut results = HashMap::new();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(Ok(output)) = joined {
-            results.extend(output.results.into_iter().filter_map(|r| Some((r.id.clone()?, r))));
-        }
-    }
-    results
 }
 
 /// Admits only the canary's control pod into the `ingress` server.
@@ -541,115 +658,113 @@ fn short(name: &str) -> &str {
     name.rsplit_once('-').map_or(name, |(head, _)| head)
 }
 
-/// Starts a fresh pod that the deny policy selects and probes it from its first moment.
+/// Starts a fresh pod that the egress policy selects, probing from its first moment.
+///
+/// The pod itself is the prober, so each round's time counts from the pod's own start (no
+/// clocks to line up). Its probe to `target` on 81 is one the policy denies; each round also
+/// shows the pod can send (`target` on 80, which the policy allows), and the unrestricted
+/// client polls `target` on 81 alongside: the target is alive.
 async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
     cluster: &C,
     scenario: &str,
     names: &Names,
+    ips: &HashMap<ObjectKey, IpAddr>,
     options: &CanaryOptions,
     pod_timeout: Duration,
 ) -> Result<(Option<Duration>, Judged), ClusterError> {
-    // Looked up first: once the fresh pod runs, every moment counts.
-    let target_ip = cluster
-        .wait_running(std::slice::from_ref(&names.pod("target")), pod_timeout)
-        .await?
-        .first()
-        .map(|r| r.ip)
-        .ok_or_else(|| ClusterError::NotFound { what: format!("pod {}", names.pod("target")) })?;
-    let key = ObjectKey::new(&names.namespace, format!("nv-canary-late-{}", names.run_id));
-    let ports = [ContainerPort { port: 80, protocol: Protocol::Tcp, name: Some("http".into()) }];
-    let mut pod = super::probe_pod(&key, Role::Server, &names.run_id, &ports);
-    pod.labels.insert(CANARY_LABEL.into(), "ingress".into());
-    cluster.create_probe_pod(&pod).await?;
-    let running = cluster.wait_running(std::slice::from_ref(&key), pod_timeout).await?;
-    let started = Instant::now();
+    let target_key = names.pod("target");
     let address =
-        running.first().map(|r| r.ip).ok_or_else(|| ClusterError::NotFound { what: format!("pod {key}") })?;
-    // Probe first: the engine's answer is worked out after the window, not inside it.
-    let client = names.pod("client");
-    let target = TargetKey { address, port: 80, protocol: Protocol::Tcp, dns: false };
-    let probe = Probe {
-        id: "canary-late".into(),
-        client: client.clone(),
-        target,
-        expect_name: Some(key.to_string()),
-        query: None,
-    };
-    let control = Probe { id: "canary-late-control".into(), client: names.pod("control"), ..probe.clone() };
-    // The client must show it can send: the egress tests' target admits it.
+        *ips.get(&target_key).ok_or_else(|| ClusterError::NotFound { what: format!("pod {target_key}") })?;
+    let late = late_pod(names);
+    let key = late.key.clone();
+    let target = TargetKey { address, port: 81, protocol: Protocol::Tcp, dns: false };
+    let expect_name = Some(target_key.to_string());
+    let probe = Probe { id: "canary-late".into(), client: key.clone(), target, expect_name, query: None };
     let source = Probe {
         id: "canary-late-source".into(),
-        client: client.clone(),
         target: TargetKey { port: 80, ..probe.target.clone() },
-        expect_name: Some(names.pod("target").to_string()),
-        query: None,
+        ..probe.clone()
     };
-    let source = Probe { target: TargetKey { address: target_ip, ..source.target.clone() }, ..source };
-    let probes = [probe, control, source];
+    let control = Probe { id: "canary-late-control".into(), client: names.pod("client"), ..probe.clone() };
 
-    // Rounds in which a denial is proven: the client's probe denied (not failed, not lost),
-    // the control reached the pod and the client reached something else.
+    // The control first, so that it polls before the fresh pod's first moment.
+    let window = options.pod_start_window;
+    let probers: Vec<ProbePod> = pods(names).into_iter().chain([late.clone()]).collect();
+    let total = pod_timeout + window + Duration::from_secs(5);
+    let mut controls =
+        Watch::start_with(cluster, &probers, std::slice::from_ref(&control), total, pod_timeout).await?;
+    controls.until(pod_timeout, Watch::all_started).await;
+    let mut fresh =
+        Watch::start_with(cluster, &probers, &[probe.clone(), source], window, pod_timeout).await?;
+
+    // Rounds in which a denial is proven: the fresh pod's probe denied (not failed, not
+    // lost), its allowed probe through, and the control's latest round reaching the target.
     let mut through: Vec<Duration> = Vec::new();
     let mut proven = 0;
     let mut rounds = 0;
     let mut last = None;
-    while started.elapsed() < options.pod_start_window {
-        let at = started.elapsed();
-        let results = round_of(cluster, names, &probes).await;
+    let deadline = Instant::now() + pod_timeout + window + Duration::from_secs(5);
+    while let Some((_, round)) = fresh.next(deadline).await {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, controls.next(deadline)).await {}
         rounds += 1;
-        let reached = |id: &str| results.get(id).is_some_and(ProbeResult::reached);
-        if reached("canary-late") {
-            through.push(at);
-        } else if judge::observed(results.get("canary-late")).is_deny()
-            && reached("canary-late-control")
-            && reached("canary-late-source")
+        let result = |id: &str| round.results.iter().find(|r| r.id.as_deref() == Some(id));
+        let alive = controls.latest.get("canary-late-control").is_some_and(|(_, r)| r.reached());
+        if result("canary-late").is_some_and(ProbeResult::reached) {
+            through.push(round.at);
+        } else if judge::observed(result("canary-late")).is_deny()
+            && result("canary-late-source").is_some_and(ProbeResult::reached)
+            && alive
         {
             proven += 1;
         }
-        last = results.get("canary-late").cloned();
-        pause(started + at).await;
+        last = result("canary-late").cloned();
     }
+    drop((fresh, controls));
 
     let snapshot = with_clients(cluster.discover().await?.snapshot, names);
+    let snapshot = match snapshot.find_pod(&key) {
+        Some(_) => snapshot,
+        None => snapshot.with_pods(vec![super::pod_object(&late, None)]),
+    };
     let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
-    let (Some(from), Some(to)) = (snapshot.find_pod(&client), snapshot.find_pod(&key)) else {
-        return Err(ClusterError::NotFound { what: format!("pod {client} or {key}") });
+    let (Some(from), Some(to)) = (snapshot.find_pod(&key), snapshot.find_pod(&target_key)) else {
+        return Err(ClusterError::NotFound { what: format!("pod {key} or {target_key}") });
     };
     let mut check = pod_check(
         &engine,
         scenario,
         "pod-start window",
-        (from, &client),
-        (to, &key, address),
-        80,
+        (from, &key),
+        (to, &target_key, address),
+        81,
         Protocol::Tcp,
         100,
     );
     check.probe.id = "canary-late".into();
-    let window_ms = options.pod_start_window.as_millis();
-    let (verdict, observed, window, detail) = if check.policy != PolicyAnswer::Deny {
+    let window_ms = window.as_millis();
+    let (verdict, observed, measured, detail) = if check.policy != PolicyAnswer::Deny {
         let detail = "the stored policies do not deny this, so there is no window to measure".to_string();
         (Verdict::Inconclusive, judge::observed(last.as_ref()), None, detail)
     } else if let Some(&latest) = through.last() {
         let detail = format!(
-            "traffic the policy denies reached the fresh pod in {} of {rounds} probe rounds, the last {} ms after it was seen running (watched for {window_ms} ms)",
+            "traffic the policy denies left the fresh pod in {} of {rounds} probe rounds, the last {} ms after the pod started (watched for {window_ms} ms)",
             through.len(),
             latest.as_millis()
         );
         (Verdict::NotEnforced, Observed::Allow, Some(latest), detail)
     } else if proven == rounds && rounds > 0 {
         let detail = format!(
-            "denied in all {rounds} probe rounds over {window_ms} ms, each with the control reaching the pod and the client reaching another"
+            "denied in all {rounds} probe rounds over {window_ms} ms from the pod's start, each with the pod reaching another port and the control reaching the target"
         );
         (Verdict::Pass, judge::observed(last.as_ref()), Some(Duration::ZERO), detail)
     } else {
         let detail = format!(
-            "never got through, but only {proven} of {rounds} rounds proved a denial (the others were lost, failed, or had no live control)"
+            "never got out, but only {proven} of {rounds} rounds proved a denial (the others were lost, failed, or had no live control)"
         );
         (Verdict::Inconclusive, judge::observed(last.as_ref()), None, detail)
     };
     let ms = last.map(|r| r.ms);
-    Ok((window, Judged { check, observed, verdict, detail, ms }))
+    Ok((measured, Judged { check, observed, verdict, detail, ms }))
 }
 
 #[cfg(test)]

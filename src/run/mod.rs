@@ -315,17 +315,10 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
         clients.into_iter().chain(pods.into_iter().filter(|p| p.role == Role::Control)).collect();
     lap(report, "deploy");
 
-    let mut canary = options.scenarios.iter().find_map(|s| match &s.body {
+    let canary = options.scenarios.iter().find_map(|s| match &s.body {
         Body::Canary(o) => Some((s.name.clone(), o.clone())),
         Body::Groups(_) => None,
     });
-    if canary.is_some() && !cluster.polls_cheaply() {
-        // NB: its latencies come from probes every 50 ms; a pod per probe round cannot time them.
-        canary = None;
-        report.incomplete.push(
-            "the canary needs probes every 50 ms, and this backend starts a pod per batch: it is not run here yet".into(),
-        );
-    }
     // The canary works in namespaces of its own, so it runs alongside the scenarios' probes.
     let probing = async {
         let started = Instant::now();

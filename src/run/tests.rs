@@ -231,6 +231,17 @@ mod fake {
             Ok(self.answer(plan, None))
         }
 
+        async fn start_poll(
+            &self,
+            prober: &ProbePod,
+            plan: &Plan,
+            every: Duration,
+            total: Duration,
+            _: Duration,
+        ) -> Result<crate::cluster::Poller, ClusterError> {
+            Ok(crate::cluster::poll::by_batches(self, prober, plan, every, total))
+        }
+
         async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
             let mut state = self.state();
             state.calls.push(format!("cleanup {run_id}"));

@@ -1,7 +1,8 @@
 //! A stateful in-memory API server for whole runs: it stores what is created, lists with label
 //! selectors, starts pods (servers Running and Ready, batch pods Succeeded), answers a batch
 //! pod's log by running its plan against the stored pods (a network that lets everything
-//! through to pods that listen), deletes, and records every request.
+//! through to pods that listen; a poller, `batch --every`, gets one round and ends), deletes,
+//! and records every request.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -86,6 +87,8 @@ fn batch_log(state: &State, namespace: &str, pod: &Value) -> String {
     let mut lines = Vec::new();
     let mut connected = 0;
     let probes = plan["probes"].as_array().cloned().unwrap_or_default();
+    let args = pod["spec"]["containers"][0]["args"].as_array().cloned().unwrap_or_default();
+    let polls = args.iter().any(|a| a == "--every");
     for probe in &probes {
         let target = probe["target"].as_str().unwrap_or_default();
         let server = state.objects.iter().find(|((resource, _, _), object)| {
@@ -97,6 +100,10 @@ fn batch_log(state: &State, namespace: &str, pod: &Value) -> String {
         let outcome = if name.is_some() { "connected" } else { "timeout" };
         connected += usize::from(name.is_some());
         lines.push(json!({"id": probe["id"], "target": target, "port": probe["port"], "protocol": probe["protocol"].as_str().unwrap_or("TCP"), "outcome": outcome, "name": name, "ms": 1}).to_string());
+    }
+    if polls {
+        let results: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        return json!({"round": 0, "at_ms": 0, "results": results}).to_string() + "\n";
     }
     let total = probes.len();
     lines.push(json!({"summary": {"schema": 1, "total": total, "reached": connected, "not_reached": total - connected, "connected": connected, "refused": 0, "unreachable": 0, "timeout": total - connected, "error": 0, "ms": 1}}).to_string());
@@ -110,7 +117,9 @@ pub async fn handle(state: Shared, request: Request<Body>) -> Result<Response<Bo
     let query = request.uri().query().unwrap_or_default().to_string();
     let body = request.into_body().collect_bytes().await.unwrap_or_default();
     let mut state = lock(&state);
-    state.requests.push(format!("{method} {path}"));
+    // A followed log is told apart: that is how a poller's rounds are read.
+    let follow = if query.contains("follow=true") { "?follow=true" } else { "" };
+    state.requests.push(format!("{method} {path}{follow}"));
     if path == "/apis" {
         return Ok(respond(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})));
     }

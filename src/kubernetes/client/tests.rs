@@ -514,6 +514,39 @@ async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
     assert_eq!(batches, 3, "{:#?}", state.requests);
 }
 
+#[tokio::test]
+async fn the_canary_polls_from_pods_of_its_own_and_follows_their_logs() {
+    let (cluster, state) = fake_cluster();
+    let before: Vec<_> = state.lock().map(|s| s.objects.keys().cloned().collect()).unwrap_or_default();
+    let mut options = matrix_options("t3");
+    options.scenarios = crate::scenario::resolve(&["canary".into()]).unwrap_or_else(|e| panic!("{e}"));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let report = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let canary = report.canary.as_ref().unwrap_or_else(|| panic!("the canary ran: {:?}", report.incomplete));
+    // The fake's network lets everything through: nothing is enforced, from the first moment.
+    let status = |name: &str| canary.capabilities.iter().find(|c| c.name == name).map(|c| c.status);
+    assert_eq!(status("ingress deny"), Some("not enforced"), "{:#?}", canary.capabilities);
+    assert_eq!(status("egress deny"), Some("not enforced"), "{:#?}", canary.capabilities);
+    assert_eq!(status("pod-start window"), Some("not enforced"), "{:#?}", canary.capabilities);
+    assert_eq!(canary.enforce_latency, None);
+    assert_eq!(canary.pod_start_window, Some(Duration::ZERO));
+
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let after: Vec<_> = state.objects.keys().cloned().collect();
+    assert_eq!(after, before, "everything the canary created is gone");
+    // Every round came from a poller pod's followed log, never a pod per round: the deny
+    // phase's 2 probers, the capabilities' 5, the fresh pod and its control.
+    let followed: Vec<&String> = state.requests.iter().filter(|r| r.ends_with("/log?follow=true")).collect();
+    assert_eq!(followed.len(), 9, "{:#?}", state.requests);
+    assert!(state.requests.iter().any(|r| r == "POST /api/v1/namespaces/nv-canary-t3/pods"));
+    let fresh = "/api/v1/namespaces/nv-canary-t3/pods/nv-canary-late-t3-p0/log?follow=true";
+    assert!(followed.iter().any(|r| r.ends_with(fresh)), "{followed:#?}");
+    let batches = state.requests.iter().filter(|r| r.ends_with("/log")).count();
+    assert_eq!(batches, 0, "{:#?}", state.requests);
+}
+
 /// Options for a matrix-only run with short bounds.
 fn matrix_options(run_id: &str) -> crate::run::RunOptions {
     crate::run::RunOptions {
