@@ -85,7 +85,7 @@ pub fn render(report: &RunReport, style: Style) -> String {
         };
         let window = match canary.pod_start_window {
             Some(d) if d.is_zero() => "0 ms (denied from the first probe)".to_string(),
-            Some(d) => format!("{} ms of traffic the policy denies reached a fresh pod", d.as_millis()),
+            Some(d) => format!("for {} ms a fresh pod sent traffic its policy denies", d.as_millis()),
             None => "not measured".into(),
         };
         let _ = writeln!(out, "  enforcement latency: {latency}\n  pod-start window:    {window}");

@@ -81,7 +81,7 @@ pub enum Body {
 pub struct CanaryOptions {
     /// How long to wait for a policy to be enforced.
     pub enforce_timeout: Duration,
-    /// How long to watch a fresh pod behind a deny policy.
+    /// How long a fresh pod behind an egress policy probes from its start.
     pub pod_start_window: Duration,
 }
 
