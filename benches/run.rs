@@ -59,6 +59,7 @@ fn main() {
             pod_timeout: Duration::from_secs(120),
             sweep_after: Duration::from_secs(3600),
             mimic_workloads: false,
+            spread: None,
         };
         let spec = LabSpec {
             name: Some(format!("bench-run-{attempt}")),

@@ -110,6 +110,11 @@ pub struct PodArgs {
     #[arg(long)]
     pub tolerate_all_taints: bool,
 
+    /// Place the probe servers on one node and probe each namespace from a client on that
+    /// node and from one on another (some CNIs enforce differently within a node).
+    #[arg(long)]
+    pub spread: bool,
+
     /// How servers listen on ports below 1024 as non-root: the safe sysctl
     /// net.ipv4.ip_unprivileged_port_start, or the NET_BIND_SERVICE capability.
     #[arg(long, value_enum, default_value_t = LowPortsArg::Sysctl)]

@@ -60,6 +60,8 @@ pub struct ProbePod {
     /// Container ports (number, protocol, optional name). Servers and controls listen on the
     /// TCP and UDP ones; named ports let policies name them.
     pub ports: Vec<crate::engine::ContainerPort>,
+    /// The node it must run on (`--spread`); `None`: wherever the scheduler puts it.
+    pub node: Option<String>,
 }
 
 /// Whether an object's labels mark it as one a run of the tool created: the app label *and* a
@@ -252,6 +254,7 @@ mod tests {
     #[test]
     fn the_tools_labels_win_over_the_callers() {
         let pod = ProbePod {
+            node: None,
             key: ObjectKey::new("x", "probe"),
             role: Role::Server,
             run_id: "r1".into(),

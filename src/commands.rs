@@ -242,7 +242,8 @@ pub async fn run(
         return dry_run(args, out).await;
     }
     let Some(name) = &args.lab else {
-        let options = run_options(&args.options)?;
+        let mut options = run_options(&args.options)?;
+        options.spread = spread(&args.pods);
         let files = open_reports(&args.options)?;
         let cluster = connect(&args.kube, pod_options(&args.pods)).await?;
         let target = match &args.kube.context {
@@ -251,6 +252,11 @@ pub async fn run(
         };
         return run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await;
     };
+    if args.pods.spread {
+        return Err(Error::Usage(
+            "--spread places probe pods on two nodes, and a lab is a single node: use it on a cluster".into(),
+        ));
+    }
     let options = run_options(&args.options)?;
     let files = open_reports(&args.options)?;
     crate::lab::host::require_tools()?;
@@ -297,7 +303,8 @@ pub async fn cleanup(
 /// `run --dry-run`: the manifests a run would create, from files, a lab or the cluster
 /// (read only).
 async fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
-    let options = run_options(&args.options)?;
+    let mut options = run_options(&args.options)?;
+    options.spread = spread(&args.pods);
     let snapshot = if !args.from_file.is_empty() {
         let loaded = load(&read_sources(&args.from_file)?)?;
         loaded.snapshot
@@ -319,10 +326,15 @@ async fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
         )));
     }
     let pods = pod_options(&args.pods);
-    // The canary runs in a lab, not yet on Kubernetes.
-    let manifests = crate::kubernetes::dry_run::manifests(&snapshot, &options, &pods);
+    let manifests =
+        crate::kubernetes::dry_run::manifests(&snapshot, &options, &pods).map_err(Error::Usage)?;
     out.write_all(crate::kubernetes::to_yaml(&manifests).as_bytes())?;
     Ok(Exit::Pass)
+}
+
+/// `--spread`, and whether it may choose tainted nodes (`--tolerate-all-taints`).
+fn spread(args: &crate::cli::PodArgs) -> Option<bool> {
+    args.spread.then_some(args.tolerate_all_taints)
 }
 
 /// The probe pods' options from the command line.
@@ -451,6 +463,7 @@ fn run_options(args: &RunOptionArgs) -> Result<RunOptions, Error> {
         pod_timeout: args.timeout,
         sweep_after: args.sweep_older_than,
         mimic_workloads: args.mimic_workloads,
+        spread: None,
     })
 }
 

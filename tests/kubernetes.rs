@@ -159,3 +159,34 @@ fn a_real_cluster_run_judges_and_leaves_nothing_behind() {
         "removed 0 pods, 0 policies and 0 namespaces"
     );
 }
+
+#[test]
+fn spread_pins_pods_to_two_nodes_in_valid_manifests_or_says_why_it_cannot() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let nodes = ["kind-worker", "kind-worker2"].map(|name| {
+        format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/os: linux}}\nstatus:\n  conditions: [{{type: Ready, status: \"True\"}}]\n"
+        )
+    });
+    let example = std::fs::read_to_string(EXAMPLE).expect("the example");
+    let cluster = write(&dir, "cluster.yaml", &format!("{example}\n{}", nodes.concat()));
+    let cluster = cluster.to_str().expect("a UTF-8 path");
+    let output = verify(&["run", "--dry-run", "--from-file", cluster, "-s", "matrix", "--spread"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let yaml = String::from_utf8(output.stdout).expect("UTF-8");
+    let (valid, words) = validate(&write(&dir, "spread.yaml", &yaml));
+    assert!(valid, "{words}");
+    // Per namespace (shop, monitoring) a server on kind-worker and clients on both nodes; the
+    // control pod and its batch on kind-worker.
+    assert_eq!(yaml.matches("- kind-worker\n").count(), 2 + 2 + 2, "{yaml}");
+    assert_eq!(yaml.matches("- kind-worker2\n").count(), 2, "{yaml}");
+    assert_eq!(yaml.matches("key: metadata.name").count(), 8, "{yaml}");
+
+    let output = verify(&["run", "--dry-run", "--from-file", EXAMPLE, "--spread"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--spread needs two nodes a probe pod can run on"), "{stderr}");
+    let output = verify(&["run", "--lab", "nope", "--spread"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("a lab is a single node"));
+}

@@ -29,6 +29,7 @@ fn probe() -> PathBuf {
 /// A probe pod standing for `key`, which already runs in the lab: batches run in it.
 fn prober(key: &ObjectKey) -> netpol_verify::cluster::ProbePod {
     netpol_verify::cluster::ProbePod {
+        node: None,
         key: key.clone(),
         role: netpol_verify::cluster::Role::Client,
         run_id: "test".into(),
@@ -462,6 +463,7 @@ mod through_the_cluster_trait {
 
     fn server(namespace: &str, name: &str, run: &str) -> ProbePod {
         ProbePod {
+            node: None,
             key: ObjectKey::new(namespace, name),
             role: Role::Server,
             run_id: run.into(),
@@ -475,6 +477,7 @@ mod through_the_cluster_trait {
 
     fn client(namespace: &str, name: &str, run: &str) -> ProbePod {
         ProbePod {
+            node: None,
             role: Role::Client,
             ports: vec![],
             labels: BTreeMap::new(),

@@ -5,36 +5,30 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::{Manifest, PodOptions, namespace, plan_config_map, policy, probe_pod};
 use crate::cluster::Role;
 use crate::model::{ObjectKey, Snapshot};
-use crate::run::{RunOptions, canary, plan, tool_namespace};
+use crate::run::{RunOptions, canary, layout, tool_namespace};
 use crate::scenario::Body;
 
-/// Every object a run of `options` on `snapshot` would create, in creation order.
+/// Every object a run of `options` on `snapshot` would create, in creation order; fails only
+/// for `--spread` without two nodes to spread over.
 pub fn manifests(
     snapshot: &Snapshot,
     options: &RunOptions,
     pods: &PodOptions,
-) -> Vec<Manifest> {
+) -> Result<Vec<Manifest>, String> {
     let run_id = &options.run_id;
     let mut namespaces = Vec::new();
     let mut config_maps = Vec::new();
     let mut probe_pods = Vec::new();
     let mut policies = Vec::new();
     let in_scope = options.scope.apply(snapshot.namespaces());
-    let has_groups = options.scenarios.iter().any(|s| matches!(s.body, Body::Groups(_)));
-    let ports = plan::server_ports(&options.scenarios);
-    if has_groups && !in_scope.is_empty() {
+    let layout = layout::layout(snapshot, &in_scope, options)?;
+    if let Some(control) = layout.pods.iter().find(|p| p.role == Role::Control) {
         let tool = tool_namespace(run_id);
         namespaces
             .push(Manifest::new("the run's own namespace, for its control pod", &namespace(&tool, run_id)));
-        let control = crate::run::probe_pod(
-            &ObjectKey::new(&tool, format!("nv-control-{run_id}")),
-            Role::Control,
-            run_id,
-            &ports,
-        );
         probe_pods.push(Manifest::new(
             "the control pod: a vantage point of the tool's own, to show targets alive",
-            &probe_pod(&control, pods, false),
+            &probe_pod(control, pods, false),
         ));
         // Its probes run from a batch pod with its labels, made like a client's.
         let mut control_batch = control.clone();
@@ -48,38 +42,34 @@ pub fn manifests(
         let mut batch_pod = probe_pod(&control_batch, pods, false);
         batch_pod.metadata.labels = Some(control.all_labels());
         probe_pods.push(Manifest::new("the control pod's batch: runs its plan once and exits", &batch_pod));
-        for ns in &in_scope {
-            let server = crate::run::probe_pod(
-                &ObjectKey::new(ns, format!("nv-server-{run_id}")),
-                Role::Server,
-                run_id,
-                &ports,
-            );
-            let client = crate::run::probe_pod(
-                &ObjectKey::new(ns, format!("nv-client-{run_id}")),
-                Role::Client,
-                run_id,
-                &[],
-            );
-            probe_pods.push(Manifest::new(format!("probe server in {ns}"), &probe_pod(&server, pods, false)));
-            if options.mimic_workloads {
-                let mut deployment = crate::run::plan::Deployment::default();
-                for mimic in crate::run::mimics(snapshot, ns, run_id, &mut deployment) {
-                    probe_pods.push(Manifest::new(
-                        format!("a double of a workload in {ns}: its labels and ports, so its policies select it; never Ready"),
-                        &probe_pod(&mimic, pods, true),
-                    ));
-                }
-            }
-            config_maps.push(Manifest::new(
-                format!("the plan of {ns}'s client: its probes are written when the run starts, once the servers have addresses"),
-                &plan_config_map(&client, "{\"schema\":1,\"probes\":[]}"),
-            ));
-            probe_pods.push(Manifest::new(
-                format!("probe client in {ns}: runs its plan once and exits; its log is the result"),
-                &probe_pod(&client, pods, false),
-            ));
-        }
+    }
+    let doubles: Vec<&ObjectKey> = layout.deployment.mimics.iter().map(|(_, key)| key).collect();
+    for pod in layout.pods.iter().filter(|p| p.role == Role::Server) {
+        let ns = &pod.key.namespace;
+        let mimic = doubles.contains(&&pod.key);
+        let what = if mimic {
+            format!(
+                "a double of a workload in {ns}: its labels and ports, so its policies select it; never Ready"
+            )
+        } else {
+            format!("probe server in {ns}")
+        };
+        probe_pods.push(Manifest::new(what, &probe_pod(pod, pods, mimic)));
+    }
+    for client in &layout.clients {
+        let ns = &client.key.namespace;
+        let node = client.node.as_ref().map(|n| format!(" (on node {n})")).unwrap_or_default();
+        config_maps.push(Manifest::new(
+            format!(
+                "the plan of {}: its probes are written when the run starts, once the servers have addresses",
+                client.key
+            ),
+            &plan_config_map(client, "{\"schema\":1,\"probes\":[]}"),
+        ));
+        probe_pods.push(Manifest::new(
+            format!("probe client in {ns}{node}: runs its plan once and exits; its log is the result"),
+            &probe_pod(client, pods, false),
+        ));
     }
     if options.scenarios.iter().any(|s| matches!(s.body, Body::Canary(_))) {
         // NB: a documentation address (RFC 5737) stands in for a pod address known only at run time.
@@ -111,5 +101,5 @@ pub fn manifests(
             policies.push(Manifest::new(comment, &policy(&p, run_id)));
         }
     }
-    namespaces.into_iter().chain(config_maps).chain(probe_pods).chain(policies).collect()
+    Ok(namespaces.into_iter().chain(config_maps).chain(probe_pods).chain(policies).collect())
 }

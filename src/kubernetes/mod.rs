@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort as ApiPort,
-    LocalObjectReference, Namespace, Pod, PodReadinessGate, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Sysctl, TCPSocketAction, Toleration, Volume,
-    VolumeMount,
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort as ApiPort,
+    LocalObjectReference, Namespace, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    Pod, PodReadinessGate, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Sysctl, TCPSocketAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -116,6 +116,27 @@ fn ports_arg(pod: &ProbePod, protocol: Protocol) -> Option<String> {
     let ports: Vec<String> =
         pod.ports.iter().filter(|p| p.protocol == protocol).map(|p| p.port.to_string()).collect();
     (!ports.is_empty()).then(|| ports.join(","))
+}
+
+/// Required node affinity to the node named `node` (`--spread`): by the node's name, as a
+/// DaemonSet's pods are placed, so the scheduler still checks taints and resources.
+fn on_node(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.to_string()]),
+                    }]),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    }
 }
 
 /// A probe pod. Clients read their plan from the ConfigMap [`plan_config_map`] makes;
@@ -234,6 +255,7 @@ pub fn probe_pod(pod: &ProbePod, options: &PodOptions, never_ready: bool) -> Pod
                 .then(|| vec![Toleration { operator: Some("Exists".into()), ..Toleration::default() }]),
             readiness_gates: never_ready
                 .then(|| vec![PodReadinessGate { condition_type: NEVER_READY.into() }]),
+            affinity: pod.node.as_ref().map(|node| on_node(node)),
             volumes: (!serves).then(|| {
                 vec![Volume {
                     name: "plan".into(),

@@ -4,6 +4,7 @@ use crate::model::ObjectKey;
 
 fn server() -> ProbePod {
     ProbePod {
+        node: None,
         key: ObjectKey::new("shop", "nv-server-r1"),
         role: Role::Server,
         run_id: "r1".into(),
@@ -61,6 +62,7 @@ fn a_pod_wearing_a_workloads_labels_never_becomes_ready() {
 #[test]
 fn clients_run_their_plan_from_a_config_map_and_exit() {
     let client = ProbePod {
+        node: None,
         key: ObjectKey::new("shop", "nv-client-r1"),
         role: Role::Client,
         ports: vec![],

@@ -453,6 +453,7 @@ mod tests {
     #[test]
     fn probe_pods_carry_the_tools_labels_and_serve_only_as_servers() {
         let mut pod = ProbePod {
+            node: None,
             key: ObjectKey::new("x", "probe-server"),
             role: Role::Server,
             run_id: "r1".into(),

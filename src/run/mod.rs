@@ -7,6 +7,7 @@
 pub mod canary;
 pub mod check;
 pub mod judge;
+pub mod layout;
 pub mod plan;
 pub mod progress;
 
@@ -78,6 +79,10 @@ pub struct RunOptions {
     pub sweep_after: Duration,
     /// Also deploy, per distinct workload label set, a probe server wearing those labels.
     pub mimic_workloads: bool,
+    /// `--spread`: servers on one node, each namespace's clients on that node and another.
+    /// `Some(true)`: nodes with NoSchedule/NoExecute taints may be chosen (the pods tolerate
+    /// every taint).
+    pub spread: Option<bool>,
 }
 
 /// Everything a run found: the input of every report.
@@ -144,6 +149,9 @@ pub enum RunError {
     /// Ctrl-C or SIGTERM.
     #[error("interrupted; removed {} pods, {} policies and {} namespaces of run {run_id}", cleaned.pods, cleaned.policies, cleaned.namespaces)]
     Interrupted { run_id: String, cleaned: Cleaned },
+    /// `--spread` has no two nodes to spread over.
+    #[error("{0}")]
+    Spread(String),
     /// `--namespace` names a namespace the cluster does not have.
     #[error("namespace {0} does not exist (namespaces: {1})")]
     NoSuchNamespace(String, String),
@@ -279,27 +287,16 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     // Deploy: a server per namespace in scope and the control pod. Clients are started by
     // their first batch (on Kubernetes a client pod is created with its plan).
     let run_id = &options.run_id;
-    let ports = plan::server_ports(&options.scenarios);
-    let mut deployment = Deployment { namespaces: namespaces.clone(), ..Deployment::default() };
-    let mut clients = Vec::new();
-    let mut pods = Vec::new();
-    if has_groups && !namespaces.is_empty() {
+    let layout::Layout { deployment, pods, clients, spread } =
+        layout::layout(&discovery.snapshot, &namespaces, options).map_err(RunError::Spread)?;
+    if let Some((same, other)) = &spread {
+        report.notes.push(Note(format!(
+            "--spread: the servers and the control pod run on node {same}; each namespace probes from a client there (nv-client-samenode) and one on node {other} (nv-client-othernode)"
+        )));
+    }
+    if deployment.control.is_some() {
         let tool_ns = tool_namespace(run_id);
         cluster.create_namespace(&tool_ns, run_id).await.map_err(step("creating the tool's namespace"))?;
-        let control = ObjectKey::new(&tool_ns, format!("nv-control-{run_id}"));
-        pods.push(probe_pod(&control, Role::Control, run_id, &ports));
-        deployment.control = Some(control);
-        for ns in &namespaces {
-            let client = ObjectKey::new(ns, format!("nv-client-{run_id}"));
-            let server = ObjectKey::new(ns, format!("nv-server-{run_id}"));
-            clients.push(probe_pod(&client, Role::Client, run_id, &[]));
-            pods.push(probe_pod(&server, Role::Server, run_id, &ports));
-            deployment.clients.insert(ns.clone(), client);
-            deployment.servers.insert(ns.clone(), server);
-            if options.mimic_workloads {
-                pods.extend(mimics(&discovery.snapshot, ns, run_id, &mut deployment));
-            }
-        }
     }
     progress.phase("starting probe pods", pods.len() as u64);
     for pod in &pods {
@@ -478,7 +475,7 @@ pub fn mimics(
         .map(|(i, (labels, ports))| {
             let key = ObjectKey::new(namespace, format!("nv-mimic-{i}-{run_id}"));
             deployment.mimics.push((namespace.to_string(), key.clone()));
-            ProbePod { key, role: Role::Server, run_id: run_id.to_string(), labels, ports }
+            ProbePod { key, role: Role::Server, run_id: run_id.to_string(), labels, ports, node: None }
         })
         .collect()
 }
@@ -491,6 +488,7 @@ pub fn probe_pod(
     ports: &[crate::engine::ContainerPort],
 ) -> ProbePod {
     ProbePod {
+        node: None,
         key: key.clone(),
         role,
         run_id: run_id.to_string(),

@@ -25,8 +25,9 @@ pub const NODE_LOCAL_DNS: &str = "169.254.20.10";
 pub struct Deployment {
     /// Namespaces in scope, sorted.
     pub namespaces: Vec<String>,
-    /// One client and one server per namespace in scope.
-    pub clients: BTreeMap<String, ObjectKey>,
+    /// The clients by namespace: one per namespace in scope (two with `--spread`).
+    pub clients: Vec<(String, ObjectKey)>,
+    /// One server per namespace in scope.
     pub servers: BTreeMap<String, ObjectKey>,
     /// The tool's own vantage point, in its own namespace.
     pub control: Option<ObjectKey>,
@@ -244,7 +245,7 @@ fn plan_group(
     };
     let label = format!("{}/{}", scenario.name, group.name);
     let sources: Vec<(&String, &ObjectKey)> =
-        deployment.clients.iter().filter(|(ns, _)| chosen(&group.from, ns)).collect();
+        deployment.clients.iter().filter(|(ns, _)| chosen(&group.from, ns)).map(|(ns, c)| (ns, c)).collect();
     if sources.is_empty() {
         planned.notes.push(Note(format!("{label}: skipped: no namespace in scope matches its sources")));
         return;

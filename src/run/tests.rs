@@ -288,6 +288,7 @@ fn options() -> RunOptions {
         pod_timeout: Duration::from_secs(1),
         sweep_after: Duration::from_secs(3600),
         mimic_workloads: false,
+        spread: None,
     }
 }
 

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 pub struct State {
     pub objects: BTreeMap<(String, String, String), Value>,
     pub requests: Vec<String>,
+    /// Every object created, as it was sent.
+    pub created: Vec<Value>,
     /// Fired when the first batch pod is created: a user's Ctrl-C in the middle of a run.
     pub interrupt: Option<tokio_util::sync::CancellationToken>,
     next_ip: u8,
@@ -152,6 +154,7 @@ pub async fn handle(state: Shared, request: Request<Body>) -> Result<Response<Bo
         }
         (Method::POST, None, _) => {
             let mut object: Value = serde_json::from_slice(&body).unwrap_or_default();
+            state.created.push(object.clone());
             let ns = namespace.clone().unwrap_or_default();
             let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
             let key = (resource.clone(), ns.clone(), name.clone());

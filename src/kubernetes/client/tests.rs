@@ -120,6 +120,7 @@ async fn discovery_lists_the_objects_and_finds_unmodelled_policies_through_api_d
 
 fn server_pod() -> ProbePod {
     ProbePod {
+        node: None,
         key: ObjectKey::new("shop", "nv-server-t1"),
         role: Role::Server,
         run_id: "t1".into(),
@@ -319,6 +320,7 @@ async fn a_batch_is_a_pod_created_with_its_plan_whose_log_is_the_output() {
         (map, pod)
     });
     let client = ProbePod {
+        node: None,
         key: ObjectKey::new("shop", "nv-client-t1"),
         role: Role::Client,
         ports: vec![],
@@ -547,6 +549,72 @@ async fn the_canary_polls_from_pods_of_its_own_and_follows_their_logs() {
     assert_eq!(batches, 0, "{:#?}", state.requests);
 }
 
+#[tokio::test]
+async fn spread_pins_servers_to_one_node_and_probes_from_it_and_another() {
+    let (cluster, state) = fake_cluster();
+    {
+        let mut seeded = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for name in ["worker-b", "worker-a", "control-plane"] {
+            let taints = if name == "control-plane" {
+                json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])
+            } else {
+                json!([])
+            };
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"taints": taints}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+            seeded.objects.insert(("nodes".into(), String::new(), name.into()), node);
+        }
+    }
+    let mut options = matrix_options("t4");
+    options.spread = Some(false);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let report = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // 2 namespaces × 2 clients (same node, other node) × 2 servers × (80/TCP, 80/UDP).
+    assert_eq!(report.judged.len(), 16);
+    let from = |name: &str| report.judged.iter().filter(|j| j.check.probe.client.name == name).count();
+    assert_eq!((from("nv-client-samenode-t4"), from("nv-client-othernode-t4")), (8, 8));
+    assert!(report.notes.iter().any(|n| n.0.contains("node worker-a") && n.0.contains("node worker-b")));
+
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let created = state.created.iter().filter(|p| p["kind"] == "Pod");
+    let mut placed: Vec<(String, String)> = created
+        .map(|pod| {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let term = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0];
+            assert_eq!((&term["key"], &term["operator"]), (&json!("metadata.name"), &json!("In")), "{pod:#}");
+            (name, term["values"][0].as_str().unwrap_or("unpinned").to_string())
+        })
+        .collect();
+    placed.sort();
+    let expected = [
+        ("nv-client-othernode-t4", "worker-b"),
+        ("nv-client-othernode-t4", "worker-b"),
+        ("nv-client-samenode-t4", "worker-a"),
+        ("nv-client-samenode-t4", "worker-a"),
+        ("nv-control-t4", "worker-a"),
+        ("nv-control-t4-b0", "worker-a"),
+        ("nv-server-t4", "worker-a"),
+        ("nv-server-t4", "worker-a"),
+    ];
+    let expected: Vec<(String, String)> =
+        expected.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(placed, expected);
+}
+
+#[tokio::test]
+async fn spread_without_two_nodes_stops_before_creating_anything() {
+    let (cluster, state) = fake_cluster();
+    let mut options = matrix_options("t5");
+    options.spread = Some(false);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let error = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel).await.err();
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.starts_with("--spread needs two nodes"), "{error}");
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(state.created.is_empty(), "{:#?}", state.created);
+}
+
 /// Options for a matrix-only run with short bounds.
 fn matrix_options(run_id: &str) -> crate::run::RunOptions {
     crate::run::RunOptions {
@@ -557,6 +625,7 @@ fn matrix_options(run_id: &str) -> crate::run::RunOptions {
         pod_timeout: Duration::from_secs(5),
         sweep_after: Duration::from_secs(3600),
         mimic_workloads: false,
+        spread: None,
     }
 }
 

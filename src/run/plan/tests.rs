@@ -56,7 +56,7 @@ fn snapshot() -> (Snapshot, Deployment) {
     for (i, ns) in ["a", "b"].iter().enumerate() {
         text += &probe_pod(ns, "nv-client", "client", &format!("10.244.9.{}", 10 + i));
         text += &probe_pod(ns, "nv-server", "server", &format!("10.244.9.{}", 20 + i));
-        deployment.clients.insert(ns.to_string(), ObjectKey::new(*ns, "nv-client"));
+        deployment.clients.push((ns.to_string(), ObjectKey::new(*ns, "nv-client")));
         deployment.servers.insert(ns.to_string(), ObjectKey::new(*ns, "nv-server"));
     }
     text += &probe_pod("nv-r1", "nv-control", "control", "10.244.9.30");
