@@ -105,8 +105,9 @@ pub struct Running {
 pub struct BatchOutput {
     pub results: Vec<ProbeResult>,
     pub summary: Option<Summary>,
-    /// The address the client probed from, when the backend knows it.
-    pub client_ip: Option<IpAddr>,
+    /// The addresses the client probed from (both families on a dual-stack cluster), when the
+    /// backend knows them.
+    pub client_ips: Vec<IpAddr>,
 }
 
 /// What `cleanup` removed.

@@ -409,7 +409,7 @@ impl Cluster for KubeCluster {
             // Out of time: what it printed so far stands, the rest did not run.
             output.summary = None;
         }
-        output.client_ip = watched.ip;
+        output.client_ips = watched.ips;
         Ok(output)
     }
 
@@ -464,7 +464,7 @@ impl Cluster for KubeCluster {
         let pods: Api<Pod> = Api::all(self.client.clone());
         let params = ListParams::default().labels(&format!("{APP_LABEL}={APP_VALUE}"));
         let list = pods.list(&params).await.map_err(|e| api_error("list", "pods", "(the tool's)", e))?;
-        Ok(BatchOutput { results: node_results(&list.items, plan), summary: None, client_ip: None })
+        Ok(BatchOutput { results: node_results(&list.items, plan), summary: None, client_ips: Vec::new() })
     }
 
     async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
@@ -497,6 +497,17 @@ impl Cluster for KubeCluster {
     }
 }
 
+/// A pod's addresses: `status.podIPs` (both families on a dual-stack cluster), else `podIP`.
+fn pod_ips(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> Vec<IpAddr> {
+    let Some(status) = status else { return Vec::new() };
+    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let mut ips: Vec<IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+    }
+    ips
+}
+
 /// A pod running a plan of its own (a batch or a poller), with its ConfigMap.
 struct Prober {
     key: ObjectKey,
@@ -510,7 +521,8 @@ struct Prober {
 struct Watched {
     started: bool,
     finished: bool,
-    ip: Option<IpAddr>,
+    /// `status.podIPs` (both families on a dual-stack cluster), else `status.podIP`.
+    ips: Vec<IpAddr>,
 }
 
 impl Prober {
@@ -518,7 +530,7 @@ impl Prober {
     /// passes; `None` when the API server kept failing.
     async fn watch(&self, limit: Duration, until_finished: bool) -> Option<Watched> {
         let deadline = tokio::time::Instant::now() + limit;
-        let mut watched = Watched { started: false, finished: false, ip: None };
+        let mut watched = Watched { started: false, finished: false, ips: Vec::new() };
         while tokio::time::Instant::now() < deadline {
             let current = match self.pods.get(&self.key.name).await {
                 Ok(current) => current,
@@ -529,9 +541,9 @@ impl Prober {
                 Err(_) => return None,
             };
             let status = current.status.as_ref();
-            watched.ip = watched
-                .ip
-                .or_else(|| status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()));
+            if watched.ips.is_empty() {
+                watched.ips = pod_ips(status);
+            }
             let phase = status.and_then(|s| s.phase.as_deref());
             watched.started |= matches!(phase, Some("Running" | "Succeeded" | "Failed"));
             watched.finished = matches!(phase, Some("Succeeded" | "Failed"));

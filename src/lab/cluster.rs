@@ -303,7 +303,7 @@ impl Cluster for LabCluster {
             (netns, lab.state.probe.clone(), ip)
         };
         let mut output = batch_in(&netns, &probe, plan, limit).await?;
-        output.client_ip = ip;
+        output.client_ips = ip.into_iter().collect();
         Ok(output)
     }
 

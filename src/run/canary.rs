@@ -124,7 +124,7 @@ fn with_clients(snapshot: crate::model::Snapshot, names: &Names) -> crate::model
     let absent: Vec<_> = pods(names)
         .iter()
         .filter(|p| p.role == Role::Client && snapshot.find_pod(&p.key).is_none())
-        .map(|p| super::pod_object(p, None))
+        .map(|p| super::pod_object(p, &[]))
         .collect();
     if absent.is_empty() { snapshot } else { snapshot.with_pods(absent) }
 }
@@ -724,7 +724,7 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
     let snapshot = with_clients(cluster.discover().await?.snapshot, names);
     let snapshot = match snapshot.find_pod(&key) {
         Some(_) => snapshot,
-        None => snapshot.with_pods(vec![super::pod_object(&late, None)]),
+        None => snapshot.with_pods(vec![super::pod_object(&late, &[])]),
     };
     let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     let (Some(from), Some(to)) = (snapshot.find_pod(&key), snapshot.find_pod(&target_key)) else {

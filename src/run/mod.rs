@@ -348,13 +348,15 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     Ok(())
 }
 
-/// The Pod object a probe pod is, for the engine: its labels and ports, and its address once
-/// known.
-pub fn pod_object(pod: &ProbePod, ip: Option<std::net::IpAddr>) -> k8s_openapi::api::core::v1::Pod {
+/// The Pod object a probe pod is, for the engine: its labels and ports, and its addresses
+/// once known.
+pub fn pod_object(pod: &ProbePod, ips: &[std::net::IpAddr]) -> k8s_openapi::api::core::v1::Pod {
     let mut object = crate::kubernetes::probe_pod(pod, &crate::kubernetes::PodOptions::default(), false);
     object.status = Some(k8s_openapi::api::core::v1::PodStatus {
         phase: Some("Running".into()),
-        pod_ip: ip.map(|ip| ip.to_string()),
+        pod_ip: ips.first().map(ToString::to_string),
+        pod_ips: (!ips.is_empty())
+            .then(|| ips.iter().map(|ip| k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() }).collect()),
         ..Default::default()
     });
     object
@@ -378,7 +380,7 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     let absent: Vec<_> = probers
         .iter()
         .filter(|p| discovery.snapshot.find_pod(&p.key).is_none())
-        .map(|p| pod_object(p, None))
+        .map(|p| pod_object(p, &[]))
         .collect();
     let snapshot = discovery.snapshot.with_pods(absent);
     let engine = Engine::new(&snapshot)?;
@@ -425,8 +427,8 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
                         output.results.len()
                     )));
                 }
-                if let Some(ip) = output.client_ip {
-                    addresses.push((client.clone(), ip));
+                if !output.client_ips.is_empty() {
+                    addresses.push((client.clone(), output.client_ips));
                 }
                 for result in output.results {
                     if let Some(id) = result.id.clone() {
@@ -447,9 +449,7 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     // With the clients' addresses known, ipBlock rules see them as the network did.
     let placed: Vec<_> = probers
         .iter()
-        .filter_map(|p| {
-            addresses.iter().find(|(key, _)| *key == p.key).map(|(_, ip)| pod_object(p, Some(*ip)))
-        })
+        .filter_map(|p| addresses.iter().find(|(key, _)| *key == p.key).map(|(_, ips)| pod_object(p, ips)))
         .collect();
     if !placed.is_empty() {
         let snapshot = snapshot.with_pods(placed);

@@ -108,8 +108,11 @@ mod fake {
             let snapshot = self.snapshot();
             let engine = Engine::new(&snapshot).unwrap_or_else(|e| panic!("{e}"));
             let dead = self.state().dead.clone();
-            let mut output =
-                BatchOutput { results: Vec::new(), summary: Some(Summary::default()), client_ip: None };
+            let mut output = BatchOutput {
+                results: Vec::new(),
+                summary: Some(Summary::default()),
+                client_ips: Vec::new(),
+            };
             for spec in &plan.probes {
                 let target = snapshot
                     .pod_ids()
@@ -171,7 +174,7 @@ mod fake {
             }
             let ip = format!("10.244.200.{}", state.pods.len() + 1).parse().ok();
             // The same Pod object the run plans with, as the API server would report it.
-            state.pods.push(crate::run::pod_object(pod, ip));
+            state.pods.push(crate::run::pod_object(pod, Vec::from_iter(ip).as_slice()));
             Ok(())
         }
 
@@ -223,7 +226,7 @@ mod fake {
             let mut output = self.answer(plan, Some(key));
             let snapshot = self.snapshot();
             let engine = Engine::new(&snapshot).map_err(|e| ClusterError::Invalid(e.to_string()))?;
-            output.client_ip = snapshot.find_pod(key).and_then(|id| engine.pod_ip(id));
+            output.client_ips = snapshot.find_pod(key).and_then(|id| engine.pod_ip(id)).into_iter().collect();
             Ok(output)
         }
 
@@ -421,4 +424,21 @@ fn selectors_parse_like_kubectls() {
     assert!(parse_selector("").is_err());
     assert!(parse_selector("a in b").is_err());
     assert!(parse_selector("=x").is_err());
+}
+
+#[test]
+fn a_dual_stack_client_is_planned_with_both_its_addresses() {
+    let key = ObjectKey::new("a", "nv-client-r1");
+    let client = probe_pod(&key, Role::Client, "r1", &[]);
+    let (v4, v6): (std::net::IpAddr, std::net::IpAddr) =
+        ("10.244.0.5".parse().expect("v4"), "fd00:10:244::5".parse().expect("v6"));
+    let snapshot = crate::model::Snapshot::default().with_pods(vec![pod_object(&client, &[v4, v6])]);
+    let engine = Engine::new(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+    let id = snapshot.find_pod(&key).expect("the client");
+    // ipBlock rules see the address of the target's family, as the network does.
+    for (target, expected) in [("fd00:10:244::9", v6), ("10.244.0.9", v4)] {
+        let target = crate::engine::Endpoint::Ip(target.parse().expect("an address"));
+        let (from, _) = engine.connection_addresses(crate::engine::Endpoint::Pod(id), target);
+        assert_eq!(from, Some(expected));
+    }
 }

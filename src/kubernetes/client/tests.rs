@@ -287,7 +287,7 @@ async fn a_batch_is_a_pod_created_with_its_plan_whose_log_is_the_output() {
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1"}}),
         )
         .await;
-        let done = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1", "namespace": "shop"}, "status": {"phase": "Succeeded", "podIP": "10.0.0.9"}});
+        let done = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1", "namespace": "shop"}, "status": {"phase": "Succeeded", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}, {"ip": "fd00::9"}]}});
         answer(&mut server, "GET", "/api/v1/namespaces/shop/pods/nv-client-t1", 200, done).await;
         // The log: one result line, then the summary.
         let (request, respond) = server.next_request().await.expect("a request");
@@ -348,7 +348,8 @@ async fn a_batch_is_a_pod_created_with_its_plan_whose_log_is_the_output() {
     assert_eq!(pod["metadata"]["labels"]["netpol-verify.io/role"], "client");
     assert_eq!(output.results.len(), 1);
     assert!(output.summary.is_some());
-    assert_eq!(output.client_ip.map(|ip| ip.to_string()).as_deref(), Some("10.0.0.9"));
+    let ips: Vec<String> = output.client_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["10.0.0.9", "fd00::9"], "both families of a dual-stack pod");
 }
 
 #[test]
