@@ -329,23 +329,30 @@ impl Cluster for KubeCluster {
     }
 
     async fn wait_running(&self, pods: &[ObjectKey], limit: Duration) -> Result<Vec<Running>, ClusterError> {
+        // One labelled list per poll, however many pods: the tool's own pods, all namespaces.
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let params = ListParams::default().labels(&format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}"));
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let mut running = Vec::new();
             let mut waiting = Vec::new();
-            for key in pods {
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
-                let pod = match api.get(&key.name).await {
-                    Ok(pod) => pod,
-                    // A busy or restarting API server: ask again, within the bound.
-                    Err(e) if transient(&e) => {
-                        waiting.push(format!("pod {key}: the API server did not answer ({e})"));
-                        continue;
-                    }
-                    Err(e) => return Err(api_error("get", "pods", &key.to_string(), e)),
+            let listed = match api.list(&params).await {
+                Ok(list) => Some(list.items),
+                // A busy or restarting API server: ask again, within the bound.
+                Err(e) if transient(&e) => {
+                    waiting.push(format!("the API server did not answer ({e})"));
+                    None
+                }
+                Err(e) => return Err(api_error("list", "pods", "(the tool's)", e)),
+            };
+            for key in pods.iter().filter(|_| listed.is_some()) {
+                let listed = listed.as_deref().unwrap_or_default();
+                let Some(pod) = listed.iter().find(|p| key_of(&p.metadata) == *key) else {
+                    waiting.push(format!("pod {key} is not there (was it deleted?)"));
+                    continue;
                 };
                 // Why it waits, with the fix; said when the bound runs out.
-                if let Some(reason) = waiting_reason(&pod) {
+                if let Some(reason) = waiting_reason(pod) {
                     waiting.push(reason);
                     continue;
                 }
@@ -353,7 +360,7 @@ impl Cluster for KubeCluster {
                 let ready = status
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                let ip = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
+                let ip = pod_ips(status).first().copied();
                 let started = status.and_then(|s| s.phase.as_deref()) == Some("Running");
                 // Servers are Ready when the kubelet reached them; clients and pods that must
                 // never be Ready count once they run.

@@ -46,6 +46,10 @@ async fn answer_list_with(handle: &mut Handle, query: &str, kind: &str, items: V
     respond.send_response(Response::builder().status(200).body(Body::from(body)).expect("a response"));
 }
 
+/// The query of a list of the tool's own pods (any run), as waits make it.
+const TOOL_PODS: &str =
+    "/api/v1/pods?&labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun";
+
 /// Answers a cleanup pass's lists of the run's ConfigMaps and NetworkPolicies: none.
 async fn no_configmaps_or_policies(handle: &mut Handle) {
     answer(handle, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([]))).await;
@@ -252,7 +256,7 @@ async fn a_pod_that_cannot_pull_its_image_is_named_with_the_fix() {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"},
             "status": {"phase": "Pending", "containerStatuses": [{"name": "probe", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"ghcr.io/netpol-verify/netpol-probe\""}}}]}});
-        answer(&mut server, "GET", "/api/v1/namespaces/shop/pods/nv-server-t1", 200, pod).await;
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod])).await;
     });
     let error = cluster
         .wait_running(&[ObjectKey::new("shop", "nv-server-t1")], Duration::ZERO)
@@ -710,18 +714,21 @@ async fn the_canarys_policies_are_created_labelled_and_deleted() {
 async fn a_busy_api_server_is_asked_again_within_the_bound() {
     let (cluster, mut server) = mocked();
     let api = tokio::spawn(async move {
-        let path = "/api/v1/namespaces/shop/pods/nv-server-t1";
+        let path = "/api/v1/pods?&labelSelector";
         answer(&mut server, "GET", path, 429, status(429, "TooManyRequests", "too many requests")).await;
-        let ready = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"},
-            "spec": {"containers": [{"name": "probe", "readinessProbe": {"tcpSocket": {"port": 80}}}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.5", "conditions": [{"type": "Ready", "status": "True"}]}});
-        answer(&mut server, "GET", path, 200, ready).await;
+        let pod = |name: &str, ip: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"containers": [{"name": "probe", "readinessProbe": {"tcpSocket": {"port": 80}}}]},
+                "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
+        };
+        // One list for every pod waited for, each poll.
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod("nv-server-t1", "10.0.0.5")])).await;
+        let both = json!([pod("nv-server-t1", "10.0.0.5"), pod("nv-mimic-0-t1", "10.0.0.6")]);
+        answer_list_with(&mut server, TOOL_PODS, "Pod", both).await;
     });
-    let running = cluster
-        .wait_running(&[ObjectKey::new("shop", "nv-server-t1")], Duration::from_secs(5))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let keys = [ObjectKey::new("shop", "nv-server-t1"), ObjectKey::new("shop", "nv-mimic-0-t1")];
+    let running = cluster.wait_running(&keys, Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));
     api.await.expect("the scripted API server");
-    assert_eq!(running.len(), 1);
-    assert_eq!(running[0].ip.to_string(), "10.0.0.5");
+    let ips: Vec<String> = running.iter().map(|r| r.ip.to_string()).collect();
+    assert_eq!(ips, ["10.0.0.5", "10.0.0.6"]);
 }
