@@ -213,6 +213,12 @@ pub trait Cluster {
         limit: Duration,
     ) -> impl Future<Output = Result<Poller, ClusterError>> + Send;
 
+    /// What the backend had to do differently from what it was asked, for the report (e.g. a
+    /// fallback it took when the cluster refused something).
+    fn notes(&self) -> Vec<Note> {
+        Vec::new()
+    }
+
     /// Removes what earlier runs left (a crashed run's objects) once they are older than
     /// `older_than`. Backends whose leftovers go another way (the lab: `lab down`) do nothing.
     fn sweep(&self, older_than: Duration) -> impl Future<Output = Result<Cleaned, ClusterError>> + Send {

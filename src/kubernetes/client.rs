@@ -20,7 +20,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use netpol_probe::wire::Plan;
 
-use super::{PodOptions, namespace, policy, probe_pod};
+use super::{LowPorts, PodOptions, namespace, policy, probe_pod};
 use crate::cluster::{
     APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, Poller, ProbePod,
     RUN_LABEL, Running,
@@ -34,6 +34,8 @@ pub struct KubeCluster {
     pods: PodOptions,
     /// Batch pods made so far, per prober (each gets a name of its own).
     batches: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, usize>>>,
+    /// Admission refused the low-port sysctl once: servers use NET_BIND_SERVICE from then on.
+    sysctl_refused: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for KubeCluster {
@@ -54,7 +56,7 @@ pub struct Connection<'a> {
 impl KubeCluster {
     /// A backend over an existing client (tests pass a mocked API server).
     pub fn new(client: Client, pods: PodOptions) -> KubeCluster {
-        KubeCluster { client, pods, batches: Default::default() }
+        KubeCluster { client, pods, batches: Default::default(), sysctl_refused: Default::default() }
     }
 
     /// Connects like kubectl: an explicit kubeconfig and context, or `KUBECONFIG` / the
@@ -225,6 +227,12 @@ fn selector(run_id: &str) -> String {
 pub fn waiting_reason(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
     let key = key_of(&pod.metadata);
+    if status.reason.as_deref() == Some("SysctlForbidden") {
+        let message = status.message.clone().unwrap_or_default();
+        return Some(format!(
+            "pod {key}: SysctlForbidden: {message} — the kubelet does not allow the low-port sysctl: pass --low-ports capability"
+        ));
+    }
     for condition in status.conditions.iter().flatten() {
         if condition.type_ == "PodScheduled" && condition.status == "False" {
             let message = condition.message.clone().unwrap_or_default();
@@ -293,12 +301,52 @@ impl Cluster for KubeCluster {
     }
 
     async fn create_probe_pod(&self, pod: &ProbePod) -> Result<(), ClusterError> {
+        use std::sync::atomic::Ordering;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.key.namespace);
         let never_ready = !pod.labels.is_empty();
-        api.create(&PostParams::default(), &probe_pod(pod, &self.pods, never_ready))
-            .await
-            .map(|_| ())
-            .map_err(|e| api_error("create", "pods", &pod.key.to_string(), e))
+        let mut options = self.pods.clone();
+        if self.sysctl_refused.load(Ordering::Relaxed) {
+            options.low_ports = LowPorts::Capability;
+        }
+        let object = probe_pod(pod, &options, never_ready);
+        let uses_sysctl = object
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .is_some_and(|c| c.sysctls.is_some());
+        let error = match api.create(&PostParams::default(), &object).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        // Where admission forbids the sysctl (a webhook, an older Pod Security), fall back to
+        // NET_BIND_SERVICE, the one capability "restricted" lets a pod add.
+        let refused_sysctl = matches!(&error, kube::Error::Api(r) if matches!(r.code, 400 | 403 | 422)
+            && r.message.to_lowercase().contains("sysctl"));
+        if !(uses_sysctl && refused_sysctl) {
+            return Err(api_error("create", "pods", &pod.key.to_string(), error));
+        }
+        self.sysctl_refused.store(true, Ordering::Relaxed);
+        options.low_ports = LowPorts::Capability;
+        match api.create(&PostParams::default(), &probe_pod(pod, &options, never_ready)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match api_error("create", "pods", &pod.key.to_string(), e) {
+                ClusterError::Api { what, code, message, fix } => ClusterError::Api {
+                    what,
+                    code,
+                    message: format!(
+                        "{message} (and before, with the sysctl net.ipv4.ip_unprivileged_port_start: {})",
+                        match &error {
+                            kube::Error::Api(r) => r.message.clone(),
+                            other => other.to_string(),
+                        }
+                    ),
+                    fix: format!(
+                        "{fix}. Servers listen on the ports the policies name, some below 1024: this namespace must allow either the sysctl or NET_BIND_SERVICE (netpol-verify does not move probes to other ports)"
+                    ),
+                },
+                other => other,
+            }),
+        }
     }
 
     async fn delete_pod(&self, key: &ObjectKey) -> Result<(), ClusterError> {
@@ -351,6 +399,19 @@ impl Cluster for KubeCluster {
                     waiting.push(format!("pod {key} is not there (was it deleted?)"));
                     continue;
                 };
+                // A probe server never ends by itself: Failed is the kubelet refusing it.
+                let status = pod.status.as_ref();
+                if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
+                    let why = waiting_reason(pod).unwrap_or_else(|| {
+                        let said = |f: Option<&String>| f.cloned().unwrap_or_default();
+                        format!(
+                            "pod {key} failed: {}: {}",
+                            said(status.and_then(|s| s.reason.as_ref())),
+                            said(status.and_then(|s| s.message.as_ref()))
+                        )
+                    });
+                    return Err(ClusterError::Invalid(why));
+                }
                 // Why it waits, with the fix; said when the bound runs out.
                 if let Some(reason) = waiting_reason(pod) {
                     waiting.push(reason);
@@ -492,6 +553,19 @@ impl Cluster for KubeCluster {
             }
         }
         Ok(cleaned)
+    }
+
+    fn notes(&self) -> Vec<Note> {
+        let refused = self.sysctl_refused.load(std::sync::atomic::Ordering::Relaxed);
+        refused
+            .then(|| {
+                Note(
+                    "admission refused the sysctl net.ipv4.ip_unprivileged_port_start, so probe servers listened on low ports with NET_BIND_SERVICE (--low-ports capability) instead"
+                        .into(),
+                )
+            })
+            .into_iter()
+            .collect()
     }
 
     async fn sweep(&self, older_than: Duration) -> Result<Cleaned, ClusterError> {

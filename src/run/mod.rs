@@ -344,6 +344,7 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
             Err(e) => report.incomplete.push(format!("the canary could not finish: {e}")),
         }
     }
+    report.notes.extend(cluster.notes());
     lap(report, "probe and canary");
     Ok(())
 }

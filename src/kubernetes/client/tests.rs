@@ -171,6 +171,58 @@ async fn a_probe_pod_is_created_restricted_and_labelled() {
 const NEVER_READY_FOR_TESTS: &str = super::super::NEVER_READY;
 
 #[tokio::test]
+async fn a_refused_low_port_sysctl_falls_back_to_net_bind_service_for_the_rest_of_the_run() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let path = "/api/v1/namespaces/shop/pods?";
+        let refusal =
+            "admission webhook \"validate.kyverno.svc\" denied the request: sysctls are not allowed";
+        let first = answer(&mut server, "POST", path, 400, status(400, "BadRequest", refusal)).await;
+        let created = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}});
+        let retried = answer(&mut server, "POST", path, 201, created.clone()).await;
+        // The next server goes straight to the capability.
+        let next = answer(&mut server, "POST", path, 201, created).await;
+        (first, retried, next)
+    });
+    assert!(cluster.notes().is_empty());
+    cluster.create_probe_pod(&server_pod()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut other = server_pod();
+    other.key.name = "nv-server-t2".into();
+    cluster.create_probe_pod(&other).await.unwrap_or_else(|e| panic!("{e}"));
+    let (first, retried, next) = api.await.expect("the scripted API server");
+    assert_eq!(first["spec"]["securityContext"]["sysctls"][0]["name"], "net.ipv4.ip_unprivileged_port_start");
+    for sent in [&retried, &next] {
+        assert!(sent["spec"]["securityContext"]["sysctls"].is_null(), "{sent:#}");
+        let capabilities = &sent["spec"]["containers"][0]["securityContext"]["capabilities"];
+        assert_eq!(
+            (&capabilities["add"], &capabilities["drop"]),
+            (&json!(["NET_BIND_SERVICE"]), &json!(["ALL"]))
+        );
+    }
+    let notes = cluster.notes();
+    assert!(notes.len() == 1 && notes[0].0.contains("NET_BIND_SERVICE"), "{notes:?}");
+}
+
+#[tokio::test]
+async fn when_neither_the_sysctl_nor_the_capability_is_allowed_the_error_says_both() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let path = "/api/v1/namespaces/shop/pods?";
+        let sysctl =
+            "pods \"nv-server-t1\" is forbidden: forbidden sysctl: \"net.ipv4.ip_unprivileged_port_start\"";
+        answer(&mut server, "POST", path, 403, status(403, "Forbidden", sysctl)).await;
+        let capability = "pods \"nv-server-t1\" is forbidden: unable to validate against any security context constraint: capabilities.add: Invalid value: \"NET_BIND_SERVICE\"";
+        answer(&mut server, "POST", path, 403, status(403, "Forbidden", capability)).await;
+    });
+    let error =
+        cluster.create_probe_pod(&server_pod()).await.err().map(|e| e.to_string()).unwrap_or_default();
+    api.await.expect("the scripted API server");
+    for needle in ["capabilities.add", "forbidden sysctl", "either the sysctl or NET_BIND_SERVICE"] {
+        assert!(error.contains(needle), "{needle:?} missing from {error}");
+    }
+}
+
+#[tokio::test]
 async fn api_errors_say_what_to_do() {
     let cases = [
         (
@@ -189,7 +241,7 @@ async fn api_errors_say_what_to_do() {
         (
             422,
             "Invalid",
-            "Pod \"nv-server-t1\" is invalid: spec.securityContext.sysctls[0].name: Forbidden: unsafe sysctl",
+            "Pod \"nv-server-t1\" is invalid: spec.containers[0].resources.limits[memory]: Invalid value: \"64Mi\": must be less than or equal to memory limit of 32Mi",
             "an admission policy rejected a field",
         ),
     ];
@@ -731,4 +783,30 @@ async fn a_busy_api_server_is_asked_again_within_the_bound() {
     api.await.expect("the scripted API server");
     let ips: Vec<String> = running.iter().map(|r| r.ip.to_string()).collect();
     assert_eq!(ips, ["10.0.0.5", "10.0.0.6"]);
+}
+
+#[test]
+fn a_kubelet_that_forbids_the_sysctl_is_named_with_the_fix() {
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "nv-server-t1", "namespace": "shop"},
+        "status": {"phase": "Failed", "reason": "SysctlForbidden", "message": "Pod forbidden sysctl: \"net.ipv4.ip_unprivileged_port_start\" not allowlisted"}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let reason = super::waiting_reason(&pod).unwrap_or_default();
+    assert!(reason.starts_with("pod shop/nv-server-t1: SysctlForbidden: Pod forbidden sysctl"), "{reason}");
+    assert!(reason.ends_with("pass --low-ports capability"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_probe_server_the_kubelet_refused_fails_the_wait_at_once() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"},
+            "status": {"phase": "Failed", "reason": "SysctlForbidden", "message": "forbidden sysctl"}});
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod])).await;
+    });
+    let keys = [ObjectKey::new("shop", "nv-server-t1")];
+    let wait = cluster.wait_running(&keys, Duration::from_secs(600));
+    let error = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("at once").err();
+    api.await.expect("the scripted API server");
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("SysctlForbidden") && error.contains("--low-ports capability"), "{error}");
 }
