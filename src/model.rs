@@ -14,6 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The label the control plane sets on every namespace (immutable, value = the name).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// The label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Index of a pod in [`Snapshot::pods`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,6 +130,7 @@ pub struct Snapshot {
     pods: Vec<Pod>,
     policies: Vec<NetworkPolicy>,
     services: Vec<Service>,
+    endpoint_slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
     nodes: Vec<k8s_openapi::api::core::v1::Node>,
     unmodelled: Vec<Unmodelled>,
     terminated: Vec<Pod>,
@@ -216,6 +219,7 @@ impl Snapshot {
             pods: live,
             policies: kept_policies,
             services: Vec::new(),
+            endpoint_slices: Vec::new(),
             nodes: Vec::new(),
             unmodelled: Vec::new(),
             terminated,
@@ -273,8 +277,37 @@ impl Snapshot {
         let (snapshot, _) = Snapshot::new(self.namespaces.clone(), pods, self.policies.clone());
         snapshot
             .with_services(self.services.clone())
+            .with_endpoint_slices(self.endpoint_slices.clone())
             .with_nodes(self.nodes.clone())
             .with_unmodelled(self.unmodelled.clone())
+    }
+
+    /// Adds EndpointSlices (for cluster DNS: the Service's ready endpoints).
+    pub fn with_endpoint_slices(
+        mut self,
+        mut slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    ) -> Snapshot {
+        slices.sort_by_key(|s| key_of(&s.metadata));
+        self.endpoint_slices = slices;
+        self
+    }
+
+    /// The EndpointSlices of `service` (by the `kubernetes.io/service-name` label), sorted.
+    pub fn endpoint_slices_of(
+        &self,
+        service: &ObjectKey,
+    ) -> Vec<&k8s_openapi::api::discovery::v1::EndpointSlice> {
+        self.endpoint_slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(service.namespace.as_str())
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .is_some_and(|n| *n == service.name)
+            })
+            .collect()
     }
 
     /// Adds Nodes (for recognising the cloud provider).

@@ -200,6 +200,7 @@ pub fn load(sources: &[Source]) -> Result<Loaded, InputError> {
     );
     let snapshot = snapshot
         .with_services(collected.services.into_values().map(|(o, _)| o).collect())
+        .with_endpoint_slices(collected.endpoint_slices.into_values().map(|(o, _)| o).collect())
         .with_unmodelled(collected.unmodelled)
         .with_nodes(collected.nodes.into_values().map(|(o, _)| o).collect());
     for object in snapshot.unmodelled() {
@@ -219,6 +220,7 @@ struct Collected {
     pods: Placed<Pod>,
     policies: Placed<NetworkPolicy>,
     services: Placed<Service>,
+    endpoint_slices: Placed<k8s_openapi::api::discovery::v1::EndpointSlice>,
     unmodelled: Vec<crate::model::Unmodelled>,
     nodes: Placed<k8s_openapi::api::core::v1::Node>,
     ignored: BTreeMap<String, usize>,
@@ -326,6 +328,13 @@ fn load_object(
             validate_service(&service).map_err(|e| field_error(node, &origin, kind, e))?;
             let key = (namespace_or_default(&service.metadata), name);
             place(&mut collected.services, kind, key, service, origin)
+        }
+        "EndpointSlice" => {
+            let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+                typed(node, &origin, kind, UnknownFields::Note(&mut collected.notes))?;
+            let name = required_name(node, &origin, kind, &slice.metadata)?;
+            let key = (namespace_or_default(&slice.metadata), name);
+            place(&mut collected.endpoint_slices, kind, key, slice, origin)
         }
         "NetworkPolicy" => {
             // NB: unknown fields are errors here: a misspelt `podSelector` would otherwise

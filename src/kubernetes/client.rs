@@ -1,7 +1,8 @@
 //! The Kubernetes backend over kube-rs: the `Cluster` trait against a real API server.
 //!
 //! Connects like kubectl (KUBECONFIG, `--kubeconfig`, `--context`, in-cluster config); discovers
-//! Namespaces, Pods, NetworkPolicies, Services, Nodes, and through API discovery the policy
+//! Namespaces, Pods, NetworkPolicies, Services, cluster DNS's EndpointSlices, Nodes, and through
+//! API discovery the policy
 //! kinds the engine does not model; creates and deletes the tool's own namespaces, pods and
 //! policies, every API error turned into a message that says what to do; waits with bounds that
 //! name why a pod does not start; runs each batch as a pod created with its plan (a ConfigMap),
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -25,7 +27,7 @@ use crate::cluster::{
     APP_LABEL, APP_VALUE, BatchOutput, Cleaned, Cluster, ClusterError, Discovery, Poller, ProbePod,
     RUN_LABEL, Running,
 };
-use crate::model::{Note, ObjectKey, Snapshot, Unmodelled, key_of};
+use crate::model::{Note, ObjectKey, SERVICE_NAME_LABEL, Snapshot, Unmodelled, key_of};
 
 /// A Kubernetes cluster, reached through its API server.
 #[derive(Clone)]
@@ -277,10 +279,32 @@ impl Cluster for KubeCluster {
                 Vec::new()
             }
         };
+        // Cluster DNS's ready endpoints; without the right, its Service's selector stands in.
+        let slices = match crate::run::plan::kube_dns(&services).map(|s| key_of(&s.metadata)) {
+            Some(dns) => {
+                let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &dns.namespace);
+                let params = ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={}", dns.name));
+                match api.list(&params).await {
+                    Ok(list) => list.items,
+                    Err(e) => {
+                        let e = api_error("list", "endpointslices", &format!("of Service {dns}"), e);
+                        notes.push(Note(format!(
+                            "{e}; cluster DNS endpoints come from the Service's selector"
+                        )));
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
         let unmodelled = unmodelled(client, &mut notes).await;
         let (snapshot, snapshot_notes) = Snapshot::new(namespaces, pods, policies);
         notes.extend(snapshot_notes);
-        let snapshot = snapshot.with_services(services).with_nodes(nodes).with_unmodelled(unmodelled);
+        let snapshot = snapshot
+            .with_services(services)
+            .with_endpoint_slices(slices)
+            .with_nodes(nodes)
+            .with_unmodelled(unmodelled);
         Ok(Discovery { snapshot, notes, detection: None })
     }
 

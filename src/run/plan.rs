@@ -627,8 +627,11 @@ fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Resul
     };
     let spec = service.spec.clone().unwrap_or_default();
     let key = key_of(&service.metadata);
+    // The Service's EndpointSlices, where known, say which pods take its traffic (only ready
+    // ones); else its selector does.
+    let slices = snapshot.endpoint_slices_of(&key);
     let selector: Selector = spec.selector.clone().unwrap_or_default().into_iter().collect();
-    let pods: Vec<PodId> = if spec.selector.as_ref().is_none_or(BTreeMap::is_empty) {
+    let pods: Vec<PodId> = if !slices.is_empty() || spec.selector.as_ref().is_none_or(BTreeMap::is_empty) {
         Vec::new()
     } else {
         snapshot
@@ -640,7 +643,7 @@ fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Resul
             })
             .collect()
     };
-    if pods.is_empty() {
+    if pods.is_empty() && slices.is_empty() {
         return Err(format!("Service {key} selects no running pod"));
     }
     let mut destinations = Vec::new();
@@ -662,7 +665,17 @@ fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Resul
                     .map(|p| p.port),
             }
         };
-        let endpoints: Vec<(PodId, u16)> = pods.iter().filter_map(|&p| Some((p, target_port(p)?))).collect();
+        let endpoints: Vec<(PodId, u16)> = if slices.is_empty() {
+            pods.iter().filter_map(|&p| Some((p, target_port(p)?))).collect()
+        } else {
+            slice_endpoints(snapshot, &slices, port.name.as_deref(), protocol, notes)
+        };
+        if endpoints.is_empty() && !slices.is_empty() {
+            notes.push(Note(format!(
+                "Service {key} port {number}/{protocol}: its EndpointSlices list no ready pod"
+            )));
+            continue;
+        }
         if endpoints.is_empty() {
             notes.push(Note(format!(
                 "Service {key} port {number}/{protocol}: no pod declares its targetPort"
@@ -704,6 +717,52 @@ fn cluster_dns(engine: &Engine<'_>, via: DnsVia, notes: &mut Vec<Note>) -> Resul
         }
     }
     Ok(destinations)
+}
+
+/// The ready pod endpoints `slices` give a Service port (by name and protocol), with the port
+/// each listens on. Endpoints that are no pod the run knows are noted and left out.
+fn slice_endpoints(
+    snapshot: &crate::model::Snapshot,
+    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    port_name: Option<&str>,
+    protocol: Protocol,
+    notes: &mut Vec<Note>,
+) -> Vec<(PodId, u16)> {
+    let mut endpoints = Vec::new();
+    for slice in slices {
+        let port = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name.unwrap_or_default()
+                && p.protocol.as_deref().unwrap_or("TCP") == protocol.as_str()
+        });
+        let Some(number) = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else { continue };
+        // NB: a missing `ready` means ready (the API's own reading).
+        for endpoint in slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        {
+            let pod = endpoint
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| Some(ObjectKey::new(r.namespace.clone()?, r.name.clone()?)))
+                .and_then(|key| snapshot.find_pod(&key));
+            match pod {
+                Some(pod) => {
+                    if !endpoints.contains(&(pod, number)) {
+                        endpoints.push((pod, number));
+                    }
+                }
+                None => notes.push(Note(format!(
+                    "EndpointSlice {}: endpoint {} is not a pod the run knows: it is not probed",
+                    key_of(&slice.metadata),
+                    endpoint.addresses.join(", ")
+                ))),
+            }
+        }
+    }
+    endpoints
 }
 
 /// A control probe from the control pod to every target the policies let it reach.

@@ -568,6 +568,7 @@ async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
         assert!(own, "{request}");
         assert!(!path.contains("/settings"), "{request}");
     }
+    assert_the_documented_role_allows(&state.requests);
     // One batch pod per prober: the two clients and the control pod's batch.
     let batches = state.requests.iter().filter(|r| r.starts_with("GET ") && r.ends_with("/log")).count();
     assert_eq!(batches, 3, "{:#?}", state.requests);
@@ -604,6 +605,7 @@ async fn the_canary_polls_from_pods_of_its_own_and_follows_their_logs() {
     assert!(followed.iter().any(|r| r.ends_with(fresh)), "{followed:#?}");
     let batches = state.requests.iter().filter(|r| r.ends_with("/log")).count();
     assert_eq!(batches, 0, "{:#?}", state.requests);
+    assert_the_documented_role_allows(&state.requests);
 }
 
 #[tokio::test]
@@ -634,6 +636,7 @@ async fn spread_pins_servers_to_one_node_and_probes_from_it_and_another() {
     assert!(report.notes.iter().any(|n| n.0.contains("node worker-a") && n.0.contains("node worker-b")));
 
     let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert_the_documented_role_allows(&state.requests);
     let created = state.created.iter().filter(|p| p["kind"] == "Pod");
     let mut placed: Vec<(String, String)> = created
         .map(|pod| {
@@ -670,6 +673,58 @@ async fn spread_without_two_nodes_stops_before_creating_anything() {
     assert!(error.starts_with("--spread needs two nodes"), "{error}");
     let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(state.created.is_empty(), "{:#?}", state.created);
+}
+
+/// (verb, API group, resource[/subresource]) a request needs, as RBAC reads it; `None` for
+/// API discovery (`/apis`, `/apis/GROUP/VERSION`), which every authenticated user may read.
+fn rbac_of(request: &str) -> Option<(String, String, String)> {
+    let (method, path) = request.split_once(' ')?;
+    let path = path.split('?').next()?;
+    let (group, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+        (String::new(), rest)
+    } else {
+        let rest = path.strip_prefix("/apis/")?;
+        let mut parts = rest.splitn(3, '/');
+        let (group, _version, rest) = (parts.next()?, parts.next()?, parts.next()?);
+        (group.to_string(), rest)
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (resource, named) = match parts.as_slice() {
+        ["namespaces", _ns, resource, name, sub] => (format!("{resource}/{sub}"), !name.is_empty()),
+        ["namespaces", _ns, resource, _name] => (resource.to_string(), true),
+        ["namespaces", _ns, resource] => (resource.to_string(), false),
+        ["namespaces", _name] => ("namespaces".to_string(), true),
+        [resource] => (resource.to_string(), false),
+        _ => panic!("no RBAC reading for {request}"),
+    };
+    let verb = match (method, named) {
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("DELETE", _) => "delete",
+        _ => panic!("no RBAC verb for {request}"),
+    };
+    Some((verb.to_string(), group, resource))
+}
+
+/// Every request a run made is one docs/rbac.yaml grants: the role is exactly enough.
+fn assert_the_documented_role_allows(requests: &[String]) {
+    let text = include_str!("../../../docs/rbac.yaml");
+    let role: Value = serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("docs/rbac.yaml: {e}"));
+    let rules = role["rules"].as_array().cloned().unwrap_or_default();
+    let has = |rule: &Value, key: &str, want: &str| {
+        rule[key].as_array().is_some_and(|v| v.iter().any(|x| x.as_str() == Some(want)))
+    };
+    for request in requests {
+        let Some((verb, group, resource)) = rbac_of(request) else { continue };
+        let granted = rules
+            .iter()
+            .any(|r| has(r, "verbs", &verb) && has(r, "apiGroups", &group) && has(r, "resources", &resource));
+        assert!(
+            granted,
+            "docs/rbac.yaml does not grant {verb} on {resource} ({group:?}), needed for {request}"
+        );
+    }
 }
 
 /// Options for a matrix-only run with short bounds.
@@ -809,4 +864,47 @@ async fn a_probe_server_the_kubelet_refused_fails_the_wait_at_once() {
     api.await.expect("the scripted API server");
     let error = error.map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("SysctlForbidden") && error.contains("--low-ports capability"), "{error}");
+}
+
+#[tokio::test]
+async fn discovery_reads_cluster_dns_endpointslices_and_goes_on_without_them() {
+    for allowed in [true, false] {
+        let (cluster, mut server) = mocked();
+        let api = tokio::spawn(async move {
+            answer(&mut server, "GET", "/api/v1/namespaces?", 200, list("Namespace", json!([]))).await;
+            answer(&mut server, "GET", "/api/v1/pods?", 200, list("Pod", json!([]))).await;
+            let policies = "/apis/networking.k8s.io/v1/networkpolicies?";
+            answer(&mut server, "GET", policies, 200, list("NetworkPolicy", json!([]))).await;
+            let dns = json!({"metadata": {"name": "kube-dns", "namespace": "kube-system"}, "spec": {"clusterIP": "10.96.0.10", "selector": {"k8s-app": "kube-dns"}}});
+            answer(&mut server, "GET", "/api/v1/services?", 200, list("Service", json!([dns]))).await;
+            answer(&mut server, "GET", "/api/v1/nodes?", 200, list("Node", json!([]))).await;
+            let slices = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices?&labelSelector=kubernetes.io%2Fservice-name%3Dkube-dns";
+            if allowed {
+                let slice = json!({"metadata": {"name": "kube-dns-x1", "namespace": "kube-system", "labels": {"kubernetes.io/service-name": "kube-dns"}}, "addressType": "IPv4", "endpoints": []});
+                answer(&mut server, "GET", slices, 200, list("EndpointSlice", json!([slice]))).await;
+            } else {
+                let forbidden = status(
+                    403,
+                    "Forbidden",
+                    "endpointslices.discovery.k8s.io is forbidden: User \"ci\" cannot list resource",
+                );
+                answer(&mut server, "GET", slices, 403, forbidden).await;
+            }
+            answer(
+                &mut server,
+                "GET",
+                "/apis",
+                200,
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+            )
+            .await;
+        });
+        let discovery = cluster.discover().await.unwrap_or_else(|e| panic!("{e}"));
+        api.await.expect("the scripted API server");
+        let found = discovery.snapshot.endpoint_slices_of(&ObjectKey::new("kube-system", "kube-dns")).len();
+        assert_eq!(found, usize::from(allowed));
+        let noted =
+            discovery.notes.iter().any(|n| n.0.contains("endpoints come from the Service's selector"));
+        assert_eq!(noted, !allowed, "{:?}", discovery.notes);
+    }
 }

@@ -240,3 +240,78 @@ fn nodelocal_dns_is_probed_where_it_runs() {
         ]
     );
 }
+
+#[test]
+fn cluster_dns_endpoints_come_from_the_endpointslices_ready_pods_when_known() {
+    // A second CoreDNS pod the selector matches, not ready; and an endpoint that is no pod.
+    let extra = r#"---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns-starting, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  containers:
+  - name: coredns
+    ports: [{name: dns, containerPort: 53, protocol: UDP}, {name: dns-tcp, containerPort: 53}]
+status: {phase: Running, podIP: 10.244.0.54}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: kube-dns-x1, namespace: kube-system, labels: {kubernetes.io/service-name: kube-dns}}
+addressType: IPv4
+ports: [{name: dns, port: 5353, protocol: UDP}, {name: dns-tcp, port: 5353, protocol: TCP}]
+endpoints:
+- addresses: [10.244.0.53]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, namespace: kube-system, name: coredns}
+- addresses: [10.244.0.54]
+  conditions: {ready: false}
+  targetRef: {kind: Pod, namespace: kube-system, name: coredns-starting}
+- addresses: [192.0.2.53]
+"#;
+    let (snapshot, deployment) = snapshot();
+    let text = format!("{}{extra}", cluster());
+    let loaded = load(&[Source { name: "cluster.yaml".into(), text }]).unwrap_or_else(|e| panic!("{e}"));
+    let slices: Vec<_> = loaded
+        .snapshot
+        .endpoint_slices_of(&ObjectKey::new("kube-system", "kube-dns"))
+        .into_iter()
+        .cloned()
+        .collect();
+    assert_eq!(slices.len(), 1);
+    let snapshot = snapshot
+        .with_pods(
+            loaded
+                .snapshot
+                .pods()
+                .iter()
+                .filter(|p| p.metadata.name.as_deref() == Some("coredns-starting"))
+                .cloned()
+                .collect(),
+        )
+        .with_endpoint_slices(slices);
+    let engine = Engine::new(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+    let planned = plan(&engine, &scenarios(&["dns"]), &deployment);
+    let pods: Vec<String> = planned
+        .checks
+        .iter()
+        .filter(|c| c.group == "dns-pods")
+        .map(|c| {
+            format!("{} {}:{}/{}", c.to, c.probe.target.address, c.probe.target.port, c.probe.target.protocol)
+        })
+        .collect();
+    // Only the ready pod, on the port the slice names (not the selector's targetPort).
+    assert_eq!(
+        pods,
+        ["kube-system/coredns 10.244.0.53:5353/UDP", "kube-system/coredns 10.244.0.53:5353/TCP"].repeat(2)
+    );
+    let via_service =
+        planned.checks.iter().find(|c| c.group == "kube-dns-service").expect("through the Service");
+    let backends: Vec<String> =
+        via_service.backends.iter().map(|b| format!("{}:{}", b.address, b.port)).collect();
+    assert_eq!(backends, ["10.244.0.53:5353"], "the Service's backends are the ready endpoints");
+    assert!(
+        planned.notes.iter().any(|n| n.0.contains("endpoint 192.0.2.53 is not a pod the run knows")),
+        "{:?}",
+        planned.notes
+    );
+}
