@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
@@ -38,6 +38,16 @@ pub struct KubeCluster {
     batches: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, usize>>>,
     /// Admission refused the low-port sysctl once: servers use NET_BIND_SERVICE from then on.
     sysctl_refused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Each namespace's LimitRanges, read before its first probe pod; and what fitting them
+    /// changed (or that they could not be read), for the report.
+    limit_ranges: std::sync::Arc<std::sync::Mutex<LimitRanges>>,
+}
+
+/// LimitRanges by namespace, and notes on fitting probe pods to them.
+#[derive(Debug, Default)]
+struct LimitRanges {
+    by_namespace: std::collections::HashMap<String, Vec<LimitRange>>,
+    notes: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for KubeCluster {
@@ -58,7 +68,13 @@ pub struct Connection<'a> {
 impl KubeCluster {
     /// A backend over an existing client (tests pass a mocked API server).
     pub fn new(client: Client, pods: PodOptions) -> KubeCluster {
-        KubeCluster { client, pods, batches: Default::default(), sysctl_refused: Default::default() }
+        KubeCluster {
+            client,
+            pods,
+            batches: Default::default(),
+            sysctl_refused: Default::default(),
+            limit_ranges: Default::default(),
+        }
     }
 
     /// Connects like kubectl: an explicit kubeconfig and context, or `KUBECONFIG` / the
@@ -332,7 +348,8 @@ impl Cluster for KubeCluster {
         if self.sysctl_refused.load(Ordering::Relaxed) {
             options.low_ports = LowPorts::Capability;
         }
-        let object = probe_pod(pod, &options, never_ready);
+        let mut object = probe_pod(pod, &options, never_ready);
+        self.fit_resources(&mut object).await;
         let uses_sysctl = object
             .spec
             .as_ref()
@@ -351,7 +368,9 @@ impl Cluster for KubeCluster {
         }
         self.sysctl_refused.store(true, Ordering::Relaxed);
         options.low_ports = LowPorts::Capability;
-        match api.create(&PostParams::default(), &probe_pod(pod, &options, never_ready)).await {
+        let mut object = probe_pod(pod, &options, never_ready);
+        self.fit_resources(&mut object).await;
+        match api.create(&PostParams::default(), &object).await {
             Ok(_) => Ok(()),
             Err(e) => Err(match api_error("create", "pods", &pod.key.to_string(), e) {
                 ClusterError::Api { what, code, message, fix } => ClusterError::Api {
@@ -581,7 +600,7 @@ impl Cluster for KubeCluster {
 
     fn notes(&self) -> Vec<Note> {
         let refused = self.sysctl_refused.load(std::sync::atomic::Ordering::Relaxed);
-        refused
+        let mut notes: Vec<Note> = refused
             .then(|| {
                 Note(
                     "admission refused the sysctl net.ipv4.ip_unprivileged_port_start, so probe servers listened on low ports with NET_BIND_SERVICE (--low-ports capability) instead"
@@ -589,7 +608,10 @@ impl Cluster for KubeCluster {
                 )
             })
             .into_iter()
-            .collect()
+            .collect();
+        let limits = self.limit_ranges.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        notes.extend(limits.notes.values().cloned().map(Note));
+        notes
     }
 
     async fn sweep(&self, older_than: Duration) -> Result<Cleaned, ClusterError> {
@@ -709,12 +731,57 @@ impl KubeCluster {
         if let Some(container) = object.spec.as_mut().and_then(|s| s.containers.first_mut()) {
             container.args.get_or_insert_with(Vec::new).extend(extra.iter().cloned());
         }
+        self.fit_resources(&mut object).await;
         let prober = Prober { key: key.clone(), pods, maps, stuck: std::sync::Mutex::new(None) };
         if let Err(e) = prober.pods.create(&PostParams::default(), &object).await {
             prober.remove().await;
             return Err(api_error("create", "pods", &key.to_string(), e));
         }
         Ok(prober)
+    }
+
+    /// Moves `object`'s requests and limits inside its namespace's LimitRanges (read once per
+    /// namespace), so that admission accepts the pod. Unreadable LimitRanges leave the
+    /// defaults, with a note.
+    async fn fit_resources(&self, object: &mut Pod) {
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let lock = || self.limit_ranges.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cached = lock().by_namespace.get(&namespace).cloned();
+        let ranges = match cached {
+            Some(ranges) => ranges,
+            None => {
+                let api: Api<LimitRange> = Api::namespaced(self.client.clone(), &namespace);
+                let ranges = match api.list(&ListParams::default()).await {
+                    Ok(list) => list.items,
+                    Err(e) => {
+                        let e = api_error("list", "limitranges", &format!("in {namespace}"), e);
+                        lock().notes.insert(
+                            namespace.clone(),
+                            format!("{e}; probe pods in {namespace} keep their default requests and limits"),
+                        );
+                        Vec::new()
+                    }
+                };
+                lock().by_namespace.insert(namespace.clone(), ranges.clone());
+                ranges
+            }
+        };
+        if ranges.is_empty() {
+            return;
+        }
+        for container in object.spec.iter_mut().flat_map(|s| s.containers.iter_mut()) {
+            let Some(resources) = &container.resources else { continue };
+            let (fitted, changed) = super::limits::fit(resources, &ranges);
+            if !changed.is_empty() {
+                container.resources = Some(fitted);
+                lock().notes.entry(namespace.clone()).or_insert_with(|| {
+                    format!(
+                        "probe pods in {namespace} were fitted to its LimitRanges: {}",
+                        changed.join(", ")
+                    )
+                });
+            }
+        }
     }
 
     /// Removes what every run left behind (crashed runs included): everything labelled

@@ -318,6 +318,7 @@ pub fn to_yaml(manifests: &[Manifest]) -> String {
 pub mod client;
 pub mod detect;
 pub mod dry_run;
+pub mod limits;
 
 #[cfg(test)]
 mod tests;

@@ -50,6 +50,12 @@ async fn answer_list_with(handle: &mut Handle, query: &str, kind: &str, items: V
 const TOOL_PODS: &str =
     "/api/v1/pods?&labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun";
 
+/// Answers the read of `namespace`'s LimitRanges: none.
+async fn no_limit_ranges(handle: &mut Handle, namespace: &str) {
+    let path = format!("/api/v1/namespaces/{namespace}/limitranges");
+    answer_list_with(handle, &path, "LimitRange", json!([])).await;
+}
+
 /// Answers a cleanup pass's lists of the run's ConfigMaps and NetworkPolicies: none.
 async fn no_configmaps_or_policies(handle: &mut Handle) {
     answer(handle, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([]))).await;
@@ -137,11 +143,23 @@ fn server_pod() -> ProbePod {
 async fn a_probe_pod_is_created_restricted_and_labelled() {
     let (cluster, mut server) = mocked();
     let api = tokio::spawn(async move {
+        // The namespace's LimitRange, as OpenShift projects have: limits at most 10 × requests.
+        let range = json!({"metadata": {"name": "limits", "namespace": "shop"}, "spec": {"limits": [{"type": "Container", "maxLimitRequestRatio": {"cpu": "10"}}]}});
+        answer_list_with(&mut server, "/api/v1/namespaces/shop/limitranges", "LimitRange", json!([range]))
+            .await;
         let created = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"}});
         answer(&mut server, "POST", "/api/v1/namespaces/shop/pods?", 201, created).await
     });
     cluster.create_probe_pod(&server_pod()).await.unwrap_or_else(|e| panic!("{e}"));
     let sent = api.await.expect("the scripted API server");
+    let resources = &sent["spec"]["containers"][0]["resources"];
+    assert_eq!((&resources["requests"]["cpu"], &resources["limits"]["cpu"]), (&json!("10m"), &json!("100m")));
+    assert_eq!(resources["limits"]["memory"], "64Mi");
+    let notes = cluster.notes();
+    assert!(
+        notes.iter().any(|n| n.0 == "probe pods in shop were fitted to its LimitRanges: cpu limit 100m"),
+        "{notes:?}"
+    );
     assert_eq!(sent["metadata"]["labels"]["netpol-verify.io/run"], "t1");
     assert_eq!(sent["metadata"]["labels"]["app.kubernetes.io/name"], "netpol-verify");
     assert_eq!(sent["spec"]["securityContext"]["runAsNonRoot"], true);
@@ -151,6 +169,7 @@ async fn a_probe_pod_is_created_restricted_and_labelled() {
     // Wearing a workload's labels, it must never become Ready.
     let (cluster, mut server) = mocked();
     let api = tokio::spawn(async move {
+        no_limit_ranges(&mut server, "shop").await;
         answer(
             &mut server,
             "POST",
@@ -177,6 +196,7 @@ async fn a_refused_low_port_sysctl_falls_back_to_net_bind_service_for_the_rest_o
         let path = "/api/v1/namespaces/shop/pods?";
         let refusal =
             "admission webhook \"validate.kyverno.svc\" denied the request: sysctls are not allowed";
+        no_limit_ranges(&mut server, "shop").await;
         let first = answer(&mut server, "POST", path, 400, status(400, "BadRequest", refusal)).await;
         let created = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}});
         let retried = answer(&mut server, "POST", path, 201, created.clone()).await;
@@ -210,6 +230,7 @@ async fn when_neither_the_sysctl_nor_the_capability_is_allowed_the_error_says_bo
         let path = "/api/v1/namespaces/shop/pods?";
         let sysctl =
             "pods \"nv-server-t1\" is forbidden: forbidden sysctl: \"net.ipv4.ip_unprivileged_port_start\"";
+        no_limit_ranges(&mut server, "shop").await;
         answer(&mut server, "POST", path, 403, status(403, "Forbidden", sysctl)).await;
         let capability = "pods \"nv-server-t1\" is forbidden: unable to validate against any security context constraint: capabilities.add: Invalid value: \"NET_BIND_SERVICE\"";
         answer(&mut server, "POST", path, 403, status(403, "Forbidden", capability)).await;
@@ -248,6 +269,7 @@ async fn api_errors_say_what_to_do() {
     for (code, reason, message, fix) in cases {
         let (cluster, mut server) = mocked();
         let api = tokio::spawn(async move {
+            no_limit_ranges(&mut server, "shop").await;
             answer(&mut server, "POST", "/api/v1/namespaces/shop/pods?", code, status(code, reason, message))
                 .await;
         });
@@ -335,6 +357,7 @@ async fn a_batch_is_a_pod_created_with_its_plan_whose_log_is_the_output() {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nv-client-t1-plan"}}),
         )
         .await;
+        no_limit_ranges(&mut server, "shop").await;
         let pod = answer(
             &mut server,
             "POST",
