@@ -132,6 +132,11 @@ fn api_error(verb: &str, resource: &str, object: &str, error: kube::Error) -> Cl
         403 => "refused by admission (Pod Security, a policy webhook such as Kyverno or Gatekeeper, a \
                 quota, or a namespace being deleted): the message names the rule"
             .to_string(),
+        404 if verb == "create" => {
+            "its namespace does not exist (any more): was it deleted while the run went on? \
+                                     Run again"
+                .to_string()
+        }
         404 => "it does not exist (any more)".to_string(),
         409 => "it already exists: a run with this id is still there, or another tool owns the name; \
                 `netpol-verify cleanup` removes what crashed runs left"

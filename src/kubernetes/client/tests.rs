@@ -259,6 +259,7 @@ async fn api_errors_say_what_to_do() {
             "refused by admission (Pod Security, a policy webhook",
         ),
         (409, "AlreadyExists", "pods \"nv-server-t1\" already exists", "it already exists"),
+        (404, "NotFound", "namespaces \"shop\" not found", "its namespace does not exist (any more)"),
         (
             422,
             "Invalid",
