@@ -206,15 +206,20 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let deadline = Instant::now() + BASELINE_BOUND;
     while !reached(&watch) && watch.next(deadline).await.is_some() {}
     if !reached(&watch) {
-        report.capabilities.push(Capability {
-            name: "connectivity",
-            status: "inconclusive",
-            detail: format!(
+        let silent = watch.silent();
+        let detail = if silent.is_empty() {
+            format!(
                 "{} could not reach {} with no policy in place: nothing the canary sees would mean anything",
                 names.pod("client"),
                 names.pod("ingress")
-            ),
-        });
+            )
+        } else {
+            format!(
+                "the pollers of {} ended without a single round: their probe did not run (a netpol-probe older than `batch --every`, or a pod that exited), so the canary saw nothing",
+                silent.join(", ")
+            )
+        };
+        report.capabilities.push(Capability { name: "connectivity", status: "inconclusive", detail });
         report.checks = judge::judge(baseline, &[], &watch.since(since));
         return Ok(report);
     }
@@ -310,7 +315,10 @@ fn probes_of(checks: &[Check], controls: &[Probe]) -> Vec<Probe> {
 
 /// Pollers for a set of probes, a prober each, and what every probe saw last.
 struct Watch {
-    rounds: mpsc::Receiver<(ObjectKey, Round)>,
+    /// Rounds by prober; `None` when that prober's poller ended.
+    rounds: mpsc::Receiver<(ObjectKey, Option<Round>)>,
+    /// Probers whose poller ended.
+    ended: HashSet<ObjectKey>,
     probers: usize,
     started: HashSet<ObjectKey>,
     /// By probe id: the latest result and when its round began.
@@ -377,8 +385,8 @@ impl Watch {
                         () = tx.closed() => return,
                         round = poller.rounds.recv() => round,
                     };
-                    let Some(round) = round else { return };
-                    if tx.send((key.clone(), round)).await.is_err() {
+                    let done = round.is_none();
+                    if tx.send((key.clone(), round)).await.is_err() || done {
                         return;
                     }
                 }
@@ -387,13 +395,26 @@ impl Watch {
         if let Some(e) = failed {
             return Err(e);
         }
-        Ok(Watch { rounds: rx, probers: count, started: HashSet::new(), latest: HashMap::new() })
+        Ok(Watch {
+            rounds: rx,
+            ended: HashSet::new(),
+            probers: count,
+            started: HashSet::new(),
+            latest: HashMap::new(),
+        })
     }
 
     /// Takes in the next round from any prober, at the latest by `deadline`; `None` when the
     /// deadline passed or every poller ended.
     async fn next(&mut self, deadline: Instant) -> Option<(ObjectKey, Round)> {
-        let (key, round) = tokio::time::timeout_at(deadline, self.rounds.recv()).await.ok()??;
+        let (key, round) = loop {
+            match tokio::time::timeout_at(deadline, self.rounds.recv()).await.ok()?? {
+                (key, Some(round)) => break (key, round),
+                (key, None) => {
+                    self.ended.insert(key);
+                }
+            }
+        };
         self.started.insert(key.clone());
         for result in &round.results {
             if let Some(id) = &result.id {
@@ -411,6 +432,14 @@ impl Watch {
 
     fn all_started(&self) -> bool {
         self.started.len() >= self.probers
+    }
+
+    /// Probers whose poller ended without a single round: their probe never ran.
+    fn silent(&self) -> Vec<String> {
+        let mut silent: Vec<String> =
+            self.ended.iter().filter(|k| !self.started.contains(*k)).map(ToString::to_string).collect();
+        silent.sort();
+        silent
     }
 
     /// The latest result of each probe from rounds begun at `from` or later.

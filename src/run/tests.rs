@@ -442,3 +442,46 @@ fn a_dual_stack_client_is_planned_with_both_its_addresses() {
         assert_eq!(from, Some(expected));
     }
 }
+
+fn canary_options() -> RunOptions {
+    let text = "apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: canary\ncanary: {enforceTimeout: 2s, podStartWindow: 300ms}\n";
+    let scenario = crate::scenario::load("canary.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    RunOptions { scenarios: vec![scenario], ..options() }
+}
+
+#[tokio::test]
+async fn the_canary_finds_a_network_that_enforces_the_engine_everything_enforced() {
+    let cluster = fake_cluster();
+    let cancel = CancellationToken::new();
+    let report =
+        run(&cluster, &canary_options(), &progress::Quiet, &cancel).await.unwrap_or_else(|e| panic!("{e}"));
+    let canary = report.canary.as_ref().unwrap_or_else(|| panic!("the canary ran: {:?}", report.incomplete));
+    let statuses: Vec<(&str, &str)> = canary.capabilities.iter().map(|c| (c.name, c.status)).collect();
+    assert!(
+        statuses.iter().all(|(name, status)| *status == "enforced"
+            || (*name == "ipBlock except" && *status == "inconclusive")),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.len(), 9, "{statuses:?}");
+    assert!(canary.enforce_latency.is_some());
+    assert_eq!(canary.pod_start_window, Some(Duration::ZERO));
+}
+
+#[tokio::test]
+async fn a_canary_whose_pollers_never_report_says_so_and_is_never_a_pass() {
+    let cluster = fake_cluster();
+    cluster.state().fail_create = Some("nv-canary-client-t1".into());
+    let cancel = CancellationToken::new();
+    let report =
+        run(&cluster, &canary_options(), &progress::Quiet, &cancel).await.unwrap_or_else(|e| panic!("{e}"));
+    let canary = report.canary.as_ref().unwrap_or_else(|| panic!("the canary ran: {:?}", report.incomplete));
+    let connectivity = &canary.capabilities[0];
+    assert_eq!((connectivity.name, connectivity.status), ("connectivity", "inconclusive"));
+    assert!(
+        connectivity.detail.contains("nv-canary-t1/nv-canary-client-t1 ended without a single round"),
+        "{}",
+        connectivity.detail
+    );
+    assert!(canary.checks.iter().all(|j| j.verdict == check::Verdict::Inconclusive), "{:?}", canary.checks);
+    assert_eq!(report.exit(), crate::error::Exit::Inconclusive);
+}
