@@ -54,7 +54,7 @@ fn dry_run_manifests_pass_the_kubernetes_schemas() {
     assert!(valid, "{words}");
     // The tool's namespace; per namespace in scope (shop, monitoring) a plan, a server and a
     // client; the control pod, and its batch with its plan. The canary: 2 namespaces, 12 pods
-    // (7 servers and the control pod, 4 probers) and its 7 policies.
+    // (6 servers, its control pod, 5 probers, the pod-start one among them) and its 7 policies.
     assert_eq!(yaml.matches("\n---\n").count() + 1, 1 + 2 * 3 + 3 + 2 + 12 + 7, "{yaml}");
     assert_eq!(yaml.matches("kind: NetworkPolicy").count(), 7, "{yaml}");
     assert!(yaml.contains("name: nv-canary-late-"), "{yaml}");

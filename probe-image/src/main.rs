@@ -93,10 +93,7 @@ fn concurrency(text: &str) -> Result<usize, String> {
 }
 
 fn repeat_for(text: &str) -> Result<Duration, String> {
-    let limit = Duration::from_millis(netpol_probe::wire::MAX_REPEAT_MS);
-    args::parse_duration(text).and_then(|d| {
-        if d <= limit { Ok(d) } else { Err(format!("{text} is longer than {}s", limit.as_secs())) }
-    })
+    netpol_probe::text::parse_duration_within(text, netpol_probe::wire::MAX_REPEAT_MS)
 }
 
 fn main() -> ExitCode {

@@ -327,6 +327,30 @@ fn batch_runs_every_probe_concurrently_and_reports_each_once() {
 }
 
 #[test]
+fn a_repeating_batch_probes_in_rounds_and_ends_by_itself() {
+    let mut pair = Pair::new();
+    pair.server.serve(&["--tcp", "8080", "--name", "x/a"]);
+    let plan = json!({"schema": 1, "probes": [
+        {"id": "ok", "target": SERVER_IP, "port": 8080, "timeout_ms": 300, "expect_name": "x/a"},
+        {"id": "closed", "target": SERVER_IP, "port": 8099, "timeout_ms": 300},
+    ]});
+    let (code, lines, elapsed) = pair.client.batch(&plan, &["--every", "100ms", "--for", "450ms"]);
+    assert_eq!(code, 0);
+    assert!((4..=5).contains(&lines.len()), "a round every 100 ms for 450 ms: {lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["round"], i, "{line}");
+        let results = line["results"].as_array().expect("results");
+        let seen: Vec<(&str, &str)> =
+            results.iter().map(|r| (r["id"].as_str().unwrap_or(""), outcome(r))).collect();
+        assert_eq!(seen, [("ok", "connected"), ("closed", "refused")], "{line}");
+        assert_eq!(results[0]["name"], "x/a");
+    }
+    let at: Vec<u64> = lines.iter().filter_map(|l| l["at_ms"].as_u64()).collect();
+    assert!(at.windows(2).all(|w| w[1] >= w[0] + 99), "{at:?}");
+    assert!(elapsed < Duration::from_secs(2), "it ended by itself: {elapsed:?}");
+}
+
+#[test]
 fn batch_rejects_a_bad_plan_with_status_2() {
     let pair = Pair::new();
     let cases = [
@@ -466,6 +490,9 @@ fn usage_errors_exit_with_status_2() {
         &["dns", "x", "--server", "nonsense"],
         &["serve", "--tcp", "0"],
         &["batch", "--plan", "/nonexistent/plan.json"],
+        &["batch", "--every", "50ms"],
+        &["batch", "--every", "50ms", "--for", "11m"],
+        &["batch", "--every", "0ms", "--for", "1s"],
         &["frobnicate"],
     ] {
         let (code, lines, _) = pair.client.probe(args);

@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use netpol_probe::wire::{Plan, ProbeResult, RoundLine};
+use netpol_probe::wire::{MAX_REPEAT_MS, ProbeResult, RoundLine};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
-
-use super::{Cluster, ProbePod};
 
 /// One round of a poller.
 #[derive(Debug, Clone)]
@@ -54,23 +52,29 @@ pub async fn relay(lines: impl AsyncBufRead + Unpin, rounds: mpsc::Sender<Round>
         };
         let Ok(Some(line)) = line else { return };
         let Ok(round) = serde_json::from_str::<RoundLine>(&line) else { continue };
+        // A prober starts no round after MAX_REPEAT_MS: a later one is no round of ours.
+        if round.at_ms > MAX_REPEAT_MS {
+            continue;
+        }
         let at = Duration::from_millis(round.at_ms);
         let arrived = Instant::now();
-        let moment = arrived.checked_sub(at).unwrap_or(arrived);
+        let Some(moment) = arrived.checked_sub(at) else { continue };
         let moment = first_moment.map_or(moment, |m| m.min(moment));
         first_moment = Some(moment);
-        if rounds.send(Round { sent: moment + at, at, results: round.results }).await.is_err() {
+        let Some(sent) = moment.checked_add(at) else { continue };
+        if rounds.send(Round { sent, at, results: round.results }).await.is_err() {
             return;
         }
     }
 }
 
-/// A poller made of one batch per round: for backends where a batch costs milliseconds (and
-/// the in-memory clusters of tests). Its first moment is its first round.
-pub fn by_batches<C: Cluster + Clone + Send + Sync + 'static>(
+/// A poller made of one batch per round, for the in-memory clusters of tests. Its first moment
+/// is its first round.
+#[cfg(test)]
+pub fn by_batches<C: super::Cluster + Clone + Send + Sync + 'static>(
     cluster: &C,
-    prober: &ProbePod,
-    plan: &Plan,
+    prober: &super::ProbePod,
+    plan: &netpol_probe::wire::Plan,
     every: Duration,
     total: Duration,
 ) -> Poller {
@@ -118,6 +122,8 @@ mod tests {
         assert_eq!(first.sent - start, Duration::from_millis(300), "an upper bound at first");
         tokio::time::sleep(Duration::from_millis(100)).await;
         tokio::io::AsyncWriteExt::write_all(&mut writer, b"not a round\n").await.expect("write");
+        // No prober starts a round this late: a garbled line, skipped.
+        tokio::io::AsyncWriteExt::write_all(&mut writer, line(9, u64::MAX).as_bytes()).await.expect("write");
         tokio::io::AsyncWriteExt::write_all(&mut writer, line(1, 350).as_bytes()).await.expect("write");
         let second = rx.recv().await.expect("round 1");
         assert_eq!(second.at, Duration::from_millis(350));

@@ -443,9 +443,14 @@ impl Cluster for KubeCluster {
             };
             for key in pods.iter().filter(|_| listed.is_some()) {
                 let listed = listed.as_deref().unwrap_or_default();
+                // NB: a list without a resourceVersion is a consistent read: a pod created
+                // before the wait is in it, so one that is not was deleted.
                 let Some(pod) = listed.iter().find(|p| key_of(&p.metadata) == *key) else {
-                    waiting.push(format!("pod {key} is not there (was it deleted?)"));
-                    continue;
+                    return Err(ClusterError::NotFound {
+                        what: format!(
+                            "pod {key} (it was deleted while the run waited for it; by a controller or a person?)"
+                        ),
+                    });
                 };
                 // A probe server never ends by itself: Failed is the kubelet refusing it.
                 let status = pod.status.as_ref();
@@ -503,16 +508,7 @@ impl Cluster for KubeCluster {
         // A pod per batch, created with its plan: it runs it once and exits, and its log is
         // the output (a channel no NetworkPolicy can block).
         let prober = self.create_prober(client, "b", plan, &[]).await?;
-        let watched = prober.watch(limit, true).await;
-        let Some(watched) = watched.filter(|w| w.started) else {
-            // It never ran: there is no log to read, and why is the pod's status.
-            let stuck = prober.stuck.lock().map(|s| s.clone()).unwrap_or_default();
-            prober.remove().await;
-            return Err(ClusterError::Timeout {
-                what: stuck.unwrap_or_else(|| format!("pod {} running its batch", prober.key)),
-                limit,
-            });
-        };
+        let watched = prober.started(limit, true, "running its batch").await?;
         let log = prober
             .pods
             .logs(&prober.key.name, &kube::api::LogParams::default())
@@ -545,14 +541,7 @@ impl Cluster for KubeCluster {
             format!("{}ms", total.as_millis()),
         ];
         let pod = self.create_prober(prober, "p", plan, &args).await?;
-        if !pod.watch(limit, false).await.is_some_and(|w| w.started) {
-            let stuck = pod.stuck.lock().map(|s| s.clone()).unwrap_or_default();
-            pod.remove().await;
-            return Err(ClusterError::Timeout {
-                what: stuck.unwrap_or_else(|| format!("pod {} polling", pod.key)),
-                limit,
-            });
-        }
+        pod.started(limit, false, "polling").await?;
         let params = kube::api::LogParams { follow: true, ..kube::api::LogParams::default() };
         let stream = match pod.pods.log_stream(&pod.key.name, &params).await {
             Ok(stream) => stream,
@@ -658,9 +647,35 @@ struct Watched {
 }
 
 impl Prober {
+    /// Watches the pod until it has started (`until_finished`: until it has ended) or `limit`
+    /// passes. A pod that never started, or that the API server would not show, is removed
+    /// and the error says why (`doing`: what it was for).
+    async fn started(
+        &self,
+        limit: Duration,
+        until_finished: bool,
+        doing: &str,
+    ) -> Result<Watched, ClusterError> {
+        let watched = self.watch(limit, until_finished).await;
+        let failure = match watched {
+            Ok(watched) if watched.started => return Ok(watched),
+            // It never ran: there is no log to read, and why is the pod's status.
+            Ok(_) => {
+                let stuck = self.stuck.lock().map(|s| s.clone()).unwrap_or_default();
+                ClusterError::Timeout {
+                    what: stuck.unwrap_or_else(|| format!("pod {} {doing}", self.key)),
+                    limit,
+                }
+            }
+            Err(e) => e,
+        };
+        self.remove().await;
+        Err(failure)
+    }
+
     /// Polls the pod until it has started (`until_finished`: until it has ended) or `limit`
-    /// passes; `None` when the API server kept failing.
-    async fn watch(&self, limit: Duration, until_finished: bool) -> Option<Watched> {
+    /// passes.
+    async fn watch(&self, limit: Duration, until_finished: bool) -> Result<Watched, ClusterError> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut watched = Watched { started: false, finished: false, ips: Vec::new() };
         while tokio::time::Instant::now() < deadline {
@@ -670,7 +685,7 @@ impl Prober {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                Err(_) => return None,
+                Err(e) => return Err(api_error("get", "pods", &self.key.to_string(), e)),
             };
             let status = current.status.as_ref();
             if watched.ips.is_empty() {
@@ -687,7 +702,7 @@ impl Prober {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Some(watched)
+        Ok(watched)
     }
 
     /// Deletes the pod and its plan (the run's cleanup would, too).

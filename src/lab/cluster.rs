@@ -327,24 +327,10 @@ impl Cluster for LabCluster {
             (netns, lab.state.probe.clone())
         };
         // The real prober, as on Kubernetes: `batch --every` in the pod's network namespace.
-        let mut child = probe_in(&netns, &probe, plan.probes.len())
-            .args(["--every", &format!("{}ms", every.as_millis())])
-            .args(["--for", &format!("{}ms", total.as_millis())])
-            .spawn()
-            .map_err(|e| LabError::Command {
-                command: format!("netpol-probe batch --every in {netns}"),
-                output: e.to_string(),
-            })?;
-        let text = serde_json::to_vec(plan)
-            .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
-        let mut stdin =
-            child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the poller".into()))?;
-        let stdout =
-            child.stdout.take().ok_or_else(|| ClusterError::Invalid("no stdout for the poller".into()))?;
-        tokio::io::AsyncWriteExt::write_all(&mut stdin, &text).await.map_err(|e| {
-            ClusterError::Invalid(format!("cannot hand the plan to the poller in {netns}: {e}"))
-        })?;
-        drop(stdin);
+        let every = format!("{}ms", every.as_millis());
+        let total = format!("{}ms", total.as_millis());
+        let (child, stdout, writer) = probe_in(&netns, &probe, plan, &["--every", &every, "--for", &total])?;
+        let _ = writer.await;
         let (tx, rx) = mpsc::channel(64);
         let stop = tokio_util::sync::CancellationToken::new();
         let token = stop.clone();
@@ -382,19 +368,41 @@ impl Cluster for LabCluster {
     }
 }
 
-/// `netpol-probe batch` in network namespace `netns`, the plan on its standard input, every
-/// probe at once, killed when dropped.
-fn probe_in(netns: &str, probe: &std::path::Path, probes: usize) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new("ip");
-    command
+/// Starts `netpol-probe batch` (with `extra` arguments) in network namespace `netns`, every
+/// probe at once, killed when dropped; its output, and the task handing it `plan` on its
+/// standard input.
+fn probe_in(
+    netns: &str,
+    probe: &std::path::Path,
+    plan: &Plan,
+    extra: &[&str],
+) -> Result<(tokio::process::Child, tokio::process::ChildStdout, tokio::task::JoinHandle<()>), ClusterError> {
+    let text = serde_json::to_vec(plan)
+        .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
+    let mut child = tokio::process::Command::new("ip")
         .args(["netns", "exec", netns])
         .arg(probe)
-        .args(["batch", "--concurrency", &probes.clamp(1, 4096).to_string()])
+        .args(["batch", "--concurrency", &plan.probes.len().clamp(1, 4096).to_string()])
+        .args(extra)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    command
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| LabError::Command {
+            command: format!("netpol-probe batch in {netns}"),
+            output: e.to_string(),
+        })?;
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(ClusterError::Invalid(format!(
+            "netpol-probe batch in {netns} has no standard input or output"
+        )));
+    };
+    // NB: written by a task of its own, so a plan larger than the pipe never blocks the caller.
+    let writer = tokio::spawn(async move {
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, &text).await;
+    });
+    Ok((child, stdout, writer))
 }
 
 /// Runs `plan` as one `netpol-probe batch` in network namespace `netns`, at most `limit`.
@@ -404,17 +412,7 @@ async fn batch_in(
     plan: &Plan,
     limit: Duration,
 ) -> Result<BatchOutput, ClusterError> {
-    let text = serde_json::to_vec(plan)
-        .map_err(|e| ClusterError::Invalid(format!("cannot encode the plan: {e}")))?;
-    let mut child = probe_in(netns, probe, plan.probes.len()).spawn().map_err(|e| LabError::Command {
-        command: format!("netpol-probe batch in {netns}"),
-        output: e.to_string(),
-    })?;
-    let mut stdin =
-        child.stdin.take().ok_or_else(|| ClusterError::Invalid("no stdin for the batch".into()))?;
-    let mut stdout =
-        child.stdout.take().ok_or_else(|| ClusterError::Invalid("no stdout for the batch".into()))?;
-    let writer = tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut stdin, &text).await });
+    let (mut child, mut stdout, writer) = probe_in(netns, probe, plan, &[])?;
     let reader = tokio::spawn(async move {
         let mut out = Vec::new();
         let _ = stdout.read_to_end(&mut out).await;

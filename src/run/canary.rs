@@ -195,7 +195,8 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let engine_checks = checks(cluster, scenario, &names, &ips).await?;
     let baseline: Vec<Check> = engine_checks.iter().filter(|c| c.group == "ingress deny").cloned().collect();
     let controls = controls_for(&baseline, &names);
-    let total = BASELINE_BOUND + options.enforce_timeout + Duration::from_secs(5);
+    // NB: each poller counts from its own start, and they may start far apart: generous.
+    let total = pod_timeout + BASELINE_BOUND + options.enforce_timeout + Duration::from_secs(5);
     let since = Instant::now();
     let mut watch =
         Watch::start(cluster, &names, &probes_of(&baseline, &controls), total, pod_timeout).await?;
@@ -231,19 +232,25 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let checks_now = checks(cluster, scenario, &names, &ips).await?;
     let deny: Vec<Check> = checks_now.iter().filter(|c| c.group == "ingress deny").cloned().collect();
     let deadline = stored + options.enforce_timeout;
-    loop {
-        // A denial, not a probe that failed in itself, while the control shows the server
-        // alive, both in rounds begun after the policy was stored.
-        let results = watch.since(stored);
-        let denied =
-            deny.iter().all(|c| results.get(&c.probe.id).is_some_and(|r| judge::observed(Some(r)).is_deny()));
-        let alive = controls.iter().all(|k| results.get(&k.id).is_some_and(ProbeResult::reached));
-        if denied && alive {
-            let sent = deny.iter().filter_map(|c| watch.sent(&c.probe.id)).max().unwrap_or(stored);
-            report.enforce_latency = Some(sent.saturating_duration_since(stored));
-            break;
+    // Enforced: two rounds of the client in a row denied (not failed in themselves), begun
+    // after the policy was stored, while the control shows the server alive. NB: two, because
+    // a relayed round's start is an estimate that may put a round begun just before the policy
+    // after it; the latency counts from the first of them.
+    let client = names.pod("client");
+    let mut streak: Option<(Instant, u32)> = None;
+    while let Some((key, round)) = watch.next(deadline).await {
+        if key != client || round.sent < stored {
+            continue;
         }
-        if watch.next(deadline).await.is_none() {
+        let in_round = |id: &str| round.results.iter().find(|r| r.id.as_deref() == Some(id));
+        let denied = deny.iter().all(|c| judge::observed(in_round(&c.probe.id)).is_deny());
+        streak = denied.then(|| streak.map_or((round.sent, 1), |(first, n)| (first, n + 1)));
+        let alive = controls.iter().all(|k| watch.since(stored).get(&k.id).is_some_and(ProbeResult::reached));
+        if let Some((first, n)) = streak
+            && n >= 2
+            && alive
+        {
+            report.enforce_latency = Some(first.saturating_duration_since(stored));
             break;
         }
     }
@@ -265,7 +272,7 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
         cluster,
         &names,
         &probes_of(&all, &controls),
-        bound + Duration::from_secs(5),
+        pod_timeout + bound + Duration::from_secs(5),
         pod_timeout,
     )
     .await?;
@@ -348,6 +355,8 @@ impl Watch {
     ) -> Result<Watch, ClusterError> {
         let timeout_ms = POLL_TIMEOUT.as_millis() as u64;
         let plans = super::plan::batches_of(probes.iter(), timeout_ms);
+        // A prober runs at most this long; dropping the watch stops it sooner.
+        let total = total.min(Duration::from_millis(netpol_probe::wire::MAX_REPEAT_MS));
         let mut starting = tokio::task::JoinSet::new();
         for (client, plan) in plans {
             let Some(prober) = probers.iter().find(|p| p.key == client).cloned() else {
@@ -430,8 +439,9 @@ impl Watch {
         while !done(self) && self.next(deadline).await.is_some() {}
     }
 
+    /// Whether every prober reported a round or ended.
     fn all_started(&self) -> bool {
-        self.started.len() >= self.probers
+        self.started.union(&self.ended).count() >= self.probers
     }
 
     /// Probers whose poller ended without a single round: their probe never ran.
@@ -449,11 +459,6 @@ impl Watch {
             .filter(|(_, (sent, _))| *sent >= from)
             .map(|(id, (_, r))| (id.clone(), r.clone()))
             .collect()
-    }
-
-    /// When the round of probe `id`'s latest result began.
-    fn sent(&self, id: &str) -> Option<Instant> {
-        self.latest.get(id).map(|(sent, _)| *sent)
     }
 }
 
@@ -727,26 +732,37 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
         Watch::start_with(cluster, &probers, &[probe.clone(), source], window, pod_timeout).await?;
 
     // Rounds in which a denial is proven: the fresh pod's probe denied (not failed, not
-    // lost), its allowed probe through, and the control's latest round reaching the target.
-    let mut through: Vec<Duration> = Vec::new();
-    let mut proven = 0;
+    // lost), its allowed probe through, and a control round from the last second reaching the
+    // target. Both watches are read as their rounds come, so no control result goes stale.
+    let mut through: Vec<(Duration, u64)> = Vec::new();
+    let mut proven: Vec<Duration> = Vec::new();
     let mut rounds = 0;
     let mut last = None;
     let deadline = Instant::now() + pod_timeout + window + Duration::from_secs(5);
-    while let Some((_, round)) = fresh.next(deadline).await {
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, controls.next(deadline)).await {}
-        rounds += 1;
-        let result = |id: &str| round.results.iter().find(|r| r.id.as_deref() == Some(id));
-        let alive = controls.latest.get("canary-late-control").is_some_and(|(_, r)| r.reached());
-        if result("canary-late").is_some_and(ProbeResult::reached) {
-            through.push(round.at);
-        } else if judge::observed(result("canary-late")).is_deny()
-            && result("canary-late-source").is_some_and(ProbeResult::reached)
-            && alive
-        {
-            proven += 1;
+    let mut controls_open = true;
+    loop {
+        tokio::select! {
+            next = fresh.next(deadline) => {
+                let Some((_, round)) = next else { break };
+                rounds += 1;
+                let result = |id: &str| round.results.iter().find(|r| r.id.as_deref() == Some(id));
+                let alive = controls.latest.get("canary-late-control").is_some_and(|(sent, r)| {
+                    r.reached() && *sent + Duration::from_secs(1) >= round.sent
+                });
+                match result("canary-late") {
+                    Some(r) if r.reached() => through.push((round.at, r.ms)),
+                    r if judge::observed(r).is_deny()
+                        && result("canary-late-source").is_some_and(ProbeResult::reached)
+                        && alive =>
+                    {
+                        proven.push(round.at);
+                    }
+                    _ => {}
+                }
+                last = result("canary-late").cloned();
+            }
+            next = controls.next(deadline), if controls_open => controls_open = next.is_some(),
         }
-        last = result("canary-late").cloned();
     }
     drop((fresh, controls));
 
@@ -774,21 +790,32 @@ async fn pod_start<C: Cluster + Clone + Send + Sync + 'static>(
     let (verdict, observed, measured, detail) = if check.policy != PolicyAnswer::Deny {
         let detail = "the stored policies do not deny this, so there is no window to measure".to_string();
         (Verdict::Inconclusive, judge::observed(last.as_ref()), None, detail)
-    } else if let Some(&latest) = through.last() {
+    } else if let Some(&(leaked, ms)) = through.last() {
+        // The window lasts until the first proven denial after the last leak; with none, at
+        // least until the last leak connected. Never 0: that means denied from the start.
+        let (measured, until) = match proven.iter().find(|&&at| at > leaked) {
+            Some(&denied) => (denied, format!("denied from {} ms on", denied.as_millis())),
+            None => (
+                leaked + Duration::from_millis(ms),
+                "still getting out when the watch ended: the window is at least that long".to_string(),
+            ),
+        };
+        let measured = measured.max(Duration::from_millis(1));
         let detail = format!(
-            "traffic the policy denies left the fresh pod in {} of {rounds} probe rounds, the last {} ms after the pod started (watched for {window_ms} ms)",
+            "traffic the policy denies left the fresh pod in {} of {rounds} probe rounds, the last begun {} ms after the pod started; {until} (watched for {window_ms} ms)",
             through.len(),
-            latest.as_millis()
+            leaked.as_millis()
         );
-        (Verdict::NotEnforced, Observed::Allow, Some(latest), detail)
-    } else if proven == rounds && rounds > 0 {
+        (Verdict::NotEnforced, Observed::Allow, Some(measured), detail)
+    } else if proven.len() == rounds && rounds > 0 {
         let detail = format!(
             "denied in all {rounds} probe rounds over {window_ms} ms from the pod's start, each with the pod reaching another port and the control reaching the target"
         );
         (Verdict::Pass, judge::observed(last.as_ref()), Some(Duration::ZERO), detail)
     } else {
         let detail = format!(
-            "never got out, but only {proven} of {rounds} rounds proved a denial (the others were lost, failed, or had no live control)"
+            "never got out, but only {} of {rounds} rounds proved a denial (the others were lost, failed, or had no live control)",
+            proven.len()
         );
         (Verdict::Inconclusive, judge::observed(last.as_ref()), None, detail)
     };

@@ -70,6 +70,7 @@ pub fn server_ports(scenarios: &[Scenario]) -> Vec<ContainerPort> {
 }
 
 /// One place a group's probes go, resolved against the snapshot.
+#[derive(Clone)]
 struct Destination {
     to: String,
     to_namespace: Option<String>,
@@ -252,20 +253,24 @@ fn plan_group(
     }
     let mut skipped_family = false;
     let before = planned.checks.len();
+    let mut resolved: BTreeMap<&String, Vec<Destination>> = BTreeMap::new();
     for (namespace, client) in sources {
         let Some(client_id) = snapshot.find_pod(client) else {
             planned.notes.push(Note(format!("{label}: {client} is gone: its checks were not made")));
             continue;
         };
-        let destinations =
-            match destinations(engine, group, namespace, deployment, &chosen, &mut planned.notes) {
-                Ok(d) => d,
+        // NB: once per namespace (with --spread it has two clients), so notes are said once.
+        let destinations = match resolved.get(namespace) {
+            Some(known) => known,
+            None => match destinations(engine, group, namespace, deployment, &chosen, &mut planned.notes) {
+                Ok(d) => resolved.entry(namespace).or_insert(d),
                 Err(note) => {
                     planned.notes.push(Note(format!("{label}: skipped: {note}")));
                     return;
                 }
-            };
-        for d in destinations {
+            },
+        };
+        for d in destinations.clone() {
             if !speaks_family(engine, client_id, deployment, d.address) {
                 skipped_family = true;
                 continue;

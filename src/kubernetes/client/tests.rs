@@ -615,7 +615,8 @@ async fn the_canary_polls_from_pods_of_its_own_and_follows_their_logs() {
     assert_eq!(status("egress deny"), Some("not enforced"), "{:#?}", canary.capabilities);
     assert_eq!(status("pod-start window"), Some("not enforced"), "{:#?}", canary.capabilities);
     assert_eq!(canary.enforce_latency, None);
-    assert_eq!(canary.pod_start_window, Some(Duration::ZERO));
+    // Its one round got out: a window of at least that round's probe, never "0 ms".
+    assert_eq!(canary.pod_start_window, Some(Duration::from_millis(1)));
 
     let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let after: Vec<_> = state.objects.keys().cloned().collect();
@@ -853,7 +854,9 @@ async fn a_busy_api_server_is_asked_again_within_the_bound() {
                 "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
         };
         // One list for every pod waited for, each poll.
-        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod("nv-server-t1", "10.0.0.5")])).await;
+        let pending = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-mimic-0-t1", "namespace": "shop"}, "status": {"phase": "Pending"}});
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod("nv-server-t1", "10.0.0.5"), pending]))
+            .await;
         let both = json!([pod("nv-server-t1", "10.0.0.5"), pod("nv-mimic-0-t1", "10.0.0.6")]);
         answer_list_with(&mut server, TOOL_PODS, "Pod", both).await;
     });
@@ -872,6 +875,20 @@ fn a_kubelet_that_forbids_the_sysctl_is_named_with_the_fix() {
     let reason = super::waiting_reason(&pod).unwrap_or_default();
     assert!(reason.starts_with("pod shop/nv-server-t1: SysctlForbidden: Pod forbidden sysctl"), "{reason}");
     assert!(reason.ends_with("pass --low-ports capability"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_pod_deleted_while_the_run_waits_for_it_fails_the_wait_at_once() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([])).await;
+    });
+    let keys = [ObjectKey::new("shop", "nv-server-t1")];
+    let wait = cluster.wait_running(&keys, Duration::from_secs(600));
+    let error = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("at once").err();
+    api.await.expect("the scripted API server");
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.starts_with("pod shop/nv-server-t1 (it was deleted while the run waited"), "{error}");
 }
 
 #[tokio::test]
