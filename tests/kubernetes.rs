@@ -122,6 +122,26 @@ fn the_documented_role_passes_the_kubernetes_schemas() {
 }
 
 #[test]
+fn the_documented_cronjob_passes_the_schemas_and_its_arguments_parse() {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cronjob.yaml"));
+    let (valid, words) = validate(&path);
+    assert!(valid, "{words}");
+    // The container's arguments are ones the tool takes: the same run, dry, from a file.
+    let text = std::fs::read_to_string(&path).expect("docs/cronjob.yaml");
+    let args: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert_eq!(args.first(), Some(&"run"), "{args:?}");
+    let output = verify(&[&args[..], &["--dry-run", "--from-file", EXAMPLE]].concat());
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let yaml = String::from_utf8_lossy(&output.stdout);
+    assert!(yaml.contains("image: ghcr.io/netpol-verify/netpol-probe:0.1.0"), "{yaml}");
+}
+
+#[test]
 fn workload_doubles_wear_the_workloads_labels_and_never_become_ready() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let yaml = dry_run(&["-s", "matrix", "--mimic-workloads"]);
