@@ -593,6 +593,54 @@ async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
         assert!(!path.contains("/settings"), "{request}");
     }
     assert_the_documented_role_allows(&state.requests);
+    // Exactly what a careful operator would do, in some order (batches run at once): read
+    // the cluster, sweep old runs (a pass), make its namespace, size and start the servers and
+    // the control pod, read again, run a batch pod per prober and remove it once read, then
+    // clean up in passes until one finds nothing of the run.
+    let mut made: Vec<&str> = state.requests.iter().map(String::as_str).collect();
+    made.sort_unstable();
+    let ns = |n: &str| format!("/api/v1/namespaces/{n}");
+    let mut expected: Vec<String> = Vec::new();
+    let discovery = [
+        "GET /api/v1/namespaces",
+        "GET /api/v1/pods",
+        "GET /apis/networking.k8s.io/v1/networkpolicies",
+        "GET /api/v1/services",
+        "GET /api/v1/nodes",
+        "GET /apis",
+    ];
+    let pass = [
+        "GET /api/v1/pods",
+        "GET /api/v1/configmaps",
+        "GET /apis/networking.k8s.io/v1/networkpolicies",
+        "GET /api/v1/namespaces",
+    ];
+    expected.extend(discovery.iter().chain(&discovery).map(|r| r.to_string()));
+    expected.extend(pass.iter().chain(&pass).chain(&pass).map(|r| r.to_string()));
+    expected.push("POST /api/v1/namespaces".into());
+    expected.push("DELETE /api/v1/namespaces/netpol-verify-t1".into());
+    expected.push("GET /api/v1/pods".into()); // the wait for the servers: one list
+    expected.push("GET /api/v1/pods".into()); // the node's view: the servers' readiness
+    for (namespace, server, prober) in [
+        ("a", "nv-server-t1", "nv-client-t1"),
+        ("b", "nv-server-t1", "nv-client-t1"),
+        ("netpol-verify-t1", "nv-control-t1", "nv-control-t1-b0"),
+    ] {
+        let n = ns(namespace);
+        expected.extend([
+            format!("GET {n}/limitranges"),
+            format!("POST {n}/pods"),
+            format!("DELETE {n}/pods/{server}"),
+            format!("POST {n}/configmaps"),
+            format!("POST {n}/pods"),
+            format!("GET {n}/pods/{prober}"),
+            format!("GET {n}/pods/{prober}/log"),
+            format!("DELETE {n}/pods/{prober}"),
+            format!("DELETE {n}/configmaps/{prober}-plan"),
+        ]);
+    }
+    expected.sort_unstable();
+    assert_eq!(made, expected);
     // One batch pod per prober: the two clients and the control pod's batch.
     let batches = state.requests.iter().filter(|r| r.starts_with("GET ") && r.ends_with("/log")).count();
     assert_eq!(batches, 3, "{:#?}", state.requests);
