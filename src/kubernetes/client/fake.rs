@@ -19,6 +19,8 @@ pub struct State {
     pub requests: Vec<String>,
     /// Every object created, as it was sent.
     pub created: Vec<Value>,
+    /// A name whose creation admission refuses (403), as a policy webhook would.
+    pub refuse: Option<String>,
     /// Fired when the first batch pod is created: a user's Ctrl-C in the middle of a run.
     pub interrupt: Option<tokio_util::sync::CancellationToken>,
     next_ip: u8,
@@ -158,6 +160,12 @@ pub async fn handle(state: Shared, request: Request<Body>) -> Result<Response<Bo
             let ns = namespace.clone().unwrap_or_default();
             let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
             let key = (resource.clone(), ns.clone(), name.clone());
+            if state.refuse.as_deref() == Some(name.as_str()) {
+                return Ok(respond(
+                    403,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": format!("admission webhook \"validate.kyverno.svc\" denied the request: {resource} \"{name}\" is not allowed")}),
+                ));
+            }
             if state.objects.contains_key(&key) {
                 return Ok(respond(
                     409,

@@ -832,6 +832,38 @@ fn fake_cluster() -> (KubeCluster, super::fake::Shared) {
 }
 
 #[tokio::test]
+async fn a_run_that_fails_midway_removes_everything_it_made_and_names_the_refusal() {
+    let (cluster, state) = fake_cluster();
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).refuse = Some("nv-server-t6".into());
+    let mut options = matrix_options("t6");
+    options.run_id = "t6".into();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let error = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("creating pod a/nv-server-t6") && error.contains("refused by admission"),
+        "{error}"
+    );
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let left: Vec<_> = state
+        .objects
+        .keys()
+        .filter(|(_, _, name)| name.starts_with("nv-") || name.starts_with("netpol-verify-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // What it had made before the refusal was removed: its namespace and the control pod.
+    for gone in [
+        "DELETE /api/v1/namespaces/netpol-verify-t6",
+        "DELETE /api/v1/namespaces/netpol-verify-t6/pods/nv-control-t6",
+    ] {
+        assert!(state.requests.iter().any(|r| r == gone), "{gone}: {:#?}", state.requests);
+    }
+}
+
+#[tokio::test]
 async fn a_run_interrupted_mid_batch_removes_everything_it_made() {
     let (cluster, state) = fake_cluster();
     let cancel = tokio_util::sync::CancellationToken::new();
