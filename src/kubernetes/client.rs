@@ -41,6 +41,8 @@ pub struct KubeCluster {
     /// Each namespace's LimitRanges, read before its first probe pod; and what fitting them
     /// changed (or that they could not be read), for the report.
     limit_ranges: std::sync::Arc<std::sync::Mutex<LimitRanges>>,
+    /// The run of each probe pod made here, so that waits list only that run's pods.
+    runs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, String>>>,
 }
 
 /// LimitRanges by namespace, and notes on fitting probe pods to them.
@@ -74,6 +76,7 @@ impl KubeCluster {
             batches: Default::default(),
             sysctl_refused: Default::default(),
             limit_ranges: Default::default(),
+            runs: Default::default(),
         }
     }
 
@@ -349,6 +352,10 @@ impl Cluster for KubeCluster {
         use std::sync::atomic::Ordering;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.key.namespace);
         let never_ready = !pod.labels.is_empty();
+        self.runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pod.key.clone(), pod.run_id.clone());
         let mut options = self.pods.clone();
         if self.sysctl_refused.load(Ordering::Relaxed) {
             options.low_ports = LowPorts::Capability;
@@ -425,9 +432,18 @@ impl Cluster for KubeCluster {
     }
 
     async fn wait_running(&self, pods: &[ObjectKey], limit: Duration) -> Result<Vec<Running>, ClusterError> {
-        // One labelled list per poll, however many pods: the tool's own pods, all namespaces.
+        // One labelled list per poll, however many pods: the run's pods (the tool's, when
+        // they were not made here), all namespaces.
         let api: Api<Pod> = Api::all(self.client.clone());
-        let params = ListParams::default().labels(&format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}"));
+        let run = {
+            let runs = self.runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ids: std::collections::BTreeSet<Option<&String>> = pods.iter().map(|k| runs.get(k)).collect();
+            match ids.into_iter().collect::<Vec<_>>().as_slice() {
+                [Some(id)] => format!("={id}"),
+                _ => String::new(),
+            }
+        };
+        let params = ListParams::default().labels(&format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}{run}"));
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let mut running = Vec::new();

@@ -121,9 +121,12 @@ pub async fn handle(state: Shared, request: Request<Body>) -> Result<Response<Bo
     let query = request.uri().query().unwrap_or_default().to_string();
     let body = request.into_body().collect_bytes().await.unwrap_or_default();
     let mut state = lock(&state);
-    // A followed log is told apart: that is how a poller's rounds are read.
-    let follow = if query.contains("follow=true") { "?follow=true" } else { "" };
-    state.requests.push(format!("{method} {path}{follow}"));
+    // A followed log is told apart (that is how a poller's rounds are read), and so is a
+    // list's label selector.
+    let follow = if query.contains("follow=true") { "?follow=true".to_string() } else { String::new() };
+    let selector =
+        query_param(&query, "labelSelector").map(|s| format!("?labelSelector={s}")).unwrap_or_default();
+    state.requests.push(format!("{method} {path}{follow}{selector}"));
     if path == "/apis" {
         return Ok(respond(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})));
     }

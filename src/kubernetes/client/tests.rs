@@ -615,12 +615,16 @@ async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
         "GET /apis/networking.k8s.io/v1/networkpolicies",
         "GET /api/v1/namespaces",
     ];
+    let tools = "?labelSelector=app.kubernetes.io/name=netpol-verify";
     expected.extend(discovery.iter().chain(&discovery).map(|r| r.to_string()));
-    expected.extend(pass.iter().chain(&pass).chain(&pass).map(|r| r.to_string()));
+    // The sweep: every run's leftovers (old enough); the cleanup: this run's, twice.
+    expected.extend(pass.iter().map(|r| format!("{r}{tools},netpol-verify.io/run")));
+    expected.extend(pass.iter().chain(&pass).map(|r| format!("{r}{tools},netpol-verify.io/run=t1")));
     expected.push("POST /api/v1/namespaces".into());
     expected.push("DELETE /api/v1/namespaces/netpol-verify-t1".into());
-    expected.push("GET /api/v1/pods".into()); // the wait for the servers: one list
-    expected.push("GET /api/v1/pods".into()); // the node's view: the servers' readiness
+    // The wait for the servers: one list of this run's pods; the node's view: readiness.
+    expected.push(format!("GET /api/v1/pods{tools},netpol-verify.io/run=t1"));
+    expected.push(format!("GET /api/v1/pods{tools}"));
     for (namespace, server, prober) in [
         ("a", "nv-server-t1", "nv-client-t1"),
         ("b", "nv-server-t1", "nv-client-t1"),
