@@ -350,58 +350,30 @@ impl Cluster for KubeCluster {
 
     async fn create_probe_pod(&self, pod: &ProbePod) -> Result<(), ClusterError> {
         use std::sync::atomic::Ordering;
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.key.namespace);
-        let never_ready = !pod.labels.is_empty();
         self.runs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(pod.key.clone(), pod.run_id.clone());
-        let mut options = self.pods.clone();
-        if self.sysctl_refused.load(Ordering::Relaxed) {
-            options.low_ports = LowPorts::Capability;
-        }
-        let mut object = probe_pod(pod, &options, never_ready);
-        self.fit_resources(&mut object).await;
-        let uses_sysctl = object
-            .spec
-            .as_ref()
-            .and_then(|s| s.security_context.as_ref())
-            .is_some_and(|c| c.sysctls.is_some());
-        let error = match api.create(&PostParams::default(), &object).await {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
+        let low_ports = if self.sysctl_refused.load(Ordering::Relaxed) {
+            LowPorts::Capability
+        } else {
+            self.pods.low_ports
+        };
+        let (refusal, used_sysctl) = match self.post_probe_pod(pod, low_ports).await {
+            Ok(()) => return Ok(()),
+            Err(failed) => failed,
         };
         // Where admission forbids the sysctl (a webhook, an older Pod Security), fall back to
         // NET_BIND_SERVICE, the one capability "restricted" lets a pod add.
-        let refused_sysctl = matches!(&error, kube::Error::Api(r) if matches!(r.code, 400 | 403 | 422)
+        let about_sysctl = matches!(&refusal, kube::Error::Api(r) if matches!(r.code, 400 | 403 | 422)
             && r.message.to_lowercase().contains("sysctl"));
-        if !(uses_sysctl && refused_sysctl) {
-            return Err(api_error("create", "pods", &pod.key.to_string(), error));
+        if !(used_sysctl && about_sysctl) {
+            return Err(api_error("create", "pods", &pod.key.to_string(), refusal));
         }
         self.sysctl_refused.store(true, Ordering::Relaxed);
-        options.low_ports = LowPorts::Capability;
-        let mut object = probe_pod(pod, &options, never_ready);
-        self.fit_resources(&mut object).await;
-        match api.create(&PostParams::default(), &object).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(match api_error("create", "pods", &pod.key.to_string(), e) {
-                ClusterError::Api { what, code, message, fix } => ClusterError::Api {
-                    what,
-                    code,
-                    message: format!(
-                        "{message} (and before, with the sysctl net.ipv4.ip_unprivileged_port_start: {})",
-                        match &error {
-                            kube::Error::Api(r) => r.message.clone(),
-                            other => other.to_string(),
-                        }
-                    ),
-                    fix: format!(
-                        "{fix}. Servers listen on the ports the policies name, some below 1024: this namespace must allow either the sysctl or NET_BIND_SERVICE (netpol-verify does not move probes to other ports)"
-                    ),
-                },
-                other => other,
-            }),
-        }
+        self.post_probe_pod(pod, LowPorts::Capability)
+            .await
+            .map_err(|(e, _)| refused_both(api_error("create", "pods", &pod.key.to_string(), e), &refusal))
     }
 
     async fn delete_pod(&self, key: &ObjectKey) -> Result<(), ClusterError> {
@@ -634,6 +606,26 @@ impl Cluster for KubeCluster {
     }
 }
 
+/// The error of a probe server refused with NET_BIND_SERVICE, after `sysctl` refused it with
+/// the low-port sysctl: both refusals, and what the namespace must allow.
+fn refused_both(error: ClusterError, sysctl: &kube::Error) -> ClusterError {
+    let ClusterError::Api { what, code, message, fix } = error else { return error };
+    let earlier = match sysctl {
+        kube::Error::Api(r) => r.message.clone(),
+        other => other.to_string(),
+    };
+    ClusterError::Api {
+        what,
+        code,
+        message: format!(
+            "{message} (and before, with the sysctl net.ipv4.ip_unprivileged_port_start: {earlier})"
+        ),
+        fix: format!(
+            "{fix}. Servers listen on the ports the policies name, some below 1024: this namespace must allow either the sysctl or NET_BIND_SERVICE (netpol-verify does not move probes to other ports)"
+        ),
+    }
+}
+
 /// A pod's addresses: `status.podIPs` (both families on a dual-stack cluster), else `podIP`.
 fn pod_ips(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> Vec<IpAddr> {
     let Some(status) = status else { return Vec::new() };
@@ -774,6 +766,21 @@ impl KubeCluster {
             return Err(api_error("create", "pods", &key.to_string(), e));
         }
         Ok(prober)
+    }
+
+    /// Creates probe pod `pod`, listening low through `low_ports` and fitted to its namespace's
+    /// LimitRanges; on failure, the API's error and whether the pod asked for the sysctl.
+    async fn post_probe_pod(&self, pod: &ProbePod, low_ports: LowPorts) -> Result<(), (kube::Error, bool)> {
+        let options = PodOptions { low_ports, ..self.pods.clone() };
+        let mut object = probe_pod(pod, &options, !pod.labels.is_empty());
+        self.fit_resources(&mut object).await;
+        let used_sysctl = object
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .is_some_and(|c| c.sysctls.is_some());
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.key.namespace);
+        api.create(&PostParams::default(), &object).await.map(|_| ()).map_err(|e| (e, used_sysctl))
     }
 
     /// Moves `object`'s requests and limits inside its namespace's LimitRanges (read once per

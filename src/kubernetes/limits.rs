@@ -91,19 +91,15 @@ pub fn fit(resources: &ResourceRequirements, ranges: &[LimitRange]) -> (Resource
                 limit = limit.min(request * ratio);
             }
             request = request.min(limit);
-            if request != before_request {
-                fitted
-                    .requests
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(resource.into(), quantity(resource, request));
-                changed.push(format!("{resource} request {}", quantity(resource, request).0));
-            }
-            if limit != before_limit {
-                fitted
-                    .limits
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(resource.into(), quantity(resource, limit));
-                changed.push(format!("{resource} limit {}", quantity(resource, limit).0));
+            for (side, map, before, after) in [
+                ("request", &mut fitted.requests, before_request, request),
+                ("limit", &mut fitted.limits, before_limit, limit),
+            ] {
+                if after != before {
+                    let value = quantity(resource, after);
+                    changed.push(format!("{resource} {side} {}", value.0));
+                    map.get_or_insert_with(BTreeMap::new).insert(resource.into(), value);
+                }
             }
         }
     }
