@@ -4,7 +4,7 @@
 //! own short-lived namespaces, probe pods and policies (all labelled with the run's id), wait
 //! for pods with a bound, run one probe batch per client pod, and remove everything of a run.
 //! Two backends implement it: the lab ([`crate::lab::LabCluster`]) and Kubernetes
-//! ([`crate::kubernetes::client::KubeCluster`]).
+//! ([`crate::kubernetes::KubeCluster`]).
 //! Methods return futures that are `Send`, so a backend may do its work on any runtime thread.
 
 use std::collections::BTreeMap;
@@ -89,7 +89,7 @@ pub struct Discovery {
     pub notes: Vec<Note>,
     /// The backend's own word on its CNI (the lab knows its mode); `None`: recognise it from
     /// the snapshot's pods and nodes.
-    pub detection: Option<crate::kubernetes::detect::Detection>,
+    pub detection: Option<crate::detect::Detection>,
 }
 
 /// A pod that is running, and its address.

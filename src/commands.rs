@@ -268,15 +268,13 @@ pub async fn run(
 
 async fn connect(
     args: &crate::cli::KubeArgs,
-    pods: crate::kubernetes::PodOptions,
-) -> Result<crate::kubernetes::client::KubeCluster, Error> {
-    let connection = crate::kubernetes::client::Connection {
+    pods: crate::manifest::PodOptions,
+) -> Result<crate::kubernetes::KubeCluster, Error> {
+    let connection = crate::kubernetes::Connection {
         kubeconfig: args.kubeconfig.as_deref(),
         context: args.context.as_deref(),
     };
-    crate::kubernetes::client::KubeCluster::connect(&connection, pods)
-        .await
-        .map_err(|e| Error::Usage(e.to_string()))
+    crate::kubernetes::KubeCluster::connect(&connection, pods).await.map_err(|e| Error::Usage(e.to_string()))
 }
 
 /// `netpol-verify cleanup`.
@@ -286,7 +284,7 @@ pub async fn cleanup(
     out: &mut dyn Write,
 ) -> Result<Exit, Error> {
     use crate::cluster::Cluster;
-    let cluster = connect(kube, crate::kubernetes::PodOptions::default()).await?;
+    let cluster = connect(kube, crate::manifest::PodOptions::default()).await?;
     let cleaned = match run {
         Some(run) => cluster.cleanup(run).await,
         None => cluster.cleanup_all().await,
@@ -326,9 +324,8 @@ async fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
         )));
     }
     let pods = pod_options(&args.pods);
-    let manifests =
-        crate::kubernetes::dry_run::manifests(&snapshot, &options, &pods).map_err(Error::Usage)?;
-    out.write_all(crate::kubernetes::to_yaml(&manifests).as_bytes())?;
+    let manifests = crate::run::dry_run::manifests(&snapshot, &options, &pods).map_err(Error::Usage)?;
+    out.write_all(crate::manifest::to_yaml(&manifests).as_bytes())?;
     Ok(Exit::Pass)
 }
 
@@ -338,25 +335,25 @@ fn spread(args: &crate::cli::PodArgs) -> Option<bool> {
 }
 
 /// The probe pods' options from the command line.
-pub fn pod_options(args: &crate::cli::PodArgs) -> crate::kubernetes::PodOptions {
-    crate::kubernetes::PodOptions {
-        image: args.image.clone().unwrap_or_else(|| crate::kubernetes::DEFAULT_IMAGE.to_string()),
+pub fn pod_options(args: &crate::cli::PodArgs) -> crate::manifest::PodOptions {
+    crate::manifest::PodOptions {
+        image: args.image.clone().unwrap_or_else(|| crate::manifest::DEFAULT_IMAGE.to_string()),
         image_pull_secrets: args.image_pull_secrets.clone(),
         tolerate_all_taints: args.tolerate_all_taints,
         low_ports: match args.low_ports {
-            crate::cli::LowPortsArg::Sysctl => crate::kubernetes::LowPorts::Sysctl,
-            crate::cli::LowPortsArg::Capability => crate::kubernetes::LowPorts::Capability,
+            crate::cli::LowPortsArg::Sysctl => crate::manifest::LowPorts::Sysctl,
+            crate::cli::LowPortsArg::Capability => crate::manifest::LowPorts::Capability,
         },
     }
 }
 
 /// `netpol-verify images`.
 pub fn images(image: Option<&str>, out: &mut dyn Write) -> Result<(), Error> {
-    let options = crate::kubernetes::PodOptions {
-        image: image.unwrap_or(crate::kubernetes::DEFAULT_IMAGE).to_string(),
-        ..crate::kubernetes::PodOptions::default()
+    let options = crate::manifest::PodOptions {
+        image: image.unwrap_or(crate::manifest::DEFAULT_IMAGE).to_string(),
+        ..crate::manifest::PodOptions::default()
     };
-    for image in crate::kubernetes::images(&options) {
+    for image in crate::manifest::images(&options) {
         writeln!(out, "{image}")?;
     }
     Ok(())

@@ -17,12 +17,14 @@
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod detect;
 pub mod engine;
 pub mod error;
 pub mod fixtures;
 pub mod input;
 pub mod kubernetes;
 pub mod lab;
+pub mod manifest;
 pub mod model;
 pub mod plan;
 pub mod report;

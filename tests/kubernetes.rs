@@ -53,11 +53,15 @@ fn dry_run_manifests_pass_the_kubernetes_schemas() {
     let (valid, words) = validate(&write(&dir, "run.yaml", &yaml));
     assert!(valid, "{words}");
     // The tool's namespace; per namespace in scope (shop, monitoring) a plan, a server and a
-    // client; the control pod, and its batch with its plan. The canary: 2 namespaces, 12 pods
-    // (6 servers, its control pod, 5 probers, the pod-start one among them) and its 7 policies.
-    assert_eq!(yaml.matches("\n---\n").count() + 1, 1 + 2 * 3 + 3 + 2 + 12 + 7, "{yaml}");
+    // client; the control pod, and its batch with its plan. The canary: 2 namespaces, 7 pods
+    // that serve (6 servers and its control pod), a first poller pod with its plan for each of
+    // its 6 probers (5 clients, the pod-start one among them, and the control pod), and its 7
+    // policies.
+    assert_eq!(yaml.matches("\n---\n").count() + 1, 1 + 2 * 3 + 3 + 2 + 7 + 6 * 2 + 7, "{yaml}");
     assert_eq!(yaml.matches("kind: NetworkPolicy").count(), 7, "{yaml}");
-    assert!(yaml.contains("name: nv-canary-late-"), "{yaml}");
+    assert_eq!(yaml.matches("kind: ConfigMap").count(), 2 + 1 + 6, "{yaml}");
+    assert!(yaml.contains("name: nv-canary-late-") && yaml.contains("-p0-plan"), "{yaml}");
+    assert_eq!(yaml.matches("- --every").count(), 6, "the canary's pollers repeat their plan: {yaml}");
     let (valid, words) = validate(&write(&dir, "capability.yaml", &dry_run(&["--low-ports", "capability"])));
     assert!(valid, "{words}");
     // The validator is not a rubber stamp: a misspelt field fails it.

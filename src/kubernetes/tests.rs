@@ -1,103 +1,1038 @@
-use super::*;
-use crate::engine::ContainerPort;
-use crate::model::ObjectKey;
+//! The Kubernetes backend against a scripted API server (tower-test): the requests it makes,
+//! in order, and what it makes of the answers.
 
-fn server() -> ProbePod {
+use std::collections::BTreeMap;
+
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::cluster::Role;
+use crate::engine::{ContainerPort, Protocol};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn mocked() -> (KubeCluster, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (KubeCluster::new(Client::new(service, "default"), PodOptions::default()), handle)
+}
+
+/// Answers the next request with `status` and `body`, after checking its method and that its
+/// path and query start with `path`; returns the request's body.
+async fn answer(handle: &mut Handle, method: &str, path: &str, status: u16, body: Value) -> Value {
+    let (request, respond) = handle.next_request().await.expect("the client made a request");
+    let uri = request.uri().to_string();
+    assert_eq!(
+        (request.method().as_str(), uri.starts_with(path)),
+        (method, true),
+        "expected {method} {path}, got {uri}"
+    );
+    let sent = request.into_body().collect_bytes().await.expect("a body");
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+        .expect("a response");
+    respond.send_response(response);
+    serde_json::from_slice(&sent).unwrap_or(Value::Null)
+}
+
+/// Answers the next request, a list whose query must contain `query`, with `items`.
+async fn answer_list_with(handle: &mut Handle, query: &str, kind: &str, items: Value) {
+    let (request, respond) = handle.next_request().await.expect("the client made a request");
+    assert!(request.uri().to_string().contains(query), "{}", request.uri());
+    let body = serde_json::to_vec(&list(kind, items)).expect("JSON");
+    respond.send_response(Response::builder().status(200).body(Body::from(body)).expect("a response"));
+}
+
+/// The query of a list of the tool's own pods (any run), as waits make it.
+const TOOL_PODS: &str =
+    "/api/v1/pods?&labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun";
+
+/// Answers the read of `namespace`'s LimitRanges: none.
+async fn no_limit_ranges(handle: &mut Handle, namespace: &str) {
+    let path = format!("/api/v1/namespaces/{namespace}/limitranges");
+    answer_list_with(handle, &path, "LimitRange", json!([])).await;
+}
+
+/// Answers a cleanup pass's lists of the run's ConfigMaps and NetworkPolicies: none.
+async fn no_configmaps_or_policies(handle: &mut Handle) {
+    answer(handle, "GET", "/api/v1/configmaps?&labelSelector", 200, list("ConfigMap", json!([]))).await;
+    let policies = "/apis/networking.k8s.io/v1/networkpolicies?&labelSelector";
+    answer(handle, "GET", policies, 200, list("NetworkPolicy", json!([]))).await;
+}
+
+fn list(kind: &str, items: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": reason, "message": message, "code": code})
+}
+
+#[tokio::test]
+async fn discovery_lists_the_objects_and_finds_unmodelled_policies_through_api_discovery() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        answer(
+            &mut server,
+            "GET",
+            "/api/v1/namespaces?",
+            200,
+            list("Namespace", json!([{"metadata": {"name": "shop"}}])),
+        )
+        .await;
+        let pod = json!({"metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}}, "spec": {"containers": [{"name": "web"}]}, "status": {"phase": "Running", "podIP": "10.0.0.5"}});
+        answer(&mut server, "GET", "/api/v1/pods?", 200, list("Pod", json!([pod]))).await;
+        answer(
+            &mut server,
+            "GET",
+            "/apis/networking.k8s.io/v1/networkpolicies?",
+            200,
+            list("NetworkPolicy", json!([])),
+        )
+        .await;
+        answer(&mut server, "GET", "/api/v1/services?", 200, list("Service", json!([]))).await;
+        answer(
+            &mut server,
+            "GET",
+            "/api/v1/nodes?",
+            403,
+            status(403, "Forbidden", "nodes is forbidden: User \"ci\" cannot list resource \"nodes\""),
+        )
+        .await;
+        let groups = json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": "cilium.io", "versions": [{"groupVersion": "cilium.io/v2", "version": "v2"}], "preferredVersion": {"groupVersion": "cilium.io/v2", "version": "v2"}}
+        ]});
+        answer(&mut server, "GET", "/apis", 200, groups).await;
+        // This Cilium serves no clusterwide kind: it is not asked for.
+        let resources = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "cilium.io/v2", "resources": [
+            {"name": "ciliumnetworkpolicies", "singularName": "ciliumnetworkpolicy", "namespaced": true, "kind": "CiliumNetworkPolicy", "verbs": ["list"]},
+            {"name": "ciliumnetworkpolicies/status", "singularName": "", "namespaced": true, "kind": "CiliumNetworkPolicy", "verbs": ["get"]}
+        ]});
+        answer(&mut server, "GET", "/apis/cilium.io/v2", 200, resources).await;
+        let cnp = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "l7", "namespace": "shop"}});
+        answer(&mut server, "GET", "/apis/cilium.io/v2/ciliumnetworkpolicies?", 200, json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicyList", "metadata": {}, "items": [cnp]})).await;
+    });
+    let discovery = cluster.discover().await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    assert_eq!(discovery.snapshot.pods().len(), 1);
+    let unmodelled: Vec<String> = discovery.snapshot.unmodelled().iter().map(ToString::to_string).collect();
+    assert_eq!(unmodelled, ["CiliumNetworkPolicy shop/l7 (cilium.io/v2)"]);
+    assert!(
+        discovery.notes.iter().any(|n| n.0.contains("grant the tool `list` on `nodes`")
+            && n.0.contains("provider is not recognised")),
+        "{:?}",
+        discovery.notes
+    );
+}
+
+fn server_pod() -> ProbePod {
     ProbePod {
         node: None,
-        key: ObjectKey::new("shop", "nv-server-r1"),
+        key: ObjectKey::new("shop", "nv-server-t1"),
         role: Role::Server,
-        run_id: "r1".into(),
+        run_id: "t1".into(),
         labels: BTreeMap::new(),
-        ports: vec![
-            ContainerPort { port: 80, protocol: Protocol::Tcp, name: Some("http".into()) },
-            ContainerPort { port: 53, protocol: Protocol::Udp, name: None },
-        ],
+        ports: vec![ContainerPort { port: 80, protocol: Protocol::Tcp, name: Some("http".into()) }],
     }
 }
 
-#[test]
-fn probe_pods_meet_pod_security_restricted() {
-    let pod = probe_pod(&server(), &PodOptions::default(), false);
-    let spec = pod.spec.expect("a spec");
-    let security = spec.security_context.expect("a pod security context");
-    assert_eq!((security.run_as_non_root, security.run_as_user), (Some(true), Some(65534)));
-    assert_eq!(security.seccomp_profile.map(|p| p.type_), Some("RuntimeDefault".into()));
-    let container = &spec.containers[0];
-    let security = container.security_context.clone().expect("a container security context");
-    assert_eq!(security.allow_privilege_escalation, Some(false));
-    assert_eq!(security.read_only_root_filesystem, Some(true));
-    assert_eq!(security.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
-    assert_eq!(spec.automount_service_account_token, Some(false));
-    assert!(container.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some());
-}
-
-#[test]
-fn servers_listen_on_low_ports_through_the_safe_sysctl_or_the_one_capability() {
-    let pod = probe_pod(&server(), &PodOptions::default(), false);
-    let spec = pod.spec.expect("a spec");
-    let sysctls = spec.security_context.and_then(|s| s.sysctls).unwrap_or_default();
-    assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
-    assert_eq!(
-        spec.containers[0].args.clone().unwrap_or_default(),
-        ["serve", "--name", "shop/nv-server-r1", "--tcp", "80", "--udp", "53"]
+#[tokio::test]
+async fn a_probe_pod_is_created_restricted_and_labelled() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        // The namespace's LimitRange, as OpenShift projects have: limits at most 10 × requests.
+        let range = json!({"metadata": {"name": "limits", "namespace": "shop"}, "spec": {"limits": [{"type": "Container", "maxLimitRequestRatio": {"cpu": "10"}}]}});
+        answer_list_with(&mut server, "/api/v1/namespaces/shop/limitranges", "LimitRange", json!([range]))
+            .await;
+        let created = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"}});
+        answer(&mut server, "POST", "/api/v1/namespaces/shop/pods?", 201, created).await
+    });
+    cluster.create_probe_pod(&server_pod()).await.unwrap_or_else(|e| panic!("{e}"));
+    let sent = api.await.expect("the scripted API server");
+    let resources = &sent["spec"]["containers"][0]["resources"];
+    assert_eq!((&resources["requests"]["cpu"], &resources["limits"]["cpu"]), (&json!("10m"), &json!("100m")));
+    assert_eq!(resources["limits"]["memory"], "64Mi");
+    let notes = cluster.notes();
+    assert!(
+        notes.iter().any(|n| n.0 == "probe pods in shop were fitted to its LimitRanges: cpu limit 100m"),
+        "{notes:?}"
     );
-    let options = PodOptions { low_ports: LowPorts::Capability, ..PodOptions::default() };
-    let spec = probe_pod(&server(), &options, false).spec.expect("a spec");
-    assert!(spec.security_context.and_then(|s| s.sysctls).is_none());
-    let capabilities =
-        spec.containers[0].security_context.clone().and_then(|s| s.capabilities).expect("caps");
-    assert_eq!(capabilities.add, Some(vec!["NET_BIND_SERVICE".to_string()]));
+    assert_eq!(sent["metadata"]["labels"]["netpol-verify.io/run"], "t1");
+    assert_eq!(sent["metadata"]["labels"]["app.kubernetes.io/name"], "netpol-verify");
+    assert_eq!(sent["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(sent["spec"]["containers"][0]["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sent["spec"]["automountServiceAccountToken"], false);
+    assert!(sent["spec"]["readinessGates"].is_null(), "a plain probe server may become Ready");
+    // Wearing a workload's labels, it must never become Ready.
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        no_limit_ranges(&mut server, "shop").await;
+        answer(
+            &mut server,
+            "POST",
+            "/api/v1/namespaces/shop/pods?",
+            201,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}),
+        )
+        .await
+    });
+    let mut mimic = server_pod();
+    mimic.labels.insert("app".into(), "web".into());
+    cluster.create_probe_pod(&mimic).await.unwrap_or_else(|e| panic!("{e}"));
+    let sent = api.await.expect("the scripted API server");
+    assert_eq!(sent["spec"]["readinessGates"][0]["conditionType"], NEVER_READY_FOR_TESTS);
+    assert!(sent["spec"]["containers"][0]["readinessProbe"].is_null());
 }
 
-#[test]
-fn a_pod_wearing_a_workloads_labels_never_becomes_ready() {
-    let spec = probe_pod(&server(), &PodOptions::default(), true).spec.expect("a spec");
-    assert_eq!(spec.readiness_gates.map(|g| g[0].condition_type.clone()), Some(NEVER_READY.to_string()));
-    assert!(spec.containers[0].readiness_probe.is_none());
-    let spec = probe_pod(&server(), &PodOptions::default(), false).spec.expect("a spec");
-    assert!(spec.readiness_gates.is_none() && spec.containers[0].readiness_probe.is_some());
+const NEVER_READY_FOR_TESTS: &str = crate::manifest::NEVER_READY;
+
+#[tokio::test]
+async fn a_refused_low_port_sysctl_falls_back_to_net_bind_service_for_the_rest_of_the_run() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let path = "/api/v1/namespaces/shop/pods?";
+        let refusal =
+            "admission webhook \"validate.kyverno.svc\" denied the request: sysctls are not allowed";
+        no_limit_ranges(&mut server, "shop").await;
+        let first = answer(&mut server, "POST", path, 400, status(400, "BadRequest", refusal)).await;
+        let created = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}});
+        let retried = answer(&mut server, "POST", path, 201, created.clone()).await;
+        // The next server goes straight to the capability.
+        let next = answer(&mut server, "POST", path, 201, created).await;
+        (first, retried, next)
+    });
+    assert!(cluster.notes().is_empty());
+    cluster.create_probe_pod(&server_pod()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut other = server_pod();
+    other.key.name = "nv-server-t2".into();
+    cluster.create_probe_pod(&other).await.unwrap_or_else(|e| panic!("{e}"));
+    let (first, retried, next) = api.await.expect("the scripted API server");
+    assert_eq!(first["spec"]["securityContext"]["sysctls"][0]["name"], "net.ipv4.ip_unprivileged_port_start");
+    for sent in [&retried, &next] {
+        assert!(sent["spec"]["securityContext"]["sysctls"].is_null(), "{sent:#}");
+        let capabilities = &sent["spec"]["containers"][0]["securityContext"]["capabilities"];
+        assert_eq!(
+            (&capabilities["add"], &capabilities["drop"]),
+            (&json!(["NET_BIND_SERVICE"]), &json!(["ALL"]))
+        );
+    }
+    let notes = cluster.notes();
+    assert!(notes.len() == 1 && notes[0].0.contains("NET_BIND_SERVICE"), "{notes:?}");
 }
 
-#[test]
-fn clients_run_their_plan_from_a_config_map_and_exit() {
+#[tokio::test]
+async fn when_neither_the_sysctl_nor_the_capability_is_allowed_the_error_says_both() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let path = "/api/v1/namespaces/shop/pods?";
+        let sysctl =
+            "pods \"nv-server-t1\" is forbidden: forbidden sysctl: \"net.ipv4.ip_unprivileged_port_start\"";
+        no_limit_ranges(&mut server, "shop").await;
+        answer(&mut server, "POST", path, 403, status(403, "Forbidden", sysctl)).await;
+        let capability = "pods \"nv-server-t1\" is forbidden: unable to validate against any security context constraint: capabilities.add: Invalid value: \"NET_BIND_SERVICE\"";
+        answer(&mut server, "POST", path, 403, status(403, "Forbidden", capability)).await;
+    });
+    let error =
+        cluster.create_probe_pod(&server_pod()).await.err().map(|e| e.to_string()).unwrap_or_default();
+    api.await.expect("the scripted API server");
+    for needle in ["capabilities.add", "forbidden sysctl", "either the sysctl or NET_BIND_SERVICE"] {
+        assert!(error.contains(needle), "{needle:?} missing from {error}");
+    }
+}
+
+#[tokio::test]
+async fn api_errors_say_what_to_do() {
+    let cases = [
+        (
+            403,
+            "Forbidden",
+            "pods is forbidden: User \"ci\" cannot create resource \"pods\" in API group \"\" in the namespace \"shop\"",
+            "grant the tool `create` on `pods` (kubectl auth can-i create pods; the role it needs is docs/rbac.yaml)",
+        ),
+        (
+            403,
+            "Forbidden",
+            "pods \"nv-server-t1\" is forbidden: violates PodSecurity \"restricted:latest\": seccompProfile",
+            "refused by admission (Pod Security, a policy webhook",
+        ),
+        (409, "AlreadyExists", "pods \"nv-server-t1\" already exists", "it already exists"),
+        (404, "NotFound", "namespaces \"shop\" not found", "its namespace does not exist (any more)"),
+        (
+            422,
+            "Invalid",
+            "Pod \"nv-server-t1\" is invalid: spec.containers[0].resources.limits[memory]: Invalid value: \"64Mi\": must be less than or equal to memory limit of 32Mi",
+            "an admission policy rejected a field",
+        ),
+    ];
+    for (code, reason, message, fix) in cases {
+        let (cluster, mut server) = mocked();
+        let api = tokio::spawn(async move {
+            no_limit_ranges(&mut server, "shop").await;
+            answer(&mut server, "POST", "/api/v1/namespaces/shop/pods?", code, status(code, reason, message))
+                .await;
+        });
+        let error =
+            cluster.create_probe_pod(&server_pod()).await.err().map(|e| e.to_string()).unwrap_or_default();
+        api.await.expect("the scripted API server");
+        assert!(error.starts_with("create pods shop/nv-server-t1: "), "{error}");
+        assert!(
+            error.contains(message) && error.contains(&format!("HTTP {code}")) && error.contains(fix),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_what_carries_the_runs_labels() {
+    let (cluster, mut server) = mocked();
+    let selector = "labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun%3Dt1";
+    let api = tokio::spawn(async move {
+        let pod = json!({"metadata": {"name": "nv-server-t1", "namespace": "shop"}});
+        answer_list_with(&mut server, selector, "Pod", json!([pod])).await;
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/shop/pods/nv-server-t1?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1"}}),
+        )
+        .await;
+        no_configmaps_or_policies(&mut server).await;
+        let ns = json!({"metadata": {"name": "netpol-verify-t1"}});
+        answer(&mut server, "GET", "/api/v1/namespaces?&labelSelector", 200, list("Namespace", json!([ns])))
+            .await;
+        // Already on its way out: gone is cleaned.
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/netpol-verify-t1?",
+            404,
+            status(404, "NotFound", "namespaces \"netpol-verify-t1\" not found"),
+        )
+        .await;
+        // A second pass, for creates that were on the wire when the run stopped: nothing left.
+        answer(&mut server, "GET", "/api/v1/pods?&labelSelector", 200, list("Pod", json!([]))).await;
+        no_configmaps_or_policies(&mut server).await;
+        answer(&mut server, "GET", "/api/v1/namespaces?&labelSelector", 200, list("Namespace", json!([])))
+            .await;
+    });
+    let cleaned = cluster.cleanup("t1").await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    assert_eq!(cleaned, Cleaned { pods: 1, policies: 0, namespaces: 1 });
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_pull_its_image_is_named_with_the_fix() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "probe", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"ghcr.io/netpol-verify/netpol-probe\""}}}]}});
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod])).await;
+    });
+    let error = cluster
+        .wait_running(&[ObjectKey::new("shop", "nv-server-t1")], Duration::ZERO)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    api.await.expect("the scripted API server");
+    assert!(
+        error.contains("pod shop/nv-server-t1: ImagePullBackOff") && error.contains("pass --image"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_is_a_pod_created_with_its_plan_whose_log_is_the_output() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let map = answer(
+            &mut server,
+            "POST",
+            "/api/v1/namespaces/shop/configmaps?",
+            201,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nv-client-t1-plan"}}),
+        )
+        .await;
+        no_limit_ranges(&mut server, "shop").await;
+        let pod = answer(
+            &mut server,
+            "POST",
+            "/api/v1/namespaces/shop/pods?",
+            201,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1"}}),
+        )
+        .await;
+        let done = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1", "namespace": "shop"}, "status": {"phase": "Succeeded", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}, {"ip": "fd00::9"}]}});
+        answer(&mut server, "GET", "/api/v1/namespaces/shop/pods/nv-client-t1", 200, done).await;
+        // The log: one result line, then the summary.
+        let (request, respond) = server.next_request().await.expect("a request");
+        assert!(
+            request.uri().to_string().starts_with("/api/v1/namespaces/shop/pods/nv-client-t1/log"),
+            "{}",
+            request.uri()
+        );
+        let log = "{\"id\":\"c1\",\"target\":\"10.0.0.5\",\"port\":80,\"protocol\":\"TCP\",\"outcome\":\"connected\",\"name\":\"shop/nv-server-t1\",\"ms\":2}\n\
+                   {\"summary\":{\"schema\":1,\"total\":1,\"reached\":1,\"not_reached\":0,\"connected\":1,\"refused\":0,\"unreachable\":0,\"timeout\":0,\"error\":0,\"ms\":2}}\n";
+        respond.send_response(
+            Response::builder().status(200).body(Body::from(log.as_bytes().to_vec())).expect("a response"),
+        );
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/shop/pods/nv-client-t1?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1"}}),
+        )
+        .await;
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/shop/configmaps/nv-client-t1-plan?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}),
+        )
+        .await;
+        (map, pod)
+    });
     let client = ProbePod {
         node: None,
-        key: ObjectKey::new("shop", "nv-client-r1"),
+        key: ObjectKey::new("shop", "nv-client-t1"),
         role: Role::Client,
         ports: vec![],
-        ..server()
+        ..server_pod()
     };
-    let spec = probe_pod(&client, &PodOptions::default(), false).spec.expect("a spec");
-    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
-    assert_eq!(spec.containers[0].args.clone().unwrap_or_default(), ["batch", PLAN_PATH]);
+    let plan = Plan {
+        schema: netpol_probe::wire::SCHEMA,
+        probes: vec![netpol_probe::wire::ProbeSpec {
+            id: "c1".into(),
+            kind: netpol_probe::wire::ProbeKind::Connect,
+            target: "10.0.0.5".into(),
+            port: 80,
+            protocol: None,
+            timeout_ms: 1000,
+            expect_name: Some("shop/nv-server-t1".into()),
+            query: None,
+        }],
+    };
+    let output =
+        cluster.run_batch(&client, &plan, Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (map, pod) = api.await.expect("the scripted API server");
+    assert!(map["data"]["plan.json"].as_str().is_some_and(|p| p.contains("\"id\":\"c1\"")), "{map}");
     assert_eq!(
-        spec.volumes.as_ref().and_then(|v| v[0].config_map.clone()).map(|c| c.name),
-        Some("nv-client-r1-plan".to_string())
+        pod["spec"]["containers"][0]["args"],
+        json!(["batch", "--plan", crate::manifest::PLAN_PATH, "--concurrency", "1"])
     );
-    let map = plan_config_map(&client, "{}");
-    assert_eq!(map.metadata.labels.and_then(|l| l.get(RUN_LABEL).cloned()), Some("r1".to_string()));
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(pod["metadata"]["labels"]["netpol-verify.io/role"], "client");
+    assert_eq!(output.results.len(), 1);
+    assert!(output.summary.is_some());
+    let ips: Vec<String> = output.client_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["10.0.0.9", "fd00::9"], "both families of a dual-stack pod");
 }
 
 #[test]
-fn options_reach_every_pod() {
-    let options = PodOptions {
-        image: "registry.internal/netpol-probe:0.1.0".into(),
-        image_pull_secrets: vec!["mirror".into()],
-        tolerate_all_taints: true,
-        low_ports: LowPorts::Sysctl,
+fn the_node_shows_alive_what_the_kubelets_readiness_probe_reached() {
+    let ready = |name: &str, ip: &str, ready: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"containers": [{"name": "probe", "readinessProbe": {"tcpSocket": {"port": 80}}}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}
+        }))
+        .expect("a pod")
     };
-    let spec = probe_pod(&server(), &options, false).spec.expect("a spec");
-    assert_eq!(spec.containers[0].image.as_deref(), Some("registry.internal/netpol-probe:0.1.0"));
-    assert_eq!(spec.image_pull_secrets.map(|s| s[0].name.clone()), Some("mirror".to_string()));
-    assert_eq!(spec.tolerations.map(|t| t[0].operator.clone()), Some(Some("Exists".to_string())));
-    assert_eq!(images(&options), ["registry.internal/netpol-probe:0.1.0"]);
+    let pods = [ready("nv-server-t1", "10.0.0.5", "True"), ready("nv-server-t2", "10.0.0.6", "False")];
+    let probe = |id: &str, target: &str, port: u16, protocol: Option<netpol_probe::wire::Transport>| {
+        netpol_probe::wire::ProbeSpec {
+            id: id.into(),
+            kind: netpol_probe::wire::ProbeKind::Connect,
+            target: target.into(),
+            port,
+            protocol,
+            timeout_ms: 1000,
+            expect_name: None,
+            query: None,
+        }
+    };
+    let plan = Plan {
+        schema: netpol_probe::wire::SCHEMA,
+        probes: vec![
+            probe("n1", "10.0.0.5", 80, None),
+            probe("n2", "10.0.0.5", 81, None),
+            probe("n3", "10.0.0.5", 80, Some(netpol_probe::wire::Transport::Udp)),
+            probe("n4", "10.0.0.6", 80, None),
+        ],
+    };
+    let results = node_results(&pods, &plan);
+    let ids: Vec<&str> = results.iter().filter_map(|r| r.id.as_deref()).collect();
+    assert_eq!(ids, ["n1"], "only the Ready pod, on its readiness port, over TCP");
+    assert_eq!(results[0].name.as_deref(), Some("shop/nv-server-t1"));
+}
+
+#[tokio::test]
+async fn a_policy_kind_that_cannot_be_listed_makes_every_check_unknown() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        for (path, kind) in [
+            ("/api/v1/namespaces?", "Namespace"),
+            ("/api/v1/pods?", "Pod"),
+            ("/apis/networking.k8s.io/v1/networkpolicies?", "NetworkPolicy"),
+            ("/api/v1/services?", "Service"),
+            ("/api/v1/nodes?", "Node"),
+        ] {
+            answer(&mut server, "GET", path, 200, list(kind, json!([]))).await;
+        }
+        let groups = json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": "crd.projectcalico.org", "versions": [{"groupVersion": "crd.projectcalico.org/v1", "version": "v1"}]}
+        ]});
+        answer(&mut server, "GET", "/apis", 200, groups).await;
+        let resources = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "crd.projectcalico.org/v1", "resources": [
+            {"name": "globalnetworkpolicies", "singularName": "globalnetworkpolicy", "namespaced": false, "kind": "GlobalNetworkPolicy", "verbs": ["list"]}
+        ]});
+        answer(&mut server, "GET", "/apis/crd.projectcalico.org/v1", 200, resources).await;
+        let forbidden = status(
+            403,
+            "Forbidden",
+            "globalnetworkpolicies.crd.projectcalico.org is forbidden: User \"ci\" cannot list resource",
+        );
+        answer(&mut server, "GET", "/apis/crd.projectcalico.org/v1/globalnetworkpolicies?", 403, forbidden)
+            .await;
+    });
+    let discovery = cluster.discover().await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    let unmodelled = discovery.snapshot.unmodelled();
+    assert_eq!(unmodelled.len(), 1);
+    assert_eq!(
+        (unmodelled[0].namespace.as_deref(), unmodelled[0].name.as_str()),
+        (None, "(could not be listed)")
+    );
+    assert!(
+        discovery.notes.iter().any(|n| n.0.contains("every check is `unknown` until the tool may list it"))
+    );
+}
+
+#[tokio::test]
+async fn a_run_sweeps_only_what_earlier_runs_left_long_enough_ago() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let pods = json!([
+            {"metadata": {"name": "nv-server-old", "namespace": "shop", "creationTimestamp": "2020-01-01T00:00:00Z", "labels": {"netpol-verify.io/run": "old"}}},
+            {"metadata": {"name": "nv-server-now", "namespace": "shop", "creationTimestamp": "2999-01-01T00:00:00Z", "labels": {"netpol-verify.io/run": "now"}}}
+        ]);
+        // The tool's objects only: the app label *and* a run label.
+        let selector = "labelSelector=app.kubernetes.io%2Fname%3Dnetpol-verify%2Cnetpol-verify.io%2Frun";
+        answer_list_with(&mut server, selector, "Pod", pods).await;
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/shop/pods/nv-server-old?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-old"}}),
+        )
+        .await;
+        no_configmaps_or_policies(&mut server).await;
+        let namespaces = json!([
+            {"metadata": {"name": "netpol-verify-old", "creationTimestamp": "2020-01-01T00:00:00Z"}},
+            {"metadata": {"name": "team-tools", "creationTimestamp": "2020-01-01T00:00:00Z"}}
+        ]);
+        answer(&mut server, "GET", "/api/v1/namespaces?&labelSelector", 200, list("Namespace", namespaces))
+            .await;
+        // team-tools carries the labels but is not a name the tool gives: it stays.
+        answer(
+            &mut server,
+            "DELETE",
+            "/api/v1/namespaces/netpol-verify-old?",
+            200,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "netpol-verify-old"}}),
+        )
+        .await;
+    });
+    let swept = cluster.sweep(Duration::from_secs(3600)).await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    assert_eq!(swept, Cleaned { pods: 1, policies: 0, namespaces: 1 });
+}
+
+/// A whole run against the stateful fake API server: what it creates, what it leaves.
+#[tokio::test]
+async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
+    let (cluster, state) = fake_cluster();
+    {
+        let mut seeded = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A user's object wearing the common app label: never the tool's to touch.
+        let users = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "a", "labels": {"app.kubernetes.io/name": "netpol-verify"}}});
+        seeded.objects.insert(("configmaps".into(), "a".into(), "settings".into()), users);
+    }
+    let before: Vec<_> = state.lock().map(|s| s.objects.keys().cloned().collect()).unwrap_or_default();
+    let options = matrix_options("t1");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let report = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // 2 clients × 2 servers × (80/TCP, 80/UDP), every one through (no policies here).
+    assert_eq!(report.judged.len(), 8);
+    assert!(
+        report.judged.iter().all(|j| j.verdict == crate::run::check::Verdict::Pass),
+        "{:#?}",
+        report.judged
+    );
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let after: Vec<_> = state.objects.keys().cloned().collect();
+    assert_eq!(after, before, "everything the run created is gone, and nothing else");
+    // It wrote only its own objects, and deleted only those.
+    for request in &state.requests {
+        let Some(path) = request.strip_prefix("POST ").or_else(|| request.strip_prefix("DELETE ")) else {
+            continue;
+        };
+        let own = path.contains("/nv-")
+            || path.ends_with("/namespaces")
+            || path.ends_with("/pods")
+            || path.ends_with("/configmaps")
+            || path.contains("/netpol-verify-t1");
+        assert!(own, "{request}");
+        assert!(!path.contains("/settings"), "{request}");
+    }
+    assert_the_documented_role_allows(&state.requests);
+    // Exactly what a careful operator would do, in some order (batches run at once): read
+    // the cluster, sweep old runs (a pass), make its namespace, size and start the servers and
+    // the control pod, read again, run a batch pod per prober and remove it once read, then
+    // clean up in passes until one finds nothing of the run.
+    let mut made: Vec<&str> = state.requests.iter().map(String::as_str).collect();
+    made.sort_unstable();
+    let ns = |n: &str| format!("/api/v1/namespaces/{n}");
+    let mut expected: Vec<String> = Vec::new();
+    let discovery = [
+        "GET /api/v1/namespaces",
+        "GET /api/v1/pods",
+        "GET /apis/networking.k8s.io/v1/networkpolicies",
+        "GET /api/v1/services",
+        "GET /api/v1/nodes",
+        "GET /apis",
+    ];
+    let pass = [
+        "GET /api/v1/pods",
+        "GET /api/v1/configmaps",
+        "GET /apis/networking.k8s.io/v1/networkpolicies",
+        "GET /api/v1/namespaces",
+    ];
+    let tools = "?labelSelector=app.kubernetes.io/name=netpol-verify";
+    expected.extend(discovery.iter().chain(&discovery).map(|r| r.to_string()));
+    // The sweep: every run's leftovers (old enough); the cleanup: this run's, twice.
+    expected.extend(pass.iter().map(|r| format!("{r}{tools},netpol-verify.io/run")));
+    expected.extend(pass.iter().chain(&pass).map(|r| format!("{r}{tools},netpol-verify.io/run=t1")));
+    expected.push("POST /api/v1/namespaces".into());
+    expected.push("DELETE /api/v1/namespaces/netpol-verify-t1".into());
+    // The wait for the servers: one list of this run's pods; the node's view: readiness.
+    expected.push(format!("GET /api/v1/pods{tools},netpol-verify.io/run=t1"));
+    expected.push(format!("GET /api/v1/pods{tools}"));
+    for (namespace, server, prober) in [
+        ("a", "nv-server-t1", "nv-client-t1"),
+        ("b", "nv-server-t1", "nv-client-t1"),
+        ("netpol-verify-t1", "nv-control-t1", "nv-control-t1-b0"),
+    ] {
+        let n = ns(namespace);
+        expected.extend([
+            format!("GET {n}/limitranges"),
+            format!("POST {n}/pods"),
+            format!("DELETE {n}/pods/{server}"),
+            format!("POST {n}/configmaps"),
+            format!("POST {n}/pods"),
+            format!("GET {n}/pods/{prober}"),
+            format!("GET {n}/pods/{prober}/log"),
+            format!("DELETE {n}/pods/{prober}"),
+            format!("DELETE {n}/configmaps/{prober}-plan"),
+        ]);
+    }
+    expected.sort_unstable();
+    assert_eq!(made, expected);
+    // One batch pod per prober: the two clients and the control pod's batch.
+    let batches = state.requests.iter().filter(|r| r.starts_with("GET ") && r.ends_with("/log")).count();
+    assert_eq!(batches, 3, "{:#?}", state.requests);
+}
+
+#[tokio::test]
+async fn the_canary_polls_from_pods_of_its_own_and_follows_their_logs() {
+    let (cluster, state) = fake_cluster();
+    let before: Vec<_> = state.lock().map(|s| s.objects.keys().cloned().collect()).unwrap_or_default();
+    let mut options = matrix_options("t3");
+    options.scenarios = crate::scenario::resolve(&["canary".into()]).unwrap_or_else(|e| panic!("{e}"));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let report = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let canary = report.canary.as_ref().unwrap_or_else(|| panic!("the canary ran: {:?}", report.incomplete));
+    // The fake's network lets everything through: nothing is enforced, from the first moment.
+    let status = |name: &str| canary.capabilities.iter().find(|c| c.name == name).map(|c| c.status);
+    assert_eq!(status("ingress deny"), Some("not enforced"), "{:#?}", canary.capabilities);
+    assert_eq!(status("egress deny"), Some("not enforced"), "{:#?}", canary.capabilities);
+    assert_eq!(status("pod-start window"), Some("not enforced"), "{:#?}", canary.capabilities);
+    assert_eq!(canary.enforce_latency, None);
+    // Its one round got out: a window of at least that round's probe, never "0 ms".
+    assert_eq!(canary.pod_start_window, Some(Duration::from_millis(1)));
+
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let after: Vec<_> = state.objects.keys().cloned().collect();
+    assert_eq!(after, before, "everything the canary created is gone");
+    // Every round came from a poller pod's followed log, never a pod per round: the deny
+    // phase's 2 probers, the capabilities' 5, the fresh pod and its control.
+    let followed: Vec<&String> = state.requests.iter().filter(|r| r.ends_with("/log?follow=true")).collect();
+    assert_eq!(followed.len(), 9, "{:#?}", state.requests);
+    assert!(state.requests.iter().any(|r| r == "POST /api/v1/namespaces/nv-canary-t3/pods"));
+    let fresh = "/api/v1/namespaces/nv-canary-t3/pods/nv-canary-late-t3-p0/log?follow=true";
+    assert!(followed.iter().any(|r| r.ends_with(fresh)), "{followed:#?}");
+    let batches = state.requests.iter().filter(|r| r.ends_with("/log")).count();
+    assert_eq!(batches, 0, "{:#?}", state.requests);
+    assert_the_documented_role_allows(&state.requests);
+}
+
+#[tokio::test]
+async fn spread_pins_servers_to_one_node_and_probes_from_it_and_another() {
+    let (cluster, state) = fake_cluster();
+    {
+        let mut seeded = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for name in ["worker-b", "worker-a", "control-plane"] {
+            let taints = if name == "control-plane" {
+                json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])
+            } else {
+                json!([])
+            };
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"taints": taints}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+            seeded.objects.insert(("nodes".into(), String::new(), name.into()), node);
+        }
+    }
+    let mut options = matrix_options("t4");
+    options.spread = Some(false);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let report = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // 2 namespaces × 2 clients (same node, other node) × 2 servers × (80/TCP, 80/UDP).
+    assert_eq!(report.judged.len(), 16);
+    let from = |name: &str| report.judged.iter().filter(|j| j.check.probe.client.name == name).count();
+    assert_eq!((from("nv-client-samenode-t4"), from("nv-client-othernode-t4")), (8, 8));
+    assert!(report.notes.iter().any(|n| n.0.contains("node worker-a") && n.0.contains("node worker-b")));
+
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert_the_documented_role_allows(&state.requests);
+    let created = state.created.iter().filter(|p| p["kind"] == "Pod");
+    let mut placed: Vec<(String, String)> = created
+        .map(|pod| {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let term = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0];
+            assert_eq!((&term["key"], &term["operator"]), (&json!("metadata.name"), &json!("In")), "{pod:#}");
+            (name, term["values"][0].as_str().unwrap_or("unpinned").to_string())
+        })
+        .collect();
+    placed.sort();
+    let expected = [
+        ("nv-client-othernode-t4", "worker-b"),
+        ("nv-client-othernode-t4", "worker-b"),
+        ("nv-client-samenode-t4", "worker-a"),
+        ("nv-client-samenode-t4", "worker-a"),
+        ("nv-control-t4", "worker-a"),
+        ("nv-control-t4-b0", "worker-a"),
+        ("nv-server-t4", "worker-a"),
+        ("nv-server-t4", "worker-a"),
+    ];
+    let expected: Vec<(String, String)> =
+        expected.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(placed, expected);
+}
+
+#[tokio::test]
+async fn spread_without_two_nodes_stops_before_creating_anything() {
+    let (cluster, state) = fake_cluster();
+    let mut options = matrix_options("t5");
+    options.spread = Some(false);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let error = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel).await.err();
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.starts_with("--spread needs two nodes"), "{error}");
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert!(state.created.is_empty(), "{:#?}", state.created);
+}
+
+/// (verb, API group, resource[/subresource]) a request needs, as RBAC reads it; `None` for
+/// API discovery (`/apis`, `/apis/GROUP/VERSION`), which every authenticated user may read.
+fn rbac_of(request: &str) -> Option<(String, String, String)> {
+    let (method, path) = request.split_once(' ')?;
+    let path = path.split('?').next()?;
+    let (group, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+        (String::new(), rest)
+    } else {
+        let rest = path.strip_prefix("/apis/")?;
+        let mut parts = rest.splitn(3, '/');
+        let (group, _version, rest) = (parts.next()?, parts.next()?, parts.next()?);
+        (group.to_string(), rest)
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (resource, named) = match parts.as_slice() {
+        ["namespaces", _ns, resource, name, sub] => (format!("{resource}/{sub}"), !name.is_empty()),
+        ["namespaces", _ns, resource, _name] => (resource.to_string(), true),
+        ["namespaces", _ns, resource] => (resource.to_string(), false),
+        ["namespaces", _name] => ("namespaces".to_string(), true),
+        [resource] => (resource.to_string(), false),
+        _ => panic!("no RBAC reading for {request}"),
+    };
+    let verb = match (method, named) {
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("DELETE", _) => "delete",
+        _ => panic!("no RBAC verb for {request}"),
+    };
+    Some((verb.to_string(), group, resource))
+}
+
+/// Every request a run made is one docs/rbac.yaml grants: the role is exactly enough.
+fn assert_the_documented_role_allows(requests: &[String]) {
+    let text = include_str!("../../docs/rbac.yaml");
+    let role: Value = serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("docs/rbac.yaml: {e}"));
+    let rules = role["rules"].as_array().cloned().unwrap_or_default();
+    let has = |rule: &Value, key: &str, want: &str| {
+        rule[key].as_array().is_some_and(|v| v.iter().any(|x| x.as_str() == Some(want)))
+    };
+    for request in requests {
+        let Some((verb, group, resource)) = rbac_of(request) else { continue };
+        let granted = rules
+            .iter()
+            .any(|r| has(r, "verbs", &verb) && has(r, "apiGroups", &group) && has(r, "resources", &resource));
+        assert!(
+            granted,
+            "docs/rbac.yaml does not grant {verb} on {resource} ({group:?}), needed for {request}"
+        );
+    }
+}
+
+/// Options for a matrix-only run with short bounds.
+fn matrix_options(run_id: &str) -> crate::run::RunOptions {
+    crate::run::RunOptions {
+        run_id: run_id.into(),
+        scenarios: crate::scenario::resolve(&["matrix".into()]).unwrap_or_else(|e| panic!("{e}")),
+        scope: crate::run::Scope::default(),
+        probe_timeout: Duration::from_millis(100),
+        pod_timeout: Duration::from_secs(5),
+        sweep_after: Duration::from_secs(3600),
+        mimic_workloads: false,
+        spread: None,
+    }
+}
+
+/// The fake API server seeded with namespaces a and b, behind a `KubeCluster`.
+fn fake_cluster() -> (KubeCluster, super::fake::Shared) {
+    let state: super::fake::Shared = Default::default();
+    {
+        let mut seeded = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ns in ["a", "b"] {
+            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});
+            seeded.objects.insert(("namespaces".into(), String::new(), ns.into()), object);
+        }
+    }
+    let service = tower::service_fn({
+        let state = state.clone();
+        move |request| super::fake::handle(state.clone(), request)
+    });
+    (KubeCluster::new(Client::new(service, "default"), PodOptions::default()), state)
+}
+
+#[tokio::test]
+async fn a_run_that_fails_midway_removes_everything_it_made_and_names_the_refusal() {
+    let (cluster, state) = fake_cluster();
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).refuse = Some("nv-server-t6".into());
+    let mut options = matrix_options("t6");
+    options.run_id = "t6".into();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let error = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("creating pod a/nv-server-t6") && error.contains("refused by admission"),
+        "{error}"
+    );
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let left: Vec<_> = state
+        .objects
+        .keys()
+        .filter(|(_, _, name)| name.starts_with("nv-") || name.starts_with("netpol-verify-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // What it had made before the refusal was removed: its namespace and the control pod.
+    for gone in [
+        "DELETE /api/v1/namespaces/netpol-verify-t6",
+        "DELETE /api/v1/namespaces/netpol-verify-t6/pods/nv-control-t6",
+    ] {
+        assert!(state.requests.iter().any(|r| r == gone), "{gone}: {:#?}", state.requests);
+    }
+}
+
+#[tokio::test]
+async fn a_run_interrupted_mid_batch_removes_everything_it_made() {
+    let (cluster, state) = fake_cluster();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).interrupt = Some(cancel.clone());
+    let options = matrix_options("t2");
+    let error = crate::run::run(&cluster, &options, &crate::run::progress::Quiet, &cancel)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(error.as_deref().is_some_and(|e| e.starts_with("interrupted; removed ")), "{error:?}");
+    let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let left: Vec<_> = state
+        .objects
+        .keys()
+        .filter(|(_, _, name)| name.starts_with("nv-") || name.starts_with("netpol-verify-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        state.requests.iter().any(|r| r.starts_with("DELETE ") && r.contains("/pods/nv-server-t2")),
+        "{:#?}",
+        state.requests
+    );
+}
+
+#[tokio::test]
+async fn the_canarys_policies_are_created_labelled_and_deleted() {
+    let (cluster, state) = fake_cluster();
+    let policy: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "nv-canary-deny-ingress", "namespace": "a"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    cluster.create_policy(&policy, "t3").await.unwrap_or_else(|e| panic!("{e}"));
+    {
+        let state = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stored = &state.objects
+            [&("networkpolicies".to_string(), "a".to_string(), "nv-canary-deny-ingress".to_string())];
+        assert_eq!(stored["metadata"]["labels"]["netpol-verify.io/run"], "t3");
+        assert_eq!(stored["metadata"]["labels"]["app.kubernetes.io/name"], "netpol-verify");
+    }
+    let cleaned = cluster.cleanup("t3").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cleaned.policies, 1);
+    // Invalid policies never reach the API server.
+    let invalid: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "bad", "namespace": "a"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cluster.create_policy(&invalid, "t3").await.is_err());
+    let posts = state
+        .lock()
+        .map(|s| {
+            s.requests.iter().filter(|r| r.starts_with("POST ") && r.ends_with("/networkpolicies")).count()
+        })
+        .unwrap_or_default();
+    assert_eq!(posts, 1, "only the valid policy was sent");
+}
+
+#[tokio::test]
+async fn a_busy_api_server_is_asked_again_within_the_bound() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let path = "/api/v1/pods?&labelSelector";
+        answer(&mut server, "GET", path, 429, status(429, "TooManyRequests", "too many requests")).await;
+        let pod = |name: &str, ip: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"containers": [{"name": "probe", "readinessProbe": {"tcpSocket": {"port": 80}}}]},
+                "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
+        };
+        // One list for every pod waited for, each poll.
+        let pending = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-mimic-0-t1", "namespace": "shop"}, "status": {"phase": "Pending"}});
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod("nv-server-t1", "10.0.0.5"), pending]))
+            .await;
+        let both = json!([pod("nv-server-t1", "10.0.0.5"), pod("nv-mimic-0-t1", "10.0.0.6")]);
+        answer_list_with(&mut server, TOOL_PODS, "Pod", both).await;
+    });
+    let keys = [ObjectKey::new("shop", "nv-server-t1"), ObjectKey::new("shop", "nv-mimic-0-t1")];
+    let running = cluster.wait_running(&keys, Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));
+    api.await.expect("the scripted API server");
+    let ips: Vec<String> = running.iter().map(|r| r.ip.to_string()).collect();
+    assert_eq!(ips, ["10.0.0.5", "10.0.0.6"]);
 }
 
 #[test]
-fn manifests_print_as_yaml_with_their_type_and_comment() {
-    let yaml = to_yaml(&[Manifest::new("the run's namespace", &namespace("netpol-verify-r1", "r1"))]);
-    assert!(yaml.starts_with("---\n# the run's namespace\n"), "{yaml}");
-    assert!(yaml.contains("apiVersion: v1") && yaml.contains("kind: Namespace"), "{yaml}");
-    assert!(yaml.contains("netpol-verify.io/run: r1"), "{yaml}");
+fn a_kubelet_that_forbids_the_sysctl_is_named_with_the_fix() {
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "nv-server-t1", "namespace": "shop"},
+        "status": {"phase": "Failed", "reason": "SysctlForbidden", "message": "Pod forbidden sysctl: \"net.ipv4.ip_unprivileged_port_start\" not allowlisted"}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let reason = super::waiting_reason(&pod).unwrap_or_default();
+    assert!(reason.starts_with("pod shop/nv-server-t1: SysctlForbidden: Pod forbidden sysctl"), "{reason}");
+    assert!(reason.ends_with("pass --low-ports capability"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_pod_deleted_while_the_run_waits_for_it_fails_the_wait_at_once() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([])).await;
+    });
+    let keys = [ObjectKey::new("shop", "nv-server-t1")];
+    let wait = cluster.wait_running(&keys, Duration::from_secs(600));
+    let error = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("at once").err();
+    api.await.expect("the scripted API server");
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.starts_with("pod shop/nv-server-t1 (it was deleted while the run waited"), "{error}");
+}
+
+#[tokio::test]
+async fn a_probe_server_the_kubelet_refused_fails_the_wait_at_once() {
+    let (cluster, mut server) = mocked();
+    let api = tokio::spawn(async move {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-server-t1", "namespace": "shop"},
+            "status": {"phase": "Failed", "reason": "SysctlForbidden", "message": "forbidden sysctl"}});
+        answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod])).await;
+    });
+    let keys = [ObjectKey::new("shop", "nv-server-t1")];
+    let wait = cluster.wait_running(&keys, Duration::from_secs(600));
+    let error = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("at once").err();
+    api.await.expect("the scripted API server");
+    let error = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("SysctlForbidden") && error.contains("--low-ports capability"), "{error}");
+}
+
+#[tokio::test]
+async fn discovery_reads_cluster_dns_endpointslices_and_goes_on_without_them() {
+    for allowed in [true, false] {
+        let (cluster, mut server) = mocked();
+        let api = tokio::spawn(async move {
+            answer(&mut server, "GET", "/api/v1/namespaces?", 200, list("Namespace", json!([]))).await;
+            answer(&mut server, "GET", "/api/v1/pods?", 200, list("Pod", json!([]))).await;
+            let policies = "/apis/networking.k8s.io/v1/networkpolicies?";
+            answer(&mut server, "GET", policies, 200, list("NetworkPolicy", json!([]))).await;
+            let dns = json!({"metadata": {"name": "kube-dns", "namespace": "kube-system"}, "spec": {"clusterIP": "10.96.0.10", "selector": {"k8s-app": "kube-dns"}}});
+            answer(&mut server, "GET", "/api/v1/services?", 200, list("Service", json!([dns]))).await;
+            answer(&mut server, "GET", "/api/v1/nodes?", 200, list("Node", json!([]))).await;
+            let slices = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices?&labelSelector=kubernetes.io%2Fservice-name%3Dkube-dns";
+            if allowed {
+                let slice = json!({"metadata": {"name": "kube-dns-x1", "namespace": "kube-system", "labels": {"kubernetes.io/service-name": "kube-dns"}}, "addressType": "IPv4", "endpoints": []});
+                answer(&mut server, "GET", slices, 200, list("EndpointSlice", json!([slice]))).await;
+            } else {
+                let forbidden = status(
+                    403,
+                    "Forbidden",
+                    "endpointslices.discovery.k8s.io is forbidden: User \"ci\" cannot list resource",
+                );
+                answer(&mut server, "GET", slices, 403, forbidden).await;
+            }
+            answer(
+                &mut server,
+                "GET",
+                "/apis",
+                200,
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+            )
+            .await;
+        });
+        let discovery = cluster.discover().await.unwrap_or_else(|e| panic!("{e}"));
+        api.await.expect("the scripted API server");
+        let found = discovery.snapshot.endpoint_slices_of(&ObjectKey::new("kube-system", "kube-dns")).len();
+        assert_eq!(found, usize::from(allowed));
+        let noted =
+            discovery.notes.iter().any(|n| n.0.contains("endpoints come from the Service's selector"));
+        assert_eq!(noted, !allowed, "{:?}", discovery.notes);
+    }
 }

@@ -161,7 +161,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The Pod object of a probe pod: the one a Kubernetes backend would create (labels, and
 /// container ports when it serves), which the lab plumbs and serves.
 fn probe_pod_object(pod: &ProbePod) -> Pod {
-    crate::kubernetes::probe_pod(pod, &crate::kubernetes::PodOptions::default(), false)
+    let work = crate::manifest::Work::of(pod.role);
+    crate::manifest::probe_pod(pod, &crate::manifest::PodOptions::default(), work, false)
 }
 
 fn run_label(meta: &ObjectMeta) -> Option<&str> {
@@ -172,7 +173,7 @@ impl Cluster for LabCluster {
     async fn discover(&self) -> Result<Discovery, ClusterError> {
         let lab = self.lab();
         let (snapshot, notes) = lab.state.snapshot();
-        use crate::kubernetes::detect::{Detection, Enforcement};
+        use crate::detect::{Detection, Enforcement};
         let cni = lab.state.cni;
         let enforcement = match cni {
             crate::lab::cni::CniMode::Enforcing | crate::lab::cni::CniMode::Reject => Enforcement::Expected,

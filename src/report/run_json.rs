@@ -16,7 +16,7 @@ struct Document<'a> {
     run: Run<'a>,
     exit_code: u8,
     counts: BTreeMap<&'static str, usize>,
-    cluster: Option<&'a crate::kubernetes::detect::Detection>,
+    cluster: Option<&'a crate::detect::Detection>,
     canary: Option<Canary<'a>>,
     checks: Vec<CheckJson<'a>>,
     incomplete: &'a [String],

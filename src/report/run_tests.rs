@@ -117,10 +117,10 @@ fn report() -> RunReport {
         ],
         cleaned: Cleaned { pods: 5, policies: 0, namespaces: 1 },
         incomplete: vec![],
-        detection: Some(crate::kubernetes::detect::Detection {
+        detection: Some(crate::detect::Detection {
             provider: Some("EKS".into()),
             cni: vec!["AWS VPC CNI (network policy agent not enabled: does not enforce)".into()],
-            enforcement: crate::kubernetes::detect::Enforcement::NotExpected,
+            enforcement: crate::detect::Enforcement::NotExpected,
             advice: vec!["EKS does not enforce NetworkPolicy by default: enable the agent".into()],
         }),
     }

@@ -37,7 +37,7 @@ const CANARY_LABEL: &str = "netpol-verify.io/canary";
 /// Timeout of each canary probe: short, so polls are quick (the cluster network is local).
 const POLL_TIMEOUT: Duration = Duration::from_millis(300);
 /// How often the canary polls: fine enough to time enforcement, coarse enough to stay cheap.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long the baseline may take once every prober polls.
 const BASELINE_BOUND: Duration = Duration::from_secs(5);
 
@@ -161,6 +161,22 @@ pub fn objects(run_id: &str, target: IpAddr) -> (Vec<String>, Vec<ProbePod>, Vec
     (vec![names.namespace.clone(), names.peer_namespace.clone()], pods, policies)
 }
 
+/// The canary's probers, for `--dry-run`: the pods that poll (its clients, the control pod,
+/// and the fresh pod of the pod-start window). Each runs a poller pod per step it takes part
+/// in, `NAME-p0`, `NAME-p1`, ...
+pub fn probers(run_id: &str) -> Vec<ProbePod> {
+    let names = Names::new(run_id);
+    let polls = |p: &ProbePod| matches!(p.role, Role::Client | Role::Control);
+    pods(&names).into_iter().filter(polls).chain([late_pod(&names)]).collect()
+}
+
+/// How long the pollers of the canary's first step (the baseline, then the deny until it is
+/// enforced) run: the longest step.
+pub fn first_step(options: &CanaryOptions, pod_timeout: Duration) -> Duration {
+    // NB: each poller counts from its own start, and they may start far apart: generous.
+    pod_timeout + BASELINE_BOUND + options.enforce_timeout + Duration::from_secs(5)
+}
+
 /// The fresh prober of the pod-start window: the egress policy selects it.
 fn late_pod(names: &Names) -> ProbePod {
     let key = ObjectKey::new(&names.namespace, format!("nv-canary-late-{}", names.run_id));
@@ -195,8 +211,7 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     let engine_checks = checks(cluster, scenario, &names, &ips).await?;
     let baseline: Vec<Check> = engine_checks.iter().filter(|c| c.group == "ingress deny").cloned().collect();
     let controls = controls_for(&baseline, &names);
-    // NB: each poller counts from its own start, and they may start far apart: generous.
-    let total = pod_timeout + BASELINE_BOUND + options.enforce_timeout + Duration::from_secs(5);
+    let total = first_step(options, pod_timeout);
     let since = Instant::now();
     let mut watch =
         Watch::start(cluster, &names, &probes_of(&baseline, &controls), total, pod_timeout).await?;

@@ -6,6 +6,7 @@
 
 pub mod canary;
 pub mod check;
+pub mod dry_run;
 pub mod judge;
 pub mod layout;
 pub mod plan;
@@ -104,7 +105,7 @@ pub struct RunReport {
     /// at best inconclusive.
     pub incomplete: Vec<String>,
     /// The cluster's CNI and provider, as far as they can be recognised.
-    pub detection: Option<crate::kubernetes::detect::Detection>,
+    pub detection: Option<crate::detect::Detection>,
 }
 
 impl RunReport {
@@ -256,9 +257,11 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     progress.phase("discovering", 0);
     let discovery = cluster.discover().await.map_err(step("discovering the cluster"))?;
     report.notes.extend(discovery.notes);
-    report.detection = Some(discovery.detection.unwrap_or_else(|| {
-        crate::kubernetes::detect::detect(discovery.snapshot.pods(), discovery.snapshot.nodes())
-    }));
+    report.detection = Some(
+        discovery
+            .detection
+            .unwrap_or_else(|| crate::detect::detect(discovery.snapshot.pods(), discovery.snapshot.nodes())),
+    );
     // Invalid stored policies stop the run before anything is created.
     Engine::new(&discovery.snapshot)?;
     match cluster.sweep(options.sweep_after).await {
@@ -352,7 +355,8 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
 /// The Pod object a probe pod is, for the engine: its labels and ports, and its addresses
 /// once known.
 pub fn pod_object(pod: &ProbePod, ips: &[std::net::IpAddr]) -> k8s_openapi::api::core::v1::Pod {
-    let mut object = crate::kubernetes::probe_pod(pod, &crate::kubernetes::PodOptions::default(), false);
+    let options = crate::manifest::PodOptions::default();
+    let mut object = crate::manifest::probe_pod(pod, &options, crate::manifest::Work::of(pod.role), false);
     object.status = Some(k8s_openapi::api::core::v1::PodStatus {
         phase: Some("Running".into()),
         pod_ip: ips.first().map(ToString::to_string),

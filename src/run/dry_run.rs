@@ -2,11 +2,16 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Manifest, PodOptions, namespace, plan_config_map, policy, probe_pod};
-use crate::cluster::Role;
+use super::{RunOptions, canary, layout, tool_namespace};
+use crate::cluster::{ProbePod, Role};
+use crate::manifest::{
+    Manifest, PodOptions, Turn, Work, namespace, plan_config_map, policy, probe_pod, prober_pod,
+};
 use crate::model::{ObjectKey, Snapshot};
-use crate::run::{RunOptions, canary, layout, tool_namespace};
 use crate::scenario::Body;
+
+/// A plan's ConfigMap as the dry run shows it: the probes are written at run time.
+const EMPTY_PLAN: &str = "{\"schema\":1,\"probes\":[]}";
 
 /// Every object a run of `options` on `snapshot` would create, in creation order; fails only
 /// for `--spread` without two nodes to spread over.
@@ -20,28 +25,32 @@ pub fn manifests(
     let mut config_maps = Vec::new();
     let mut probe_pods = Vec::new();
     let mut policies = Vec::new();
+    // A prober's pod for `turn`, and the ConfigMap with its plan.
+    let mut prober = |prober: &ProbePod, turn: Turn, work: Work, what: String| {
+        let pod = prober_pod(prober, turn);
+        config_maps.push(Manifest::new(
+            format!(
+                "the plan of {}: its probes are written at run time, once the servers have addresses",
+                pod.key
+            ),
+            &plan_config_map(&pod, EMPTY_PLAN),
+        ));
+        probe_pods.push(Manifest::new(what, &probe_pod(&pod, pods, work, false)));
+    };
     let in_scope = options.scope.apply(snapshot.namespaces());
     let layout = layout::layout(snapshot, &in_scope, options)?;
+    let once = Work::Batch { probes: 0 };
+    let mut servers = Vec::new();
     if let Some(control) = layout.pods.iter().find(|p| p.role == Role::Control) {
         let tool = tool_namespace(run_id);
         namespaces
             .push(Manifest::new("the run's own namespace, for its control pod", &namespace(&tool, run_id)));
-        probe_pods.push(Manifest::new(
+        servers.push(Manifest::new(
             "the control pod: a vantage point of the tool's own, to show targets alive",
-            &probe_pod(control, pods, false),
+            &probe_pod(control, pods, Work::Serve, false),
         ));
-        // Its probes run from a batch pod with its labels, made like a client's.
-        let mut control_batch = control.clone();
-        control_batch.key.name = format!("{}-b0", control.key.name);
-        control_batch.role = Role::Client;
-        control_batch.ports = Vec::new();
-        config_maps.push(Manifest::new(
-            "the plan of the control pod's batch (written at run time)",
-            &plan_config_map(&control_batch, "{\"schema\":1,\"probes\":[]}"),
-        ));
-        let mut batch_pod = probe_pod(&control_batch, pods, false);
-        batch_pod.metadata.labels = Some(control.all_labels());
-        probe_pods.push(Manifest::new("the control pod's batch: runs its plan once and exits", &batch_pod));
+        // Its probes run from a batch pod with its labels.
+        prober(control, Turn::Batch(0), once, "the control pod's batch: runs its plan once and exits".into());
     }
     let doubles: Vec<&ObjectKey> = layout.deployment.mimics.iter().map(|(_, key)| key).collect();
     for pod in layout.pods.iter().filter(|p| p.role == Role::Server) {
@@ -54,24 +63,18 @@ pub fn manifests(
         } else {
             format!("probe server in {ns}")
         };
-        probe_pods.push(Manifest::new(what, &probe_pod(pod, pods, mimic)));
+        servers.push(Manifest::new(what, &probe_pod(pod, pods, Work::Serve, mimic)));
     }
     for client in &layout.clients {
         let ns = &client.key.namespace;
         let node = client.node.as_ref().map(|n| format!(" (on node {n})")).unwrap_or_default();
-        config_maps.push(Manifest::new(
-            format!(
-                "the plan of {}: its probes are written when the run starts, once the servers have addresses",
-                client.key
-            ),
-            &plan_config_map(client, "{\"schema\":1,\"probes\":[]}"),
-        ));
-        probe_pods.push(Manifest::new(
-            format!("probe client in {ns}{node}: runs its plan once and exits; its log is the result"),
-            &probe_pod(client, pods, false),
-        ));
+        let what = format!("probe client in {ns}{node}: runs its plan once and exits; its log is the result");
+        prober(client, Turn::Batch(0), once, what);
     }
-    if options.scenarios.iter().any(|s| matches!(s.body, Body::Canary(_))) {
+    if let Some(options_of_canary) = options.scenarios.iter().find_map(|s| match &s.body {
+        Body::Canary(o) => Some(o),
+        Body::Groups(_) => None,
+    }) {
         // NB: a documentation address (RFC 5737) stands in for a pod address known only at run time.
         let placeholder = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         let (names, canary_pods, canary_policies) = canary::objects(run_id, placeholder);
@@ -81,16 +84,26 @@ pub fn manifests(
                 &namespace(&name, run_id),
             ));
         }
-        for pod in canary_pods {
+        for pod in canary_pods.iter().filter(|p| p.role != Role::Client) {
             let role = pod.labels.get("netpol-verify.io/canary").cloned().unwrap_or_default();
-            let what = match pod.role {
-                crate::cluster::Role::Client => format!(
-                    "canary prober ({role}): a pod per canary step, named {}-pN, running its plan every 50 ms (batch --every 50ms --for ...) until the step is done",
-                    pod.key.name
-                ),
-                _ => format!("canary pod: {role}"),
-            };
-            probe_pods.push(Manifest::new(what, &probe_pod(&pod, pods, false)));
+            servers.push(Manifest::new(
+                format!("canary pod: {role}"),
+                &probe_pod(pod, pods, Work::Serve, false),
+            ));
+        }
+        let rounds = Work::Rounds {
+            probes: 0,
+            every: canary::POLL_INTERVAL,
+            total: canary::first_step(options_of_canary, options.pod_timeout),
+        };
+        for pod in canary::probers(run_id) {
+            let role = pod.labels.get("netpol-verify.io/canary").cloned().unwrap_or_default();
+            let what = format!(
+                "canary prober ({role}): a pod per canary step it takes part in ({}-p0, -p1, ...), running its plan every {} ms for the step (the first step's length shown)",
+                pod.key.name,
+                canary::POLL_INTERVAL.as_millis()
+            );
+            prober(&pod, Turn::Poll(0), rounds, what);
         }
         for p in canary_policies {
             let comment = if p.metadata.name.as_deref() == Some("nv-canary-except") {
@@ -101,5 +114,5 @@ pub fn manifests(
             policies.push(Manifest::new(comment, &policy(&p, run_id)));
         }
     }
-    Ok(namespaces.into_iter().chain(config_maps).chain(probe_pods).chain(policies).collect())
+    Ok(namespaces.into_iter().chain(config_maps).chain(servers).chain(probe_pods).chain(policies).collect())
 }
