@@ -441,7 +441,7 @@ fn run_options(args: &RunOptionArgs) -> Result<RunOptions, Error> {
     let selector = args
         .namespace_selector
         .as_deref()
-        .map(crate::run::parse_selector)
+        .map(crate::selector::parse_labels)
         .transpose()
         .map_err(|e| Error::Usage(format!("--namespace-selector: {e}")))?;
     if args.probe_timeout.is_zero() || args.probe_timeout > std::time::Duration::from_secs(300) {

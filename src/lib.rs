@@ -30,4 +30,5 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod selector;
 pub mod validate;

@@ -14,6 +14,7 @@
 //! own identity; kube-dns pods run the lab's DNS server; the metadata namespace answers on
 //! 169.254.169.254:80.
 
+pub mod api;
 pub mod cluster;
 pub mod cni;
 pub mod dns;

@@ -412,21 +412,6 @@ async fn a_run_cancelled_while_pods_start_removes_what_it_created() {
 }
 
 #[test]
-fn selectors_parse_like_kubectls() {
-    let selector =
-        parse_selector("team=shop, env!=dev,!legacy,tier in (web, api),x").unwrap_or_else(|e| panic!("{e}"));
-    let labels = |pairs: &[(&str, &str)]| {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
-    };
-    assert!(selector.matches(&labels(&[("team", "shop"), ("tier", "web"), ("x", "")])));
-    assert!(!selector.matches(&labels(&[("team", "shop"), ("tier", "web"), ("x", ""), ("legacy", "1")])));
-    assert!(!selector.matches(&labels(&[("team", "shop"), ("tier", "db"), ("x", "")])));
-    assert!(parse_selector("").is_err());
-    assert!(parse_selector("a in b").is_err());
-    assert!(parse_selector("=x").is_err());
-}
-
-#[test]
 fn a_dual_stack_client_is_planned_with_both_its_addresses() {
     let key = ObjectKey::new("a", "nv-client-r1");
     let client = probe_pod(&key, Role::Client, "r1", &[]);
