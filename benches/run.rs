@@ -1,15 +1,19 @@
-//! `netpol-verify run` end to end on a lab (`cargo bench --bench run`; root). Figures and
-//! their machine: docs/PERFORMANCE.md. A lab of 20 namespaces (3 pods each, cluster DNS, the
-//! metadata service) with policies in every namespace, the default scenario set (canary,
-//! matrix, dns, metadata), the enforcing CNI; three runs, each phase timed.
+//! `netpol-verify run` end to end on a lab (`cargo bench --bench run`; root): `lab run` as a
+//! user runs it — the lab up with its API, the Kubernetes backend against that API (the same
+//! code a real cluster gets), the lab down. Figures and their machine: docs/PERFORMANCE.md. A
+//! lab of 20 namespaces (3 pods each, cluster DNS, the metadata service) with policies in every
+//! namespace, the default scenario set (canary, matrix, dns, metadata), the enforcing CNI;
+//! three runs, each phase timed.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use netpol_verify::fixtures::grid_yaml;
 use netpol_verify::input::{Source, load};
+use netpol_verify::kubernetes::{Connection, KubeCluster};
 use netpol_verify::lab::cni::CniMode;
-use netpol_verify::lab::{Lab, LabCluster, LabSpec};
+use netpol_verify::lab::{Lab, LabSpec};
+use netpol_verify::manifest::PodOptions;
 use netpol_verify::run::{RunOptions, Scope, new_run_id, progress, run};
 use tokio_util::sync::CancellationToken;
 
@@ -70,11 +74,14 @@ fn main() {
         };
         let started = Instant::now();
         let (lab, _) = Lab::up(&spec, &snapshot).expect("up");
+        let kubeconfig = lab.start_api(&[]).expect("the lab's API");
         let up = started.elapsed();
         let name = lab.state.name.clone();
         let report = runtime
             .block_on(async {
-                let cluster = LabCluster::new(lab).expect("a lab cluster");
+                let connection = Connection { kubeconfig: Some(&kubeconfig), context: None };
+                let cluster =
+                    KubeCluster::connect(&connection, PodOptions::default()).await.expect("connects");
                 run(&cluster, &options, &progress::Quiet, &CancellationToken::new()).await
             })
             .expect("the run");
@@ -87,7 +94,7 @@ fn main() {
         let counts: Vec<String> =
             report.counts().iter().filter(|(_, n)| **n > 0).map(|(v, n)| format!("{n} {v}")).collect();
         println!(
-            "run {attempt}: {} checks ({}), exit {}: total {:.2} s = lab up {:.2} s + run {:.2} s + lab down {:.2} s; run phases: {}",
+            "run {attempt}: {} checks ({}), exit {}: total {:.2} s = lab up (with its API) {:.2} s + run {:.2} s + lab down {:.2} s; run phases: {}",
             report.all_checks().count(),
             counts.join(", "),
             report.exit() as u8,

@@ -35,7 +35,7 @@ pub enum Command {
     /// got through with what the stored policies allow, reports a verdict per connection, and
     /// removes everything it created. Exit status: 0 all pass, 1 findings, 2 could not run,
     /// 3 only inconclusive checks besides passes.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// A cluster emulated in Linux network namespaces, with a CNI you choose (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
@@ -59,8 +59,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Run against this lab (see `netpol-verify lab up`) instead of a Kubernetes cluster.
-    #[arg(long, value_name = "NAME", conflicts_with = "from_file")]
+    /// Run against this lab (see `netpol-verify lab up`): its Kubernetes API, as with
+    /// `--kubeconfig $(netpol-verify lab env NAME)`.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["from_file", "kubeconfig", "context"])]
     pub lab: Option<String>,
 
     /// Print the manifests (YAML) the run would create, and create nothing.
@@ -206,8 +207,13 @@ pub enum LabCommand {
     /// chosen CNI mode enforces the NetworkPolicies. Cluster DNS answers on the kube-dns Service
     /// IP; a metadata service answers on 169.254.169.254:80. Nothing routes out of the lab.
     Up(LabUpArgs),
-    /// Build a lab, run `netpol-verify run` against it, and remove it: one command.
-    Run(LabRunArgs),
+    /// Build a lab, run `netpol-verify run` against its Kubernetes API, and remove it: one command.
+    Run(Box<LabRunArgs>),
+    /// Print the shell commands that point kubectl at a lab (`eval "$(netpol-verify lab env NAME)"`).
+    Env {
+        /// The lab.
+        name: String,
+    },
     /// Remove a lab: its processes, namespaces and record.
     Down {
         /// The lab to remove.
@@ -231,6 +237,20 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run a lab's Kubernetes API, kubelet and CNI (what `lab up` starts).
+    #[command(hide = true)]
+    Serve {
+        name: String,
+        /// Images the kubelet runs as the probe image.
+        #[arg(long = "image")]
+        images: Vec<String>,
+    },
+    /// Run one container of a lab pod (the lab kubelet's runtime).
+    #[command(hide = true)]
+    Container {
+        #[arg(long)]
+        spec: PathBuf,
+    },
     /// Serve the lab's cluster DNS (what lab kube-dns pods run).
     #[command(hide = true)]
     ServeDns {
@@ -247,6 +267,19 @@ pub enum LabCommand {
 
 #[derive(Debug, Args)]
 pub struct LabUpArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+
+    /// An image the lab's kubelet runs as the probe image, besides the project's
+    /// (ghcr.io/netpol-verify/netpol-probe, any tag): the one you pass to `run --image`
+    /// (repeatable).
+    #[arg(long = "image", value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+/// What a lab is made of.
+#[derive(Debug, Clone, Args)]
+pub struct LabArgs {
     /// Objects as for `plan --from-file` (repeatable, `-` for standard input, directories).
     #[arg(short = 'f', long = "from-file", value_name = "FILE", required = true)]
     pub from_file: Vec<PathBuf>,
@@ -267,7 +300,11 @@ pub struct LabUpArgs {
 #[derive(Debug, Args)]
 pub struct LabRunArgs {
     #[command(flatten)]
-    pub lab: LabUpArgs,
+    pub lab: LabArgs,
+
+    /// How probe pods are made (the lab's kubelet runs `--image` as the probe image).
+    #[command(flatten)]
+    pub pods: PodArgs,
 
     #[command(flatten)]
     pub options: RunOptionArgs,

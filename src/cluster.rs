@@ -3,8 +3,9 @@
 //! Everything netpol-verify does to a cluster goes through it: read what is there, create its
 //! own short-lived namespaces, probe pods and policies (all labelled with the run's id), wait
 //! for pods with a bound, run one probe batch per client pod, and remove everything of a run.
-//! Two backends implement it: the lab ([`crate::lab::LabCluster`]) and Kubernetes
-//! ([`crate::kubernetes::KubeCluster`]).
+//! One backend talks to clusters: Kubernetes ([`crate::kubernetes::KubeCluster`]), against any
+//! API server, the lab's included. The trait stays as the seam for the in-memory test double
+//! of `run`'s own tests (failures no API server can be made to give).
 //! Methods return futures that are `Send`, so a backend may do its work on any runtime thread.
 
 use std::collections::BTreeMap;

@@ -4,11 +4,13 @@ use std::io::Write;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{LabCommand, LabRunArgs, LabUpArgs, Output, PlanArgs, RunArgs, RunOptionArgs, RunOutput};
+use crate::cli::{
+    LabArgs, LabCommand, LabRunArgs, LabUpArgs, Output, PlanArgs, RunArgs, RunOptionArgs, RunOutput,
+};
 use crate::engine::{Endpoint, Engine, Protocol};
 use crate::error::{Error, Exit};
 use crate::input::{load, read_sources};
-use crate::lab::{Lab, LabCluster, LabSpec};
+use crate::lab::{Lab, LabSpec};
 use crate::model::{Note, ObjectKey, PodId, Snapshot};
 use crate::plan::{self, Probe};
 use crate::report;
@@ -151,27 +153,55 @@ pub fn lab(command: &LabCommand, quiet: bool, out: &mut dyn Write, err: &mut dyn
             Ok(())
         }
         LabCommand::Exec { name, pod, command } => lab_exec(name, pod, command),
+        LabCommand::Env { name } => {
+            let lab = Lab::open(name)?;
+            let kubeconfig = crate::lab::daemon::kubeconfig_path(&lab.state.name);
+            if !kubeconfig.exists() {
+                return Err(Error::Usage(format!(
+                    "lab {name} has no API running (its kubeconfig {} is missing): remove it with `netpol-verify lab down {name}` and bring it up again",
+                    kubeconfig.display()
+                )));
+            }
+            writeln!(out, "export KUBECONFIG={}", kubeconfig.display())?;
+            Ok(())
+        }
+        LabCommand::Serve { name, images } => crate::lab::daemon::serve(name, images).map_err(Error::Usage),
+        LabCommand::Container { .. } => {
+            Err(Error::Usage("lab container runs from main, before any thread starts".into()))
+        }
         LabCommand::ServeDns { records, tcp, udp } => {
             crate::lab::dns::serve(records, tcp, udp).map_err(Error::Usage)
         }
     }
 }
 
-fn lab_up(args: &LabUpArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
+/// Builds a lab from `args` and starts its API; on failure nothing of it is left.
+fn bring_up(
+    args: &LabArgs,
+    images: &[String],
+    run_id: Option<&str>,
+) -> Result<(Lab, std::path::PathBuf, Vec<Note>), Error> {
     let sources = read_sources(&args.from_file)?;
     let loaded = load(&sources)?;
+    Engine::new(&loaded.snapshot)?;
     let exe =
         std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
     let (probe, verify) = crate::lab::binaries_next_to(exe)?;
-    let spec = LabSpec {
-        name: args.name.clone(),
-        cni: args.cni,
-        enforce_delay: args.enforce_delay.unwrap_or_default(),
-        probe,
-        verify,
-    };
+    let name = args.name.clone().or_else(|| run_id.map(|id| format!("run-{id}")));
+    let spec =
+        LabSpec { name, cni: args.cni, enforce_delay: args.enforce_delay.unwrap_or_default(), probe, verify };
     let (lab, notes) = Lab::up(&spec, &loaded.snapshot)?;
-    let notes: Vec<Note> = loaded.notes.into_iter().chain(notes).collect();
+    match lab.start_api(images) {
+        Ok(kubeconfig) => Ok((lab, kubeconfig, loaded.notes.into_iter().chain(notes).collect())),
+        Err(e) => {
+            let _ = Lab::down(&lab.state.name);
+            Err(e.into())
+        }
+    }
+}
+
+fn lab_up(args: &LabUpArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
+    let (lab, kubeconfig, notes) = bring_up(&args.lab, &args.images, None)?;
     print_notes(err, quiet, &notes)?;
     let state = &lab.state;
     let delay = match state.enforce_delay_ms {
@@ -208,6 +238,11 @@ fn lab_up(args: &LabUpArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Writ
             state.name, pod.key, target.ip, target.key
         )?;
     }
+    writeln!(
+        out,
+        "its Kubernetes API (kubectl get pods -A works):\n  export KUBECONFIG={}",
+        kubeconfig.display()
+    )?;
     writeln!(out, "remove it:\n  netpol-verify lab down {}", state.name)?;
     Ok(())
 }
@@ -231,7 +266,7 @@ fn lab_exec(name: &str, pod: &str, command: &[String]) -> Result<(), Error> {
     Err(Error::Usage(format!("cannot run {program} in {netns}: {failure}")))
 }
 
-/// `netpol-verify run`: against a lab (`--lab`), or the kubeconfig's cluster.
+/// `netpol-verify run`: against the kubeconfig's cluster, or a lab's API (`--lab`).
 pub async fn run(
     args: &RunArgs,
     quiet: bool,
@@ -241,29 +276,49 @@ pub async fn run(
     if args.dry_run {
         return dry_run(args, out).await;
     }
-    let Some(name) = &args.lab else {
-        let mut options = run_options(&args.options)?;
-        options.spread = spread(&args.pods);
-        let files = open_reports(&args.options)?;
-        let cluster = connect(&args.kube, pod_options(&args.pods)).await?;
-        let target = match &args.kube.context {
-            Some(context) => format!("cluster (context {context})"),
-            None => "cluster (current context)".to_string(),
-        };
-        return run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await;
-    };
-    if args.pods.spread {
+    if args.lab.is_some() && args.pods.spread {
         return Err(Error::Usage(
             "--spread places probe pods on two nodes, and a lab is a single node: use it on a cluster".into(),
         ));
     }
-    let options = run_options(&args.options)?;
+    let mut options = run_options(&args.options)?;
+    options.spread = spread(&args.pods);
     let files = open_reports(&args.options)?;
-    crate::lab::host::require_tools()?;
-    let lab = Lab::open(name)?;
-    let target = format!("lab {} (CNI {})", lab.state.name, lab.state.cni.as_str());
-    let cluster = LabCluster::new(lab).map_err(|e| Error::Usage(e.to_string()))?;
+    let (kube, target) = match &args.lab {
+        Some(name) => lab_connection(name)?,
+        None => {
+            let target = match &args.kube.context {
+                Some(context) => format!("cluster (context {context})"),
+                None => "cluster (current context)".to_string(),
+            };
+            (args.kube.clone(), target)
+        }
+    };
+    let cluster = connect(&kube, pod_options(&args.pods)).await?;
     run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await
+}
+
+/// How to reach lab `name`'s API, and how reports name it.
+fn lab_connection(name: &str) -> Result<(crate::cli::KubeArgs, String), Error> {
+    let lab = Lab::open(name)?;
+    let kubeconfig = crate::lab::daemon::kubeconfig_path(&lab.state.name);
+    if !kubeconfig.exists() {
+        return Err(Error::Usage(format!(
+            "lab {name} has no API running (its kubeconfig {} is missing): remove it with `netpol-verify lab down {name}` and bring it up again",
+            kubeconfig.display()
+        )));
+    }
+    let target = lab_target(&lab);
+    Ok((crate::cli::KubeArgs { kubeconfig: Some(kubeconfig), context: None }, target))
+}
+
+/// `lab NAME (CNI MODE, enforcement delay D)`.
+fn lab_target(lab: &Lab) -> String {
+    let delay = match lab.state.enforce_delay_ms {
+        0 => String::new(),
+        ms => format!(", enforcement delay {ms} ms"),
+    };
+    format!("lab {} (CNI {}{delay})", lab.state.name, lab.state.cni.as_str())
 }
 
 async fn connect(
@@ -306,10 +361,12 @@ async fn dry_run(args: &RunArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let snapshot = if !args.from_file.is_empty() {
         let loaded = load(&read_sources(&args.from_file)?)?;
         loaded.snapshot
-    } else if let Some(name) = &args.lab {
-        Lab::open(name)?.snapshot()
     } else {
-        let cluster = connect(&args.kube, pod_options(&args.pods)).await?;
+        let kube = match &args.lab {
+            Some(name) => lab_connection(name)?.0,
+            None => args.kube.clone(),
+        };
+        let cluster = connect(&kube, pod_options(&args.pods)).await?;
         let discovery =
             crate::cluster::Cluster::discover(&cluster).await.map_err(|e| Error::Usage(e.to_string()))?;
         discovery.snapshot
@@ -359,7 +416,8 @@ pub fn images(image: Option<&str>, out: &mut dyn Write) -> Result<(), Error> {
     Ok(())
 }
 
-/// `netpol-verify lab run`: lab up, run, lab down (the lab goes whatever happens).
+/// `netpol-verify lab run`: lab up, `run` against the lab's API exactly as against any
+/// cluster, lab down (the lab goes whatever happens).
 pub async fn lab_run(
     args: &LabRunArgs,
     quiet: bool,
@@ -367,37 +425,32 @@ pub async fn lab_run(
     err: &mut dyn Write,
     cancel: &CancellationToken,
 ) -> Result<Exit, Error> {
+    if args.pods.spread {
+        return Err(Error::Usage(
+            "--spread places probe pods on two nodes, and a lab is a single node: use it on a cluster".into(),
+        ));
+    }
     let options = run_options(&args.options)?;
     let files = open_reports(&args.options)?;
-    let sources = read_sources(&args.lab.from_file)?;
-    let loaded = load(&sources)?;
-    Engine::new(&loaded.snapshot)?;
-    let exe =
-        std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
-    let (probe, verify) = crate::lab::binaries_next_to(exe)?;
-    let spec = LabSpec {
-        name: Some(args.lab.name.clone().unwrap_or_else(|| format!("run-{}", options.run_id))),
-        cni: args.lab.cni,
-        enforce_delay: args.lab.enforce_delay.unwrap_or_default(),
-        probe,
-        verify,
+    let images: Vec<String> = args.pods.image.iter().cloned().collect();
+    let (lab, kubeconfig, notes) = {
+        let (args, images, run_id) = (args.lab.clone(), images.clone(), options.run_id.clone());
+        tokio::task::spawn_blocking(move || bring_up(&args, &images, Some(&run_id)))
+            .await
+            .map_err(|e| Error::Usage(format!("bringing the lab up failed: {e}")))??
     };
-    let (lab, notes) = Lab::up(&spec, &loaded.snapshot)?;
     let name = lab.state.name.clone();
-    let delay = match lab.state.enforce_delay_ms {
-        0 => String::new(),
-        ms => format!(", enforcement delay {ms} ms"),
-    };
-    let target = format!("lab {name} (CNI {}{delay})", lab.state.cni.as_str());
+    let target = lab_target(&lab);
     if !quiet {
-        for note in loaded.notes.iter().chain(&notes) {
+        for note in &notes {
             // NB: nothing may return between lab up and lab down.
             let _ = writeln!(err, "note: {note}");
         }
     }
-    let result = match LabCluster::new(lab) {
+    let kube = crate::cli::KubeArgs { kubeconfig: Some(kubeconfig), context: None };
+    let result = match connect(&kube, pod_options(&args.pods)).await {
         Ok(cluster) => run_on(&cluster, &target, (&options, files), &args.options, quiet, out, cancel).await,
-        Err(e) => Err(Error::Usage(e.to_string())),
+        Err(e) => Err(e),
     };
     let down = tokio::task::spawn_blocking(move || Lab::down(&name)).await;
     let down = match down {

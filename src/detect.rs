@@ -74,6 +74,22 @@ const COMPONENTS: [Component; 11] = [
     Component { name: "kindnet", marks: &[("app", "kindnet")], enforces: None },
 ];
 
+/// The node label by which the netpol-verify lab says which CNI it emulates (`enforcing`,
+/// `none`, `ingress-only`, ...), as a real CNI says what it is by the pods it runs.
+pub const LAB_CNI_LABEL: &str = "lab.netpol-verify.io/cni";
+
+/// The lab's CNI, from its node's label: what it is and whether it enforces.
+fn lab_cni(nodes: &[Node]) -> Option<(String, Option<bool>)> {
+    let mode = nodes.iter().find_map(|n| n.metadata.labels.as_ref()?.get(LAB_CNI_LABEL).cloned())?;
+    let enforces = match mode.as_str() {
+        "enforcing" | "reject" => Some(true),
+        "none" => Some(false),
+        // Enforces part of NetworkPolicy: the canary tells which part.
+        _ => None,
+    };
+    Some((format!("the lab's emulated CNI, mode {mode}"), enforces))
+}
+
 fn marked(pod: &Pod, marks: &[(&str, &str)]) -> bool {
     let labels = pod.metadata.labels.as_ref();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -111,6 +127,8 @@ fn provider(nodes: &[Node]) -> Option<String> {
         if has("cloud.google.com/gke-nodepool") { "GKE" } else { "Google Cloud" }
     } else if provider_id.starts_with("kind://") {
         "kind"
+    } else if provider_id.starts_with("netpol-verify-lab://") {
+        "netpol-verify lab"
     } else if labels.get("node.kubernetes.io/instance-type").is_some_and(|t| t == "k3s") {
         "k3s"
     } else {
@@ -150,6 +168,14 @@ pub fn detect(pods: &[Pod], nodes: &[Node]) -> Detection {
             Some(true) => enforcers.push(component.name),
             Some(false) => non_enforcers.push(component.name),
             None => unsure.push(component.name),
+        }
+    }
+    if let Some((name, enforces)) = lab_cni(nodes) {
+        cni.push(name);
+        match enforces {
+            Some(true) => enforcers.push("the lab's CNI"),
+            Some(false) => non_enforcers.push("the lab's CNI"),
+            None => unsure.push("the lab's CNI"),
         }
     }
     if provider.as_deref() == Some("k3s") && enforcers.is_empty() {
@@ -293,6 +319,17 @@ mod tests {
         );
         assert_eq!((kind.provider.as_deref(), kind.enforcement), (Some("kind"), Enforcement::Unknown));
         assert!(kind.advice.iter().any(|a| a.contains("canary")));
+    }
+
+    #[test]
+    fn the_lab_says_which_cni_it_emulates_on_its_node() {
+        let lab = |mode: &str| [node("netpol-verify-lab://demo", &[(LAB_CNI_LABEL, mode)])];
+        let enforcing = detect(&[], &lab("enforcing"));
+        assert_eq!(enforcing.provider.as_deref(), Some("netpol-verify lab"));
+        assert_eq!(enforcing.cni, ["the lab's emulated CNI, mode enforcing"]);
+        assert_eq!(enforcing.enforcement, Enforcement::Expected);
+        assert_eq!(detect(&[], &lab("none")).enforcement, Enforcement::NotExpected);
+        assert_eq!(detect(&[], &lab("tcp-only")).enforcement, Enforcement::Unknown);
     }
 
     #[test]

@@ -11,6 +11,11 @@ use netpol_verify::error::{Error, Exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The lab's container runtime: single-threaded, as entering namespaces needs.
+    if let Command::Lab(LabCommand::Container { spec }) = &cli.command {
+        let code = netpol_verify::lab::kubelet::shim::run(spec);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut err = std::io::stderr();

@@ -26,18 +26,6 @@ fn probe() -> PathBuf {
     probe
 }
 
-/// A probe pod standing for `key`, which already runs in the lab: batches run in it.
-fn prober(key: &ObjectKey) -> netpol_verify::cluster::ProbePod {
-    netpol_verify::cluster::ProbePod {
-        node: None,
-        key: key.clone(),
-        role: netpol_verify::cluster::Role::Client,
-        run_id: "test".into(),
-        labels: Default::default(),
-        ports: Vec::new(),
-    }
-}
-
 fn unique_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("t{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
@@ -454,12 +442,28 @@ fn twenty_namespaces_come_up_and_every_pod_answers() {
     assert_eq!((results.len(), reached), (60, 60), "{results:?} (up took {took:?})");
 }
 
-mod through_the_cluster_trait {
+/// The Kubernetes backend against the lab's API: the same code a real cluster gets, its pods
+/// run by the lab's kubelet.
+mod through_the_kubernetes_api {
     use super::*;
     use netpol_verify::cluster::{Cluster, ClusterError, ProbePod, Role};
     use netpol_verify::engine::ContainerPort;
-    use netpol_verify::lab::LabCluster;
+    use netpol_verify::kubernetes::{Connection, KubeCluster};
     use std::collections::BTreeMap;
+
+    /// A lab with its API up, and the backend connected to it through its kubeconfig.
+    async fn up_with_api(extra: &str, cni: CniMode, delay: Duration) -> (TestLab, KubeCluster) {
+        let lab = up(extra, cni, delay);
+        let kubeconfig = lab.lab.start_api(&[]).expect("the lab's API comes up");
+        (lab, connect(&kubeconfig).await)
+    }
+
+    async fn connect(kubeconfig: &std::path::Path) -> KubeCluster {
+        let connection = Connection { kubeconfig: Some(kubeconfig), context: None };
+        KubeCluster::connect(&connection, netpol_verify::manifest::PodOptions::default())
+            .await
+            .expect("connects")
+    }
 
     fn server(namespace: &str, name: &str, run: &str) -> ProbePod {
         ProbePod {
@@ -508,33 +512,31 @@ mod through_the_cluster_trait {
         .expect("policy")
     }
 
-    async fn outcomes(cluster: &LabCluster, from: &ObjectKey, ip: &str, expect: &str) -> Vec<Outcome> {
-        let output = cluster
-            .run_batch(&prober(from), &plan_to(ip, expect, 400), Duration::from_secs(10))
-            .await
-            .expect("batch");
-        assert!(output.summary.is_some(), "the batch completed");
+    /// One batch from `from` (a pod made for it, as on any cluster): each probe's outcome.
+    async fn outcomes(cluster: &KubeCluster, from: &ProbePod, ip: &str, expect: &str) -> Vec<Outcome> {
+        let output =
+            cluster.run_batch(from, &plan_to(ip, expect, 400), Duration::from_secs(20)).await.expect("batch");
+        assert!(output.summary.is_some(), "the batch completed: {output:?}");
         let mut results = output.results;
         results.sort_by(|a, b| a.id.cmp(&b.id));
         results.iter().map(|r| r.outcome).collect()
     }
 
     #[tokio::test]
-    async fn probe_pods_live_and_go_with_their_run() {
-        let lab = up("", CniMode::Enforcing, Duration::ZERO);
-        let cluster = LabCluster::new(lab.lab.clone()).expect("drives the lab");
+    async fn probe_pods_run_as_written_and_go_with_their_run() {
+        let (lab, cluster) = up_with_api("", CniMode::Enforcing, Duration::ZERO).await;
         let run = "r1";
-        cluster.create_namespace("nv-r1", run).await.expect("namespace");
-        let (server, client) = (server("nv-r1", "server", run), client("nv-r1", "client", run));
+        cluster.create_namespace("netpol-verify-r1", run).await.expect("namespace");
+        let (server, client) =
+            (server("netpol-verify-r1", "server", run), client("netpol-verify-r1", "client", run));
         cluster.create_probe_pod(&server).await.expect("server");
-        cluster.create_probe_pod(&client).await.expect("client");
         let running = cluster
-            .wait_running(&[server.key.clone(), client.key.clone()], Duration::from_secs(10))
+            .wait_running(std::slice::from_ref(&server.key), Duration::from_secs(20))
             .await
-            .expect("running");
+            .expect("Ready");
         let ip = running[0].ip.to_string();
         assert_eq!(
-            outcomes(&cluster, &client.key, &ip, "nv-r1/server").await,
+            outcomes(&cluster, &client, &ip, "netpol-verify-r1/server").await,
             [Outcome::Connected, Outcome::Connected]
         );
 
@@ -545,83 +547,52 @@ mod through_the_cluster_trait {
         assert_eq!(labels.get("netpol-verify.io/run").map(String::as_str), Some(run));
         assert_eq!(labels.get("app.kubernetes.io/name").map(String::as_str), Some("netpol-verify"));
 
-        // A policy through the trait is enforced; deleting it lifts it.
-        cluster.create_policy(&deny_ingress("nv-r1"), run).await.expect("policy");
+        // A policy stored through the API is enforced; deleting it lifts it.
+        cluster.create_policy(&deny_ingress("netpol-verify-r1"), run).await.expect("policy");
         assert_eq!(
-            outcomes(&cluster, &client.key, &ip, "nv-r1/server").await,
+            outcomes(&cluster, &client, &ip, "netpol-verify-r1/server").await,
             [Outcome::Timeout, Outcome::Timeout]
         );
-        cluster.delete_policy(&ObjectKey::new("nv-r1", "canary-deny")).await.expect("deleted");
+        cluster.delete_policy(&ObjectKey::new("netpol-verify-r1", "canary-deny")).await.expect("deleted");
         assert_eq!(
-            outcomes(&cluster, &client.key, &ip, "nv-r1/server").await,
+            outcomes(&cluster, &client, &ip, "netpol-verify-r1/server").await,
             [Outcome::Connected, Outcome::Connected]
         );
 
         // Everything of the run goes; nothing else does.
-        cluster.create_policy(&deny_ingress("nv-r1"), run).await.expect("policy");
+        cluster.create_policy(&deny_ingress("netpol-verify-r1"), run).await.expect("policy");
         let cleaned = cluster.cleanup(run).await.expect("cleanup");
-        assert_eq!((cleaned.pods, cleaned.policies, cleaned.namespaces), (2, 1, 1));
+        assert_eq!(
+            (cleaned.pods, cleaned.policies, cleaned.namespaces),
+            (1, 1, 1),
+            "the batch pods went with their batches"
+        );
         let after = cluster.discover().await.expect("discover");
         assert!(after.snapshot.find_pod(&server.key).is_none());
         assert_eq!(after.snapshot.pods().len(), 10, "the lab's own pods stay");
-        assert!(leftovers(&lab.lab.state.name).iter().all(|n| !n.ends_with("-p10") && !n.ends_with("-p11")));
-        // Errors name what is missing or wrong.
-        assert!(matches!(cluster.delete_pod(&server.key).await, Err(ClusterError::NotFound { .. })));
-        assert!(matches!(
-            cluster.create_probe_pod(&super::through_the_cluster_trait::server("nowhere", "s", run)).await,
-            Err(ClusterError::NotFound { .. })
-        ));
+        let record = Lab::open(&lab.lab.state.name).expect("opens");
+        assert_eq!(record.state.pods.len(), 10, "their sandboxes went too");
+        // Errors name what is missing or wrong, with the API server's code.
+        assert!(matches!(cluster.delete_pod(&server.key).await, Err(ClusterError::Api { code: 404, .. })));
+        let nowhere = super::through_the_kubernetes_api::server("nowhere", "s", run);
+        assert!(matches!(cluster.create_probe_pod(&nowhere).await, Err(ClusterError::Api { code: 404, .. })));
         let mut bad = deny_ingress("x");
         bad.spec.as_mut().expect("spec").policy_types = Some(vec!["Sideways".into()]);
         assert!(matches!(cluster.create_policy(&bad, run).await, Err(ClusterError::Invalid(_))));
     }
 
     #[tokio::test]
-    async fn two_clusters_on_one_lab_enforce_the_latest_record() {
-        let lab = up("", CniMode::Enforcing, Duration::ZERO);
+    async fn changes_from_many_clients_are_all_enforced() {
+        let (lab, first) = up_with_api("", CniMode::Enforcing, Duration::ZERO).await;
         let name = lab.lab.state.name.clone();
-        // Two handles opened before either changes anything, as two processes would be.
-        let first = LabCluster::new(Lab::open(&name).expect("opens")).expect("drives the lab");
-        let second = LabCluster::new(Lab::open(&name).expect("opens")).expect("drives the lab");
-        let deny = |namespace: &str| {
-            let mut policy = deny_ingress(namespace);
-            policy.metadata.name = Some(format!("deny-{namespace}"));
-            policy
-        };
-        first.create_policy(&deny("x"), "r3").await.expect("policy");
-        second.create_policy(&deny("y"), "r3").await.expect("policy");
-        first.delete_policy(&ObjectKey::new("x", "deny-x")).await.expect("deleted");
-        // What is enforced is the record: y denied (the first handle never saw it), x open.
-        let probe = |target: &str, name: &str| ProbeSpec {
-            id: name.into(),
-            kind: ProbeKind::Connect,
-            target: target.into(),
-            port: 80,
-            protocol: None,
-            timeout_ms: 500,
-            expect_name: Some(name.into()),
-            query: None,
-        };
-        let plan = Plan { schema: 1, probes: vec![probe("10.244.1.2", "x/b"), probe("10.244.2.2", "y/b")] };
-        let output = first
-            .run_batch(&prober(&ObjectKey::new("z", "a")), &plan, Duration::from_secs(10))
-            .await
-            .expect("batch");
-        let mut seen: Vec<(String, Outcome)> =
-            output.results.iter().map(|r| (r.id.clone().unwrap_or_default(), r.outcome)).collect();
-        seen.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(seen, [("x/b".to_string(), Outcome::Connected), ("y/b".to_string(), Outcome::Timeout)]);
-        let record = Lab::open(&name).expect("opens");
-        let names: Vec<String> =
-            record.state.policies.iter().filter_map(|p| p.metadata.name.clone()).collect();
-        assert_eq!(names, ["deny-y"]);
-
-        // Many changes at once from both: the last ruleset enforced holds every policy.
+        let kubeconfig = netpol_verify::lab::daemon::kubeconfig_path(&name);
+        let mut clients = vec![first];
+        for _ in 0..3 {
+            clients.push(connect(&kubeconfig).await);
+        }
         let mut changes = tokio::task::JoinSet::new();
-        let third = LabCluster::new(Lab::open(&name).expect("opens")).expect("drives the lab");
-        let fourth = LabCluster::new(Lab::open(&name).expect("opens")).expect("drives the lab");
         for i in 0..48 {
-            let cluster = [&first, &second, &third, &fourth][i % 4].clone();
+            let cluster = clients[i % 4].clone();
             let policy: k8s_openapi::api::networking::v1::NetworkPolicy =
                 serde_json::from_value(serde_json::json!({
                     "metadata": {"name": format!("allow-{i}"), "namespace": "x"},
@@ -633,25 +604,33 @@ mod through_the_cluster_trait {
         for result in changes.join_all().await {
             result.expect("policy");
         }
-        let enforced = Command::new("ip")
-            .args(["netns", "exec", &state::node_netns(&name), "nft", "list", "table", "inet", "netpol"])
-            .output()
-            .expect("nft runs");
-        let enforced = String::from_utf8_lossy(&enforced.stdout);
-        let missing: Vec<usize> =
-            (0..48).filter(|i| !enforced.contains(&format!("comment \"x/allow-{i} rule 0\""))).collect();
-        assert!(missing.is_empty(), "recorded but not enforced: {missing:?}");
-        assert_eq!(Lab::open(&name).expect("opens").state.policies.len(), 49);
+        // The CNI follows the API: the last ruleset it enforces holds every policy.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let missing = loop {
+            let enforced = Command::new("ip")
+                .args(["netns", "exec", &state::node_netns(&name), "nft", "list", "table", "inet", "netpol"])
+                .output()
+                .expect("nft runs");
+            let enforced = String::from_utf8_lossy(&enforced.stdout);
+            let missing: Vec<usize> =
+                (0..48).filter(|i| !enforced.contains(&format!("comment \"x/allow-{i} rule 0\""))).collect();
+            if missing.is_empty() || Instant::now() > deadline {
+                break missing;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(missing.is_empty(), "stored but not enforced: {missing:?}");
+        assert_eq!(Lab::open(&name).expect("opens").state.policies.len(), 48);
     }
 
     #[tokio::test]
     async fn a_batch_cut_off_at_its_limit_has_no_summary() {
-        let lab = up(
+        let (_lab, cluster) = up_with_api(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: y}\nspec: {podSelector: {}}\n",
             CniMode::Enforcing,
             Duration::ZERO,
-        );
-        let cluster = LabCluster::new(lab.lab.clone()).expect("drives the lab");
+        )
+        .await;
         let plan = Plan {
             schema: 1,
             probes: vec![ProbeSpec {
@@ -660,81 +639,64 @@ mod through_the_cluster_trait {
                 target: "10.244.2.1".into(),
                 port: 80,
                 protocol: None,
-                timeout_ms: 5000,
+                timeout_ms: 20_000,
                 expect_name: None,
                 query: None,
             }],
         };
+        cluster.create_namespace("nv-r4", "r4").await.expect("namespace");
         let started = Instant::now();
         let output = cluster
-            .run_batch(&prober(&ObjectKey::new("x", "a")), &plan, Duration::from_millis(500))
+            .run_batch(&client("nv-r4", "client", "r4"), &plan, Duration::from_secs(3))
             .await
             .expect("batch");
-        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
         assert!(output.summary.is_none() && output.results.is_empty(), "{output:?}");
     }
 
     #[tokio::test]
     async fn a_slow_cni_enforces_changes_after_its_delay() {
-        let delay = Duration::from_millis(1500);
-        let lab = up("", CniMode::Enforcing, delay);
-        let cluster = LabCluster::new(lab.lab.clone()).expect("drives the lab");
-        let from = ObjectKey::new("x", "a");
-        let probe = |ms| Plan {
-            schema: 1,
-            probes: vec![ProbeSpec {
-                id: "p".into(),
-                kind: ProbeKind::Connect,
-                target: "10.244.2.2".into(),
-                port: 80,
-                protocol: None,
-                timeout_ms: ms,
-                expect_name: Some("y/b".into()),
-                query: None,
-            }],
-        };
-        let reached = |output: netpol_verify::cluster::BatchOutput| {
-            output.results.first().is_some_and(ProbeResult::reached)
-        };
-        let changed = Instant::now();
-        cluster.create_policy(&deny_ingress("y"), "r2").await.expect("policy");
-        assert!(
-            reached(
-                cluster.run_batch(&prober(&from), &probe(300), Duration::from_secs(5)).await.expect("batch")
-            ),
-            "not enforced yet"
-        );
-        // Poll until the change lands.
-        loop {
-            let output =
-                cluster.run_batch(&prober(&from), &probe(150), Duration::from_secs(5)).await.expect("batch");
-            if !reached(output) {
-                break;
-            }
-            assert!(changed.elapsed() < delay * 4, "never enforced");
-        }
-        cluster.settled().await.expect("applied cleanly");
-        // The CNI began enforcing no earlier than the delay after the change.
-        let lags = cluster.enforcement_lags();
-        assert_eq!(lags.len(), 1, "{lags:?}");
-        assert!(lags[0] >= delay && lags[0] < delay * 2, "{lags:?}");
-
-        // A pod started while the policy is in place is open until the CNI catches up.
-        let created = Instant::now();
-        cluster.create_probe_pod(&server("y", "fresh", "r2")).await.expect("pod");
-        let running = cluster
-            .wait_running(&[ObjectKey::new("y", "fresh")], Duration::from_secs(10))
+        let delay = Duration::from_millis(2000);
+        let (_lab, cluster) = up_with_api("", CniMode::Enforcing, delay).await;
+        cluster.create_namespace("nv-r2", "r2").await.expect("namespace");
+        let target = server("nv-r2", "target", "r2");
+        cluster.create_probe_pod(&target).await.expect("server");
+        let ip = cluster
+            .wait_running(std::slice::from_ref(&target.key), Duration::from_secs(20))
             .await
-            .expect("running");
-        let ip = running[0].ip.to_string();
-        let window = outcomes(&cluster, &from, &ip, "y/fresh").await;
-        assert!(
-            window.contains(&Outcome::Connected),
-            "the pod-start window: {window:?} ({:?} after the pod was created)",
-            created.elapsed()
-        );
-        cluster.settled().await.expect("applied");
-        assert_eq!(outcomes(&cluster, &from, &ip, "y/fresh").await, [Outcome::Timeout, Outcome::Timeout]);
+            .expect("Ready")[0]
+            .ip;
+        let from = client("nv-r2", "client", "r2");
+        let changed = Instant::now();
+        cluster.create_policy(&deny_ingress("nv-r2"), "r2").await.expect("policy");
+        // Polled from a pod of its own, as the canary does, until the change lands.
+        let mut poller = cluster
+            .start_poll(
+                &from,
+                &plan_to(&ip.to_string(), "nv-r2/target", 150),
+                Duration::from_millis(50),
+                Duration::from_secs(15),
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("a poller");
+        let mut reached_before = false;
+        let denied_at = loop {
+            let round = tokio::time::timeout(Duration::from_secs(15), poller.rounds.recv())
+                .await
+                .expect("a round in time")
+                .expect("a round");
+            let tcp = round.results.iter().find(|r| r.id.as_deref() == Some("TCP")).map(|r| r.outcome);
+            match tcp {
+                Some(Outcome::Connected) => reached_before = true,
+                Some(Outcome::Timeout) => break round.sent,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(reached_before, "not enforced at first");
+        let lag = denied_at.duration_since(changed.into());
+        assert!(lag >= delay, "enforced {lag:?} after the change, before the {delay:?} delay");
+        assert!(lag < delay * 3, "enforced only {lag:?} after the change");
     }
 }
 

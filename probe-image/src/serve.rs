@@ -42,6 +42,7 @@ pub struct Listeners {
 /// skipped when the kernel has none. A port that cannot be bound is an error naming it and,
 /// for privileged ports, the three ways to allow them.
 pub fn bind(config: &Config) -> Result<Listeners, String> {
+    raise_bind_service();
     let mut listeners = Listeners { tcp: Vec::new(), udp: Vec::new(), ipv6: true };
     for (transport, ports) in [(Transport::Tcp, &config.tcp), (Transport::Udp, &config.udp)] {
         for &port in ports {
@@ -66,6 +67,18 @@ pub fn bind(config: &Config) -> Result<Listeners, String> {
         }
     }
     Ok(listeners)
+}
+
+/// Makes CAP_NET_BIND_SERVICE effective when the process holds it. NB: the image's binary
+/// carries it as a file capability without the effective bit (`cap_net_bind_service=+p`): with
+/// the effective bit, the kernel refuses to run the binary at all in a pod whose capabilities
+/// do not include it (every probe but a server given NET_BIND_SERVICE). So a pod granted it
+/// gets it permitted, and the probe raises it here; elsewhere this does nothing.
+fn raise_bind_service() {
+    use caps::{CapSet, Capability};
+    if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_BIND_SERVICE).unwrap_or(false) {
+        let _ = caps::raise(None, CapSet::Effective, Capability::CAP_NET_BIND_SERVICE);
+    }
 }
 
 fn open(transport: Transport, port: u16, v6: bool) -> io::Result<Socket> {

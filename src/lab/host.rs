@@ -119,6 +119,33 @@ pub fn spawn_in(
     Ok(child.id())
 }
 
+/// Starts `program ARGS` in this network namespace, detached as [`spawn_in`] detaches; its pid.
+pub fn spawn_detached(lab: &str, program: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(log)
+        .map_err(|e| LabError::Io { what: format!("open {}", log.display()), error: e.to_string() })?;
+    let err = file
+        .try_clone()
+        .map_err(|e| LabError::Io { what: "duplicate a log handle".into(), error: e.to_string() })?;
+    let mut command = Command::new(program);
+    command.args(args).env(LAB_ENV, lab).stdin(Stdio::null()).stdout(file).stderr(err).process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|e| LabError::Command { command: format!("{command:?}"), output: e.to_string() })?;
+    Ok(child.id())
+}
+
+/// Whether process `pid` has exited and waits to be reaped (a child of ours that died).
+pub fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
 /// Every network namespace, by name.
 pub fn namespaces() -> Vec<String> {
     let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return Vec::new() };

@@ -15,10 +15,12 @@
 //! 169.254.169.254:80.
 
 pub mod api;
-pub mod cluster;
 pub mod cni;
+pub mod daemon;
 pub mod dns;
+pub mod enforce;
 pub mod host;
+pub mod kubelet;
 pub mod state;
 pub mod topology;
 
@@ -28,13 +30,18 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-pub use cluster::LabCluster;
-
 use crate::engine::Engine;
 use crate::model::{Note, ObjectKey, Snapshot, key_of};
 use cni::{CniMode, Link};
 use state::{LabState, Status};
 use topology::{GATEWAY_IP, LabPod, METADATA_IP, Topology};
+
+/// The annotation the lab's API puts on the pods of its input: the lab emulates them (serves
+/// their ports under their names), its kubelet does not run their containers.
+pub const EMULATED: &str = "lab.netpol-verify.io/emulated";
+
+/// How long the lab's API may take to start.
+const API_LIMIT: Duration = Duration::from_secs(30);
 
 /// How long processes get to say they are listening.
 const READY_LIMIT: Duration = Duration::from_secs(15);
@@ -215,6 +222,43 @@ impl Lab {
         }
     }
 
+    /// Starts the lab's API, kubelet and CNI (`netpol-verify lab serve`, detached like the
+    /// lab's other processes) and waits until it serves; the kubeconfig it wrote. `images`:
+    /// images besides the project's that the kubelet runs as the probe (`--image`).
+    pub fn start_api(&self, images: &[String]) -> Result<PathBuf, LabError> {
+        let name = &self.state.name;
+        let kubeconfig = daemon::kubeconfig_path(name);
+        let log = self.state.dir().join("logs").join("api.log");
+        let mut args = vec!["lab".to_string(), "serve".to_string(), name.clone()];
+        for image in images {
+            args.extend(["--image".to_string(), image.clone()]);
+        }
+        let pid = host::spawn_detached(name, &self.state.verify, &args, &log)?;
+        let deadline = Instant::now() + API_LIMIT;
+        while !kubeconfig.exists() {
+            let tail = || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.trim().is_empty() { "(no output)".to_string() } else { text.trim().to_string() }
+            };
+            if !host::alive(pid) || host::zombie(pid) {
+                return Err(LabError::NotReady {
+                    what: format!("the API of lab {name}"),
+                    limit: API_LIMIT,
+                    log: tail(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::NotReady {
+                    what: format!("the API of lab {name}"),
+                    limit: API_LIMIT,
+                    log: tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(kubeconfig)
+    }
+
     /// Holds the lab's lock until the guard drops. Fails when the lab has been removed.
     fn lock(&self) -> Result<std::fs::File, LabError> {
         state::lock(&self.state.name).map_err(|e| {
@@ -249,7 +293,7 @@ impl Lab {
         result
     }
 
-    fn save(&self) -> Result<(), LabError> {
+    pub(crate) fn save(&self) -> Result<(), LabError> {
         self.state.save().map_err(|e| LabError::Io {
             what: format!("write the record of lab {}", self.state.name),
             error: e.to_string(),
@@ -393,7 +437,7 @@ impl Lab {
         Ok(Some((format!("pod {}", pod.key), log)))
     }
 
-    fn serve_log(&self, pod: &LabPod) -> PathBuf {
+    pub(crate) fn serve_log(&self, pod: &LabPod) -> PathBuf {
         self.state.dir().join("logs").join(format!("{}.log", state::pod_netns(&self.state.name, pod.index)))
     }
 
@@ -409,9 +453,21 @@ impl Lab {
         netns_ok && listening
     }
 
-    /// Adds a pod to the running lab: its namespace, address and link, and its server. The
-    /// policies are not re-applied here (the caller decides when: a slow CNI waits).
+    /// Adds a pod the lab emulates to the running lab: its sandbox, and a server on its
+    /// ports. The policies are not re-applied here (the caller decides when: a slow CNI waits).
     pub fn add_pod(&mut self, object: Pod) -> Result<LabPod, LabError> {
+        let pod = self.add_sandbox_served(object, true)?;
+        self.start_serving(&pod)?;
+        Ok(pod)
+    }
+
+    /// Adds a pod's sandbox to the running lab: its network namespace, address and link
+    /// (what the kubelet's containers then run in). The policies are not re-applied here.
+    pub fn add_sandbox(&mut self, object: Pod) -> Result<LabPod, LabError> {
+        self.add_sandbox_served(object, false)
+    }
+
+    fn add_sandbox_served(&mut self, object: Pod, served: bool) -> Result<LabPod, LabError> {
         let _lock = self.lock_fresh()?;
         let key = key_of(&object.metadata);
         if self.state.pods.iter().any(|p| p.key == key) {
@@ -424,7 +480,8 @@ impl Lab {
             .ok_or_else(|| LabError::State(format!("no free address for pod {key}")))?;
         let mut object = object;
         topology::set_running(&mut object, ip);
-        let (tcp, udp, _) = topology::served_ports(&object, &[], &[]);
+        let (tcp, udp, _) =
+            if served { topology::served_ports(&object, &[], &[]) } else { (Vec::new(), Vec::new(), false) };
         let index = self.state.next_index;
         self.state.next_index += 1;
         let pod = LabPod { key, index, ip, tcp, udp, dns: false, dns_tcp: Vec::new(), dns_udp: Vec::new() };
@@ -435,7 +492,6 @@ impl Lab {
         host::ip_batch(None, &self.root_commands(&pod))?;
         host::ip_batch(Some(&state::node_netns(&self.state.name)), &node_commands_for(&pod))?;
         self.plumb_pod(&pod)?;
-        self.start_serving(&pod)?;
         Ok(pod)
     }
 
@@ -691,7 +747,7 @@ fn endpoint_commands(address: &str, node_mac: &str) -> Vec<String> {
     ]
 }
 
-fn resolv_conf(namespace: &str, dns: std::net::Ipv4Addr) -> String {
+pub(crate) fn resolv_conf(namespace: &str, dns: std::net::Ipv4Addr) -> String {
     let domain = topology::CLUSTER_DOMAIN;
     format!("search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver {dns}\noptions ndots:5\n")
 }

@@ -177,6 +177,32 @@ impl Store {
         Ok(object)
     }
 
+    /// Removes an object if `check` accepts it as it is now (a precondition, e.g. its uid).
+    pub fn delete_if(
+        &self,
+        key: &Key,
+        what: &str,
+        check: impl FnOnce(&Value) -> bool,
+    ) -> Result<Value, ApiError> {
+        let mut state = self.lock();
+        match state.objects.get(key) {
+            Some(object) if check(object) => {}
+            Some(_) => return Err(ApiError::conflict(what, &key.name)),
+            None => return Err(ApiError::not_found(what, &key.name)),
+        }
+        let Some(mut object) = state.objects.remove(key) else {
+            return Err(ApiError::not_found(what, &key.name));
+        };
+        state.rv += 1;
+        let rv = state.rv;
+        metadata(&mut object).insert("resourceVersion".into(), Value::from(rv.to_string()));
+        publish(
+            &mut state,
+            Event { rv, change: Change::Deleted, key: key.clone(), object: object.clone(), old: None },
+        );
+        Ok(object)
+    }
+
     /// Every change after resourceVersion `from`, then each later one as it happens. `Err`
     /// with the oldest resourceVersion still known when `from` is older than that.
     pub fn watch(&self, from: u64) -> Result<(Vec<Arc<Event>>, Events), u64> {

@@ -1,0 +1,172 @@
+//! The lab's CNI at work: the lab record as the API changes it (namespaces and their labels,
+//! pods and their labels and addresses, NetworkPolicies), and the nftables ruleset that
+//! enforces it — at once, as a CNI that programs a pod's rules before its containers start,
+//! or `--enforce-delay` after each change, in order, like a slow one.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::topology::LabPod;
+use super::{Lab, LabError};
+use crate::model::{ObjectKey, key_of};
+
+/// A running lab and its CNI, shared by the kubelet and the API's mirror.
+#[derive(Debug)]
+pub struct Network {
+    lab: Mutex<Lab>,
+    delay: Duration,
+    applier: Option<mpsc::UnboundedSender<(Instant, Lab)>>,
+    /// What went wrong in delayed applies (logged by the lab process).
+    failures: Mutex<Vec<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Network {
+    /// Drives `lab`; with an enforcement delay, a task of the current runtime applies changes.
+    pub fn new(lab: Lab) -> Arc<Network> {
+        let delay = lab.enforce_delay();
+        let (applier, receiver) = if delay.is_zero() {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel::<(Instant, Lab)>();
+            (Some(tx), Some(rx))
+        };
+        let network =
+            Arc::new(Network { lab: Mutex::new(lab), delay, applier, failures: Mutex::new(Vec::new()) });
+        if let Some(mut rx) = receiver {
+            let weak = Arc::downgrade(&network);
+            tokio::spawn(async move {
+                // In order: every change waits the same delay, so due times only grow.
+                while let Some((due, lab)) = rx.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    let applied = tokio::task::spawn_blocking(move || {
+                        let _lock = super::state::lock(&lab.state.name).map_err(|e| e.to_string())?;
+                        lab.apply_policies(&lab.state.policies).map_err(|e| e.to_string())
+                    })
+                    .await;
+                    let Some(network) = weak.upgrade() else { break };
+                    let failure = match applied {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => e,
+                        Err(e) => e.to_string(),
+                    };
+                    eprintln!("netpol-verify lab: a delayed policy change failed: {failure}");
+                    lock(&network.failures).push(failure);
+                }
+            });
+        }
+        network
+    }
+
+    /// The lab as it is now.
+    pub fn lab(&self) -> Lab {
+        lock(&self.lab).clone()
+    }
+
+    /// Makes `change` to the lab (on a blocking thread: it runs `ip` and `nft`) and has the
+    /// result enforced before letting go of the lab: at once, or queued for the delay.
+    pub async fn change<T: Send + 'static>(
+        self: &Arc<Self>,
+        change: impl FnOnce(&mut Lab) -> Result<T, LabError> + Send + 'static,
+    ) -> Result<T, LabError> {
+        let network = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut lab = lock(&network.lab);
+            lab.locked(|lab| {
+                let out = change(lab)?;
+                network.enforce(lab)?;
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(|e| LabError::State(format!("a change to the lab failed: {e}")))?
+    }
+
+    fn enforce(&self, lab: &Lab) -> Result<(), LabError> {
+        match &self.applier {
+            None => lab.apply_policies(&lab.state.policies),
+            Some(applier) => applier
+                .send((Instant::now() + self.delay, lab.clone()))
+                .map_err(|_| LabError::State("the lab's policy applier has stopped".into())),
+        }
+    }
+
+    /// A pod's sandbox: its network namespace, address and link. Its rules are enforced (or
+    /// queued) before this returns, as a CNI's ADD does before the containers start, with its
+    /// namespace as the API has it (`namespace`), should that be newer than the lab's record.
+    pub async fn add_sandbox(
+        self: &Arc<Self>,
+        pod: Pod,
+        namespace: Option<Namespace>,
+    ) -> Result<LabPod, LabError> {
+        self.change(move |lab| {
+            if let Some(namespace) = namespace {
+                let name = namespace.metadata.name.clone();
+                lab.state.namespaces.retain(|n| n.metadata.name != name);
+                lab.state.namespaces.push(namespace);
+                lab.state.namespaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            }
+            lab.add_sandbox(pod)
+        })
+        .await
+    }
+
+    /// Removes a pod's sandbox (and, for a pod the lab emulates, its server).
+    pub async fn remove_pod(self: &Arc<Self>, key: ObjectKey) -> Result<bool, LabError> {
+        self.change(move |lab| lab.remove_pod(&key)).await
+    }
+
+    /// The namespace as the API now has it (labels matter to namespaceSelectors).
+    pub async fn put_namespace(self: &Arc<Self>, namespace: Namespace) -> Result<(), LabError> {
+        self.change(move |lab| {
+            let name = namespace.metadata.name.clone();
+            lab.state.namespaces.retain(|n| n.metadata.name != name);
+            lab.state.namespaces.push(namespace);
+            lab.state.namespaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            lab.save()
+        })
+        .await
+    }
+
+    pub async fn remove_namespace(self: &Arc<Self>, name: String) -> Result<(), LabError> {
+        self.change(move |lab| {
+            lab.state.namespaces.retain(|n| n.metadata.name.as_deref() != Some(name.as_str()));
+            lab.save()
+        })
+        .await
+    }
+
+    /// A pod's labels as the API now has them.
+    pub async fn relabel_pod(self: &Arc<Self>, pod: Pod) -> Result<(), LabError> {
+        let key = key_of(&pod.metadata);
+        self.change(move |lab| {
+            let found = lab.state.pod_objects.iter_mut().find(|p| key_of(&p.metadata) == key);
+            if let Some(object) = found {
+                object.metadata.labels = pod.metadata.labels.clone();
+            }
+            lab.save()
+        })
+        .await
+    }
+
+    pub async fn put_policy(self: &Arc<Self>, policy: NetworkPolicy) -> Result<(), LabError> {
+        self.change(move |lab| lab.add_policy(policy)).await
+    }
+
+    pub async fn remove_policy(self: &Arc<Self>, key: ObjectKey) -> Result<bool, LabError> {
+        self.change(move |lab| lab.remove_policy(&key)).await
+    }
+
+    /// The failures of delayed applies so far.
+    pub fn failures(&self) -> Vec<String> {
+        lock(&self.failures).clone()
+    }
+}
