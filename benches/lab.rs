@@ -30,6 +30,7 @@ fn main() {
                 name: Some(format!("bench-{namespaces}-{run}")),
                 cni: CniMode::Enforcing,
                 enforce_delay: Duration::ZERO,
+                nodes: 1,
                 probe: probe.clone(),
                 verify: exe.clone(),
             };

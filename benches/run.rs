@@ -69,6 +69,7 @@ fn main() {
             name: Some(format!("bench-run-{attempt}")),
             cni: CniMode::Enforcing,
             enforce_delay: Duration::ZERO,
+            nodes: 1,
             probe: probe.clone(),
             verify: exe.clone(),
         };

@@ -295,6 +295,11 @@ pub struct LabArgs {
     /// How late policy changes take effect, like a slow CNI: 500ms, 2s, 1m (default: at once).
     #[arg(long, value_name = "DURATION", value_parser = netpol_probe::text::parse_duration)]
     pub enforce_delay: Option<Duration>,
+
+    /// How many nodes the lab shows (for --spread). They share the lab's one network: which
+    /// node a pod runs on changes no packet's path.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub nodes: u8,
 }
 
 #[derive(Debug, Args)]

@@ -188,8 +188,14 @@ fn bring_up(
         std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
     let (probe, verify) = crate::lab::binaries_next_to(exe)?;
     let name = args.name.clone().or_else(|| run_id.map(|id| format!("run-{id}")));
-    let spec =
-        LabSpec { name, cni: args.cni, enforce_delay: args.enforce_delay.unwrap_or_default(), probe, verify };
+    let spec = LabSpec {
+        name,
+        cni: args.cni,
+        enforce_delay: args.enforce_delay.unwrap_or_default(),
+        nodes: usize::from(args.nodes),
+        probe,
+        verify,
+    };
     let (lab, notes) = Lab::up(&spec, &loaded.snapshot)?;
     match lab.start_api(images) {
         Ok(kubeconfig) => Ok((lab, kubeconfig, loaded.notes.into_iter().chain(notes).collect())),
@@ -275,11 +281,6 @@ pub async fn run(
 ) -> Result<Exit, Error> {
     if args.dry_run {
         return dry_run(args, out).await;
-    }
-    if args.lab.is_some() && args.pods.spread {
-        return Err(Error::Usage(
-            "--spread places probe pods on two nodes, and a lab is a single node: use it on a cluster".into(),
-        ));
     }
     let mut options = run_options(&args.options)?;
     options.spread = spread(&args.pods);
@@ -425,12 +426,8 @@ pub async fn lab_run(
     err: &mut dyn Write,
     cancel: &CancellationToken,
 ) -> Result<Exit, Error> {
-    if args.pods.spread {
-        return Err(Error::Usage(
-            "--spread places probe pods on two nodes, and a lab is a single node: use it on a cluster".into(),
-        ));
-    }
-    let options = run_options(&args.options)?;
+    let mut options = run_options(&args.options)?;
+    options.spread = spread(&args.pods);
     let files = open_reports(&args.options)?;
     let images: Vec<String> = args.pods.image.iter().cloned().collect();
     let (lab, kubeconfig, notes) = {

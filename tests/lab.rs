@@ -48,8 +48,14 @@ fn snapshot(extra: &str) -> Snapshot {
 }
 
 fn up(extra: &str, cni: CniMode, delay: Duration) -> TestLab {
-    let spec =
-        LabSpec { name: Some(unique_name()), cni, enforce_delay: delay, probe: probe(), verify: verify() };
+    let spec = LabSpec {
+        name: Some(unique_name()),
+        cni,
+        enforce_delay: delay,
+        nodes: 1,
+        probe: probe(),
+        verify: verify(),
+    };
     let (lab, _) = Lab::up(&spec, &snapshot(extra)).expect("the lab comes up");
     TestLab { lab }
 }
@@ -351,6 +357,7 @@ fn a_failed_build_removes_what_it_made() {
         name: Some(unique_name()),
         cni: CniMode::Enforcing,
         enforce_delay: Duration::ZERO,
+        nodes: 1,
         probe: PathBuf::from("/bin/false"),
         verify: verify(),
     };
@@ -412,6 +419,7 @@ fn twenty_namespaces_come_up_and_every_pod_answers() {
         name: Some(unique_name()),
         cni: CniMode::Enforcing,
         enforce_delay: Duration::ZERO,
+        nodes: 1,
         probe: probe(),
         verify: verify(),
     };
@@ -884,12 +892,19 @@ fn services_translate_to_their_pods_before_policies_look() {
 
 /// Starts `probes` as one `netpol-probe batch` in `pod`, all at once.
 fn start_batch(lab: &Lab, pod: &str, probes: Vec<ProbeSpec>) -> std::process::Child {
+    // The command line a probe pod's container runs, from the pod builder, with the plan on
+    // standard input instead of a ConfigMap.
+    let args = netpol_verify::manifest::batch_args(
+        netpol_verify::manifest::Work::Batch { probes: probes.len() },
+        "-",
+    )
+    .expect("a batch");
     let plan = serde_json::to_string(&Plan { schema: 1, probes }).expect("plan");
     let netns = lab.pod_netns(&ObjectKey::parse(pod).expect("key")).expect("netns");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &netns])
         .arg(probe())
-        .args(["batch", "--concurrency", "1000"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -915,6 +930,7 @@ fn spec(name: &str) -> LabSpec {
         name: Some(name.into()),
         cni: CniMode::Enforcing,
         enforce_delay: Duration::ZERO,
+        nodes: 1,
         probe: probe(),
         verify: verify(),
     }

@@ -475,6 +475,10 @@ impl Cluster for KubeCluster {
                     Some(ip) if started && (ready || !has_probe) => {
                         running.push(Running { key: key.clone(), ip })
                     }
+                    Some(_) if started => waiting.push(format!(
+                        "pod {key} runs but is not Ready: the kubelet's readiness probe from its node does not get through (`kubectl describe pod -n {} {}` shows the probe's failures; a host firewall or a CNI dropping the node's traffic does this)",
+                        key.namespace, key.name
+                    )),
                     _ => waiting.push(format!("pod {key} is not running yet")),
                 }
             }
@@ -832,7 +836,8 @@ impl KubeCluster {
     }
 
     /// Deletes the pods, ConfigMaps, NetworkPolicies and namespaces `selector` matches and
-    /// `keep` accepts.
+    /// `keep` accepts. NB: what is already being deleted (a pod in its grace period, a
+    /// terminating namespace) is neither deleted nor counted again.
     async fn remove_where(
         &self,
         selector: &str,
@@ -840,6 +845,7 @@ impl KubeCluster {
     ) -> Result<Cleaned, ClusterError> {
         let params = ListParams::default().labels(selector);
         let mut cleaned = Cleaned::default();
+        let keep = |meta: &kube::api::ObjectMeta| meta.deletion_timestamp.is_none() && keep(meta);
         let pods: Api<Pod> = Api::all(self.client.clone());
         for pod in pods
             .list(&params)
@@ -959,7 +965,5 @@ fn gone(error: ClusterError) -> Result<(), ClusterError> {
     }
 }
 
-#[cfg(test)]
-mod fake;
 #[cfg(test)]
 mod tests;

@@ -29,11 +29,21 @@ pub fn kubeconfig_path(name: &str) -> PathBuf {
     state::lab_dir(name).join("kubeconfig")
 }
 
+/// The pid of a lab's API process (`netpol-verify lab serve`).
+pub fn pid_path(name: &str) -> PathBuf {
+    state::lab_dir(name).join("api.pid")
+}
+
+/// Where a lab's API logs every request (`audit.k8s.io/v1` events, one a line).
+pub fn audit_log_path(name: &str) -> PathBuf {
+    state::lab_dir(name).join("audit.log")
+}
+
 use crate::detect::LAB_CNI_LABEL as CNI_LABEL;
 
-/// The lab's node object.
-fn node(state: &LabState) -> Value {
-    let name = state.name.clone();
+/// A node object of the lab.
+fn node(state: &LabState, name: &str) -> Value {
+    let name = name.to_string();
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -126,7 +136,9 @@ fn seed(api: &Api, kind: KindId, object: Value) {
 /// The API holding the lab as it was built.
 fn populate(api: &Api, lab: &Lab) {
     let state = &lab.state;
-    seed(api, KindId::NODES, node(state));
+    for name in state.node_names() {
+        seed(api, KindId::NODES, node(state, &name));
+    }
     for namespace in &state.namespaces {
         seed(api, KindId::NAMESPACES, serde_json::to_value(namespace).unwrap_or_default());
     }
@@ -273,18 +285,24 @@ async fn run(lab: Lab, images: Vec<String>) -> Result<(), String> {
     let dir = lab.state.dir();
     let certificates = super::api::tls::Certificates::generate(&name)?;
     let token = super::api::new_token()?;
-    let node_info = NodeInfo {
-        name: name.clone(),
-        labels: BTreeMap::from([
-            ("kubernetes.io/hostname".to_string(), name.clone()),
-            ("kubernetes.io/os".to_string(), "linux".to_string()),
-            ("kubernetes.io/arch".to_string(), "amd64".to_string()),
-        ]),
-    };
+    let nodes = lab
+        .state
+        .node_names()
+        .into_iter()
+        .map(|node| NodeInfo {
+            labels: BTreeMap::from([
+                ("kubernetes.io/hostname".to_string(), node.clone()),
+                ("kubernetes.io/os".to_string(), "linux".to_string()),
+                ("kubernetes.io/arch".to_string(), "amd64".to_string()),
+            ]),
+            name: node,
+        })
+        .collect();
     let api = Api::new(ApiConfig {
         token: token.clone(),
-        node: Some(node_info),
+        nodes,
         custom_kinds: Catalog::custom_kinds(&lab.state.unmodelled),
+        audit_log: Some(audit_log_path(&name)),
     });
     populate(&api, &lab);
     let image = Image::build(&dir.join("image"), &lab.state.probe, images)?;
@@ -296,7 +314,7 @@ async fn run(lab: Lab, images: Vec<String>) -> Result<(), String> {
         network.clone(),
         image,
         NodeConfig {
-            node_name: name.clone(),
+            node_names: lab.state.node_names(),
             host_ip: GATEWAY_IP.to_string(),
             dir: dir.clone(),
             verify: lab.state.verify.clone(),

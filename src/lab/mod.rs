@@ -98,6 +98,9 @@ pub struct LabSpec {
     pub name: Option<String>,
     pub cni: CniMode,
     pub enforce_delay: Duration,
+    /// How many nodes the lab's API shows (1 to 10). They share one network: which node a
+    /// pod runs on changes no packet's path.
+    pub nodes: usize,
     /// The `netpol-probe` binary every pod runs.
     pub probe: PathBuf,
     /// The `netpol-verify` binary (its hidden `lab serve-dns` is the lab's DNS server).
@@ -166,6 +169,7 @@ impl Lab {
                 status: Status::Creating,
                 cni: spec.cni,
                 enforce_delay_ms: spec.enforce_delay.as_millis() as u64,
+                nodes: spec.nodes.clamp(1, 10),
                 created_unix: now_unix(),
                 creator_pid: std::process::id(),
                 probe: spec.probe.clone(),
@@ -234,6 +238,7 @@ impl Lab {
             args.extend(["--image".to_string(), image.clone()]);
         }
         let pid = host::spawn_detached(name, &self.state.verify, &args, &log)?;
+        let _ = std::fs::write(daemon::pid_path(name), pid.to_string());
         let deadline = Instant::now() + API_LIMIT;
         while !kubeconfig.exists() {
             let tail = || {
@@ -397,7 +402,7 @@ impl Lab {
             }
         }
         let log = dir.join("logs").join(format!("{meta}.log"));
-        let args = ["serve", "--tcp", "80", "--name", "metadata"].map(String::from).to_vec();
+        let args = crate::manifest::serve_args("metadata", &[80], &[]);
         host::spawn_in(name, &meta, &self.state.probe, &args, &log)?;
         started.push(("the metadata service".into(), log));
         wait_ready(&started)?;
@@ -752,18 +757,10 @@ pub(crate) fn resolv_conf(namespace: &str, dns: std::net::Ipv4Addr) -> String {
     format!("search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver {dns}\noptions ndots:5\n")
 }
 
-/// `netpol-probe serve` arguments for a pod, `None` when it serves no port.
+/// `netpol-probe serve` arguments for a pod the lab emulates, `None` when it serves no port.
 fn serve_args(pod: &LabPod) -> Option<Vec<String>> {
-    let list = |ports: &[u16]| ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    let mut args = vec!["serve".to_string()];
-    if !pod.tcp.is_empty() {
-        args.extend(["--tcp".into(), list(&pod.tcp)]);
-    }
-    if !pod.udp.is_empty() {
-        args.extend(["--udp".into(), list(&pod.udp)]);
-    }
-    args.extend(["--name".into(), pod.key.to_string()]);
-    (args.len() > 3).then_some(args)
+    let serves = !pod.tcp.is_empty() || !pod.udp.is_empty();
+    serves.then(|| crate::manifest::serve_args(&pod.key.to_string(), &pod.tcp, &pod.udp))
 }
 
 fn wait_ready(started: &[(String, PathBuf)]) -> Result<(), LabError> {
@@ -840,7 +837,7 @@ mod tests {
             dns_tcp: vec![],
             dns_udp: vec![],
         };
-        assert_eq!(serve_args(&pod).expect("ports").join(" "), "serve --tcp 80,81 --udp 53 --name x/a");
+        assert_eq!(serve_args(&pod).expect("ports").join(" "), "serve --name x/a --tcp 80,81 --udp 53");
         assert_eq!(serve_args(&LabPod { tcp: vec![], udp: vec![], ..pod }), None);
     }
 }

@@ -149,6 +149,9 @@ pub struct LabState {
     pub status: Status,
     pub cni: CniMode,
     pub enforce_delay_ms: u64,
+    /// How many nodes the lab's API shows (they share one network).
+    #[serde(default = "one")]
+    pub nodes: usize,
     pub created_unix: u64,
     pub creator_pid: u32,
     pub probe: PathBuf,
@@ -172,7 +175,18 @@ pub struct LabState {
     pub notes: Vec<String>,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl LabState {
+    /// The names of the lab's nodes: the lab's own name, then `NAME-2`, `NAME-3`, ...
+    pub fn node_names(&self) -> Vec<String> {
+        (1..=self.nodes.max(1))
+            .map(|i| if i == 1 { self.name.clone() } else { format!("{}-{i}", self.name) })
+            .collect()
+    }
+
     pub fn dir(&self) -> PathBuf {
         lab_dir(&self.name)
     }

@@ -17,6 +17,7 @@ impl KindId {
     pub const NODES: KindId = KindId(6);
     pub const NETWORK_POLICIES: KindId = KindId(7);
     pub const ENDPOINT_SLICES: KindId = KindId(8);
+    pub const RESOURCE_QUOTAS: KindId = KindId(9);
 }
 
 /// What the API knows of a kind's objects: a typed k8s-openapi kind it checks and defaults,
@@ -33,6 +34,7 @@ pub enum Typed {
     Node,
     NetworkPolicy,
     EndpointSlice,
+    ResourceQuota,
     Custom,
 }
 
@@ -130,6 +132,15 @@ impl Catalog {
                 &[],
                 &[],
                 Typed::EndpointSlice,
+            ),
+            builtin(
+                "",
+                "ResourceQuota",
+                "resourcequotas",
+                true,
+                &["quota"],
+                &["status"],
+                Typed::ResourceQuota,
             ),
         ];
         for (group, kind, cluster_wide) in custom {
@@ -243,6 +254,7 @@ mod tests {
         assert_eq!(catalog.get(KindId::PODS).plural, "pods");
         assert_eq!(catalog.get(KindId::NETWORK_POLICIES).api_version(), "networking.k8s.io/v1");
         assert_eq!(catalog.get(KindId::ENDPOINT_SLICES).kind, "EndpointSlice");
+        assert_eq!(catalog.get(KindId::RESOURCE_QUOTAS).kind, "ResourceQuota");
         let cilium = catalog.find("cilium.io", "v2", "ciliumnetworkpolicies").expect("served");
         assert_eq!(
             catalog.get(cilium).path(Some("x")),

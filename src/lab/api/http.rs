@@ -69,10 +69,58 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    match route(&api, &method, path, &query, &accept, &content_type, &body).await {
+    let response = match route(&api, &method, path, &query, &accept, &content_type, &body).await {
         Ok(response) => response,
         Err(error) => failure(&error),
+    };
+    if !public {
+        let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        api.audit(&audit_event(&api, &method, &uri, &query, response.status().as_u16(), agent));
     }
+    response
+}
+
+/// The audit event of a request, as kube-apiserver writes them at level Metadata
+/// (`audit.k8s.io/v1`): the verb RBAC checks, and the object the request is about.
+fn audit_event(api: &Api, method: &Method, uri: &Uri, query: &Query, code: u16, agent: &str) -> Value {
+    let path = uri.path().trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => ("", "", &[][..]),
+    };
+    let found = (!rest.is_empty()).then(|| target(api, group, version, rest)).flatten();
+    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (method, found.as_ref().map(|t| t.name.is_some())) {
+        (&Method::GET, Some(false)) if watch => "watch",
+        (&Method::GET, Some(false)) => "list",
+        (&Method::GET, _) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, Some(false)) => "deletecollection",
+        (&Method::DELETE, _) => "delete",
+        _ => "unknown",
+    };
+    let object = found.map(|t| {
+        let kind = api.catalog.get(t.kind);
+        json!({"resource": kind.plural, "namespace": t.namespace, "name": t.name, "apiGroup": kind.group,
+               "apiVersion": kind.version, "subresource": t.subresource})
+    });
+    json!({
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "stage": "ResponseComplete",
+        "requestURI": uri.to_string(),
+        "verb": verb,
+        "user": {"username": "lab-admin"},
+        "userAgent": agent,
+        "objectRef": object,
+        "responseStatus": {"code": code},
+        "stageTimestamp": super::store::now(),
+    })
 }
 
 fn authorized(api: &Api, headers: &HeaderMap) -> bool {

@@ -42,7 +42,7 @@ use catalog::Catalog;
 use status::ApiError;
 use store::Store;
 
-/// The lab's node, to which the API's scheduler binds every pod that fits.
+/// A node of the lab, to which the API's scheduler binds the pods that fit it.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub name: String,
@@ -67,10 +67,12 @@ pub trait Logs: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub token: String,
-    /// The node pods are scheduled to; `None`: pods stay unscheduled (no kubelet).
-    pub node: Option<NodeInfo>,
+    /// The nodes pods are scheduled to (none: pods stay unscheduled, as with no kubelet).
+    pub nodes: Vec<NodeInfo>,
     /// The policy CRDs to serve: (group, kind, cluster-wide).
     pub custom_kinds: Vec<(String, String, bool)>,
+    /// Where to write the audit log (an event a line, as kube-apiserver's `--audit-log-path`).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// The API: its objects and what it serves.
@@ -81,12 +83,13 @@ pub struct Api {
     schemas: openapi::Schemas,
     documents: openapi::Documents,
     token: String,
-    node: Option<NodeInfo>,
+    nodes: Vec<NodeInfo>,
     logs: std::sync::OnceLock<Arc<dyn Logs>>,
     /// Names for Events.
     events: AtomicU64,
     /// `host:port` it serves on, once bound.
     address: std::sync::OnceLock<String>,
+    audit_log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 impl Api {
@@ -100,11 +103,29 @@ impl Api {
             schemas,
             documents,
             token: config.token,
-            node: config.node,
+            nodes: config.nodes,
             logs: std::sync::OnceLock::new(),
             events: AtomicU64::new(0),
             address: std::sync::OnceLock::new(),
+            audit_log: config.audit_log.and_then(|path| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .ok()
+                    .map(std::sync::Mutex::new)
+            }),
         })
+    }
+
+    /// Writes an audit event (when the API keeps a log).
+    fn audit(&self, event: &Value) {
+        use std::io::Write;
+        if let Some(log) = &self.audit_log {
+            let mut line = serde_json::to_vec(event).unwrap_or_default();
+            line.push(b'\n');
+            let _ = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_all(&line);
+        }
     }
 
     /// Where `pods/log` reads from (the kubelet attaches itself once).
@@ -112,9 +133,9 @@ impl Api {
         let _ = self.logs.set(logs);
     }
 
-    /// The node pods run on, if any.
-    pub fn node(&self) -> Option<&NodeInfo> {
-        self.node.as_ref()
+    /// The nodes pods run on.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
     }
 
     /// Serves the API on `listener` (TLS as `config` says: [`tls::Certificates::server_config`])

@@ -88,6 +88,7 @@ pub fn decode(kind: &Kind, body: &Value, validation: FieldValidation) -> Result<
         Typed::Node => typed::<core::Node>(kind, body)?,
         Typed::NetworkPolicy => typed::<k8s_openapi::api::networking::v1::NetworkPolicy>(kind, body)?,
         Typed::EndpointSlice => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(kind, body)?,
+        Typed::ResourceQuota => typed::<core::ResourceQuota>(kind, body)?,
         Typed::Custom => {
             let mut object = body.clone();
             object["apiVersion"] = Value::from(kind.api_version());

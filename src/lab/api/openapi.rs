@@ -52,6 +52,7 @@ pub fn schema_name(kind: &Kind) -> String {
         Typed::Node => core::Node::schema_name().into(),
         Typed::NetworkPolicy => k8s_openapi::api::networking::v1::NetworkPolicy::schema_name().into(),
         Typed::EndpointSlice => k8s_openapi::api::discovery::v1::EndpointSlice::schema_name().into(),
+        Typed::ResourceQuota => core::ResourceQuota::schema_name().into(),
         Typed::Custom => format!("{}.{}.{}", kind.group, kind.version, kind.kind),
     }
 }
@@ -75,6 +76,7 @@ impl Schemas {
         generator.subschema_for::<core::Node>();
         generator.subschema_for::<k8s_openapi::api::networking::v1::NetworkPolicy>();
         generator.subschema_for::<k8s_openapi::api::discovery::v1::EndpointSlice>();
+        generator.subschema_for::<core::ResourceQuota>();
         generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
         let mut components = generator.take_definitions(true);
         for id in catalog.ids() {

@@ -1,5 +1,5 @@
 //! Create, replace, patch and delete, with what the real API server adds on the way: admission
-//! (a namespace that exists and is not terminating, scheduling to the lab's node, a clusterIP
+//! (a namespace that exists and is not terminating, scheduling to the lab's nodes, a clusterIP
 //! for a Service), defaults, validation, resourceVersion preconditions (409), graceful pod
 //! deletion, namespaces that terminate, finalizers, dry runs and `fieldValidation`.
 
@@ -71,6 +71,33 @@ impl Api {
         }
     }
 
+    /// The ResourceQuota admission plugin, for the pod count (`pods`, `count/pods`): a pod
+    /// past a quota's limit is refused (403), as a namespace with a quota refuses it.
+    fn admit_quota(&self, namespace: &str, name: &str) -> Result<(), ApiError> {
+        let (quotas, _) = self.store.list(KindId::RESOURCE_QUOTAS, Some(namespace));
+        let (pods, _) = self.store.list(KindId::PODS, Some(namespace));
+        // Quotas count pods that have not ended.
+        let used = pods
+            .iter()
+            .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+            .count();
+        for quota in quotas {
+            for key in ["pods", "count/pods"] {
+                let Some(limit) = quota["spec"]["hard"][key].as_str().and_then(|l| l.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                if used + 1 > limit {
+                    let quota_name = quota["metadata"]["name"].as_str().unwrap_or_default();
+                    return Err(ApiError::forbidden(format!(
+                        "pods \"{name}\" is forbidden: exceeded quota: {quota_name}, requested: {key}=1, used: {key}={used}, limited: {key}={limit}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// POST to a collection.
     pub fn create(
         &self,
@@ -120,6 +147,9 @@ impl Api {
         }
         objects::validate(info, &object)?;
         let name = objects::name_of(info, &object)?;
+        if info.typed == Typed::Pod {
+            self.admit_quota(&namespace, &name)?;
+        }
         let key = self.key(kind, Some(&namespace), &name);
         let warnings = warnings(validation, &decoded.unknown);
         if dry_run(query)? {
@@ -367,15 +397,18 @@ impl Api {
         (0..5).map(|i| alphabet[((n >> (i * 5)) % alphabet.len() as u64) as usize] as char).collect()
     }
 
-    /// The lab has one node: a pod whose nodeSelector and required node affinity it meets is
-    /// bound to it at once; any other stays Pending, unschedulable, as the scheduler leaves it.
+    /// A pod is bound at once to the first node (by name) whose labels its nodeSelector and
+    /// required node affinity accept; one that fits none stays Pending, unschedulable, as the
+    /// scheduler leaves it.
     fn schedule(&self, pod: &mut Value) {
-        let Some(node) = &self.node else { return };
-        if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+        if self.nodes.is_empty() || pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
             return;
         }
-        let fits = node_fits(&pod["spec"], &node.name, &node.labels);
-        if fits {
+        let mut nodes: Vec<&super::NodeInfo> = self.nodes.iter().collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let chosen = nodes.iter().find(|n| node_fits(&pod["spec"], &n.name, &n.labels));
+        let fits = chosen.is_some();
+        if let Some(node) = chosen {
             pod["spec"]["nodeName"] = Value::from(node.name.clone());
         }
         let condition = if fits {
@@ -383,7 +416,7 @@ impl Api {
         } else {
             json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": now(),
                    "reason": "Unschedulable",
-                   "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."})
+                   "message": format!("0/{n} nodes are available: {n} node(s) didn't match Pod's node affinity/selector. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling.", n = self.nodes.len())})
         };
         pod["status"]["conditions"] = json!([condition]);
     }
@@ -399,7 +432,7 @@ impl Api {
                 &format!("Successfully assigned {namespace}/{name} to {node}"),
                 "default-scheduler",
             ),
-            None if self.node.is_some() => self.record(
+            None if !self.nodes.is_empty() => self.record(
                 pod,
                 "Warning",
                 "FailedScheduling",
@@ -451,13 +484,13 @@ impl Api {
             },
             "reason": reason,
             "message": message,
-            "source": {"component": component, "host": self.node.as_ref().map(|n| n.name.clone())},
+            "source": {"component": component, "host": object["spec"]["nodeName"]},
             "firstTimestamp": at,
             "lastTimestamp": at,
             "count": 1,
             "type": type_,
             "reportingComponent": component,
-            "reportingInstance": self.node.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+            "reportingInstance": object["spec"]["nodeName"].as_str().unwrap_or_default(),
         });
         let key = Key::new(KindId::EVENTS, namespace, name);
         let _ = self.store.create(key, event, "events");

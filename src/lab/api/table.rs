@@ -58,6 +58,7 @@ fn columns(kind: &Kind) -> Vec<Column> {
             vec![name, ("AddressType", "string", 0), ("Ports", "string", 0), ("Endpoints", "string", 0), age]
         }
         Typed::LimitRange => vec![name, ("Created At", "date", 0)],
+        Typed::ResourceQuota => vec![name, age, ("Request", "string", 0), ("Limit", "string", 0)],
         Typed::Custom => vec![name, age],
     }
 }
@@ -235,6 +236,15 @@ fn cells(kind: &Kind, object: &Value) -> Vec<Value> {
             ]
         }
         Typed::LimitRange => vec![name, object["metadata"]["creationTimestamp"].clone()],
+        Typed::ResourceQuota => {
+            let hard: Vec<String> = spec["hard"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}: {}", text(v)))
+                .collect();
+            vec![name, created, Value::from(hard.join(", ")), Value::from("")]
+        }
         Typed::Custom => vec![name, created],
     }
 }

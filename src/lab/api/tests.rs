@@ -24,9 +24,9 @@ impl Drop for Running {
     }
 }
 
-async fn start(node: Option<NodeInfo>) -> Running {
+async fn start(nodes: Vec<NodeInfo>) -> Running {
     let token = new_token().expect("a token");
-    let api = Api::new(ApiConfig { token: token.clone(), node, custom_kinds: vec![] });
+    let api = Api::new(ApiConfig { token: token.clone(), nodes, custom_kinds: vec![], audit_log: None });
     let certificates = tls::Certificates::generate("test").expect("certificates");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
     let server = format!("https://{}", listener.local_addr().expect("an address"));
@@ -55,7 +55,7 @@ fn api_error(error: kube::Error) -> (u16, String, String) {
 
 #[tokio::test]
 async fn objects_go_through_tls_with_versions_conflicts_and_status_errors() {
-    let lab = start(None).await;
+    let lab = start(vec![]).await;
     let maps: KubeApi<ConfigMap> = KubeApi::namespaced(lab.client.clone(), "x");
     let map: ConfigMap = serde_json::from_value(
         json!({"metadata": {"name": "a", "labels": {"app": "web"}}, "data": {"k": "v"}}),
@@ -136,7 +136,7 @@ async fn objects_go_through_tls_with_versions_conflicts_and_status_errors() {
 
 #[tokio::test]
 async fn watches_start_from_a_version_and_see_objects_enter_and_leave_a_selection() {
-    let lab = start(None).await;
+    let lab = start(vec![]).await;
     let maps: KubeApi<ConfigMap> = KubeApi::namespaced(lab.client.clone(), "x");
     let listed = maps.list(&ListParams::default()).await.expect("listed");
     let version = listed.metadata.resource_version.clone().expect("a version");
@@ -178,7 +178,7 @@ async fn watches_start_from_a_version_and_see_objects_enter_and_leave_a_selectio
 
 #[tokio::test]
 async fn pods_get_the_api_servers_defaults_and_go_at_once_when_no_node_runs_them() {
-    let lab = start(None).await;
+    let lab = start(vec![]).await;
     let pods: KubeApi<Pod> = KubeApi::namespaced(lab.client.clone(), "x");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "p"},
@@ -208,7 +208,7 @@ async fn pods_get_the_api_servers_defaults_and_go_at_once_when_no_node_runs_them
 
 #[tokio::test]
 async fn a_terminating_namespace_refuses_content_and_goes_once_empty() {
-    let lab = start(None).await;
+    let lab = start(vec![]).await;
     let maps: KubeApi<ConfigMap> = KubeApi::namespaced(lab.client.clone(), "x");
     let map: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "a", "finalizers": ["example.com/hold"]}}))
@@ -235,4 +235,36 @@ async fn a_terminating_namespace_refuses_content_and_goes_once_empty() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("namespace x stayed after its content went");
+}
+
+#[tokio::test]
+async fn pods_are_bound_to_the_first_node_their_affinity_admits_or_left_unschedulable() {
+    let node = |name: &str| NodeInfo {
+        name: name.into(),
+        labels: [("kubernetes.io/os".to_string(), "linux".to_string())].into(),
+    };
+    let lab = start(vec![node("lab-2"), node("lab")]).await;
+    let pods: KubeApi<Pod> = KubeApi::namespaced(lab.client.clone(), "x");
+    let pod = |name: &str, node: Option<&str>| -> Pod {
+        let mut spec =
+            json!({"containers": [{"name": "c", "image": "ghcr.io/netpol-verify/netpol-probe:0.1.0"}]});
+        if let Some(node) = node {
+            spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}});
+        }
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("pod")
+    };
+    let bound = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    let anywhere = pods.create(&PostParams::default(), &pod("a", None)).await.expect("created");
+    assert_eq!(bound(&anywhere).as_deref(), Some("lab"), "the first node by name");
+    let pinned = pods.create(&PostParams::default(), &pod("b", Some("lab-2"))).await.expect("created");
+    assert_eq!(bound(&pinned).as_deref(), Some("lab-2"));
+    let nowhere = pods.create(&PostParams::default(), &pod("c", Some("gone"))).await.expect("created");
+    assert_eq!(bound(&nowhere), None);
+    let scheduled = nowhere.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert_eq!((scheduled[0].type_.as_str(), scheduled[0].status.as_str()), ("PodScheduled", "False"));
+    assert!(
+        scheduled[0].message.as_deref().is_some_and(|m| m.starts_with("0/2 nodes are available")),
+        "{scheduled:?}"
+    );
 }

@@ -65,7 +65,7 @@ impl PodRun {
         }
     }
 
-    fn stopping(&self) -> bool {
+    pub fn stopping(&self) -> bool {
         self.stop.is_cancelled() || self.kill.is_cancelled()
     }
 }
@@ -73,7 +73,8 @@ impl PodRun {
 /// What the kubelet needs of its lab.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub node_name: String,
+    /// The nodes it runs pods for (a lab's nodes share its one network).
+    pub node_names: Vec<String>,
     pub host_ip: String,
     /// The lab's directory.
     pub dir: PathBuf,
@@ -134,7 +135,8 @@ impl Kubelet {
     }
 
     fn observe(self: &Arc<Self>, pod: &Value, change: Change) {
-        if pod["spec"]["nodeName"].as_str() != Some(self.config.node_name.as_str()) {
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        if !self.config.node_names.iter().any(|n| n == node) {
             return;
         }
         let Some(uid) = pod["metadata"]["uid"].as_str().map(str::to_string) else { return };

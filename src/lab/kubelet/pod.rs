@@ -315,11 +315,9 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
         ),
         changed: tokio::sync::Notify::new(),
     });
-    let sandbox = tokio::select! {
-        sandbox = kubelet.sandbox(&pod, &run) => sandbox,
-        graceful = run.ended() => { finish(graceful); return; }
-    };
-    let sandbox = match sandbox {
+    // NB: a sandbox being made is finished, never dropped half-way (its namespace would
+    // outlive the pod); a deletion meanwhile tears it down right after.
+    let sandbox = match kubelet.sandbox(&pod, &run).await {
         Ok(sandbox) => Arc::new(sandbox),
         Err(e) => {
             kubelet.api.record(&object, "Warning", "FailedCreatePodSandBox", &e, "kubelet");
@@ -328,6 +326,11 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
             return;
         }
     };
+    if run.stopping() {
+        kubelet.teardown(&run, &sandbox).await;
+        finish(!run.kill.is_cancelled());
+        return;
+    }
     write_status(&kubelet, &run, Some(&sandbox), &containers.snapshot());
     // Volumes: a missing ConfigMap keeps the pod creating until it appears.
     let mut warned = false;

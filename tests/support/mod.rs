@@ -1,0 +1,114 @@
+//! What the tests of the lab as a cluster share: a lab with its API, removed however a test
+//! ends, and ways to read it back.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ListParams};
+use netpol_verify::input::{Source, load};
+use netpol_verify::kubernetes::{Connection, KubeCluster};
+use netpol_verify::lab::cni::CniMode;
+use netpol_verify::lab::{Lab, LabSpec, daemon};
+use netpol_verify::manifest::PodOptions;
+use serde_json::Value;
+
+pub fn verify() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_netpol-verify"))
+}
+
+pub fn unique_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("b{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Namespaces a and b, nothing in them.
+pub const TWO_NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n";
+
+/// A lab with its API, removed when the test ends however it ends.
+pub struct TestLab {
+    pub name: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = Lab::down(&self.name);
+    }
+}
+
+impl TestLab {
+    pub fn up(objects: &str, cni: CniMode, nodes: usize) -> TestLab {
+        let snapshot =
+            load(&[Source { name: "test".into(), text: objects.into() }]).expect("valid objects").snapshot;
+        let probe = verify().with_file_name("netpol-probe");
+        let spec = LabSpec {
+            name: Some(unique_name()),
+            cni,
+            enforce_delay: Duration::ZERO,
+            nodes,
+            probe,
+            verify: verify(),
+        };
+        let (lab, _) = Lab::up(&spec, &snapshot).expect("the lab comes up");
+        let name = lab.state.name.clone();
+        let kubeconfig = match lab.start_api(&[]) {
+            Ok(kubeconfig) => kubeconfig,
+            Err(e) => {
+                let _ = Lab::down(&name);
+                panic!("the lab's API: {e}");
+            }
+        };
+        TestLab { name, kubeconfig }
+    }
+
+    pub async fn cluster(&self) -> KubeCluster {
+        let connection = Connection { kubeconfig: Some(&self.kubeconfig), context: None };
+        KubeCluster::connect(&connection, PodOptions::default()).await.expect("connects")
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("the kubeconfig");
+        let parsed = kube::config::Kubeconfig::from_yaml(&text).expect("a kubeconfig");
+        let config =
+            kube::Config::from_custom_kubeconfig(parsed, &Default::default()).await.expect("a config");
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    /// The API's audit log so far: one event per request.
+    pub fn audit(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(daemon::audit_log_path(&self.name)).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Every object the API holds of the kinds a run touches, as `kind ns/name`.
+    pub async fn objects(&self) -> BTreeSet<String> {
+        let client = self.client().await;
+        let mut found = BTreeSet::new();
+        macro_rules! all {
+            ($kind:ty, $label:expr) => {
+                for object in
+                    Api::<$kind>::all(client.clone()).list(&ListParams::default()).await.expect("listed")
+                {
+                    let meta = &object.metadata;
+                    found.insert(format!(
+                        "{} {}/{}",
+                        $label,
+                        meta.namespace.clone().unwrap_or_default(),
+                        meta.name.clone().unwrap_or_default()
+                    ));
+                }
+            };
+        }
+        all!(Namespace, "namespace");
+        all!(Pod, "pod");
+        all!(ConfigMap, "configmap");
+        all!(NetworkPolicy, "networkpolicy");
+        found
+    }
+}
