@@ -212,7 +212,8 @@ fn spread_pins_pods_to_two_nodes_in_valid_manifests_or_says_why_it_cannot() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--spread needs two nodes a probe pod can run on"), "{stderr}");
+    // A lab has as many nodes as `lab up --nodes` gave it (tests/backend.rs spreads over one).
     let output = verify(&["run", "--lab", "nope", "--spread"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("a lab is a single node"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no lab named nope"));
 }

@@ -591,3 +591,52 @@ fn workload_doubles_are_selected_by_the_workloads_own_policies() {
     let run = lab_run_on(&objects, "none", &["-s", "matrix", "--mimic-workloads"]);
     assert_eq!(on_the_double(&run)[2], "\"z\":8080/\"TCP\" \"deny\" \"not-enforced\"");
 }
+
+/// argocd admits only itself; flux-system has no policy.
+const GITOPS: &str = "---
+apiVersion: v1
+kind: Namespace
+metadata: {name: argocd}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: flux-system}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-argocd, namespace: argocd}
+spec:
+  podSelector: {}
+  ingress: [{from: [{podSelector: {}}]}]
+";
+
+#[test]
+fn gitops_namespaces_are_probed_into_and_out_of_as_their_policies_say() {
+    let objects = format!("{}{GITOPS}", cluster());
+    let into_argocd = |run: &Run| -> BTreeSet<String> {
+        run.checks()
+            .into_iter()
+            .filter(|c| c["group"] == "into-gitops" && c["to_namespace"] == "argocd")
+            .map(|c| {
+                format!(
+                    "{}→argocd {} {}",
+                    c["from_namespace"].as_str().unwrap_or("?"),
+                    c["policy"].as_str().unwrap_or("?"),
+                    c["verdict"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    };
+    let run = lab_run_on(&objects, "enforcing", &["-s", "gitops"]);
+    let sources = ["flux-system", "x", "y", "z"];
+    assert_eq!(into_argocd(&run), sources.iter().map(|s| format!("{s}→argocd deny pass")).collect());
+    // Out of them, and into flux-system, is as the other namespaces' policies say.
+    assert!(
+        run.checks().iter().any(|c| c["group"] == "out-of-gitops" && c["from_namespace"] == "argocd"),
+        "{:#?}",
+        run.checks()
+    );
+    assert_eq!(run.count("over-blocked") + run.count("not-enforced"), 0, "{:#?}", run.json["counts"]);
+    let run = lab_run_on(&objects, "none", &["-s", "gitops"]);
+    assert_eq!(into_argocd(&run), sources.iter().map(|s| format!("{s}→argocd deny not-enforced")).collect());
+}

@@ -5,9 +5,9 @@
 #
 # Installs what is missing (on Debian/Ubuntu: iproute2, nftables, procps, a C linker, curl;
 # the Rust toolchain through rustup), builds the tool, and runs it twice against the shop
-# example (scenarios/examples/shop.yaml) in a lab with no cluster: first with a CNI that
-# enforces nothing, as EKS and AKS do by default (not-enforced findings), then with one that
-# enforces (every check passes). Each lab is removed after.
+# example (scenarios/examples/shop.yaml) in a lab — a Kubernetes cluster emulated on this
+# host, no cluster needed: first with a CNI that enforces nothing, as EKS and AKS do by default
+# (not-enforced findings), then with one that enforces (no findings). Each lab is removed after.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -54,6 +54,11 @@ status=0
 echo "(exit status $status: 1 means findings)"
 
 echo
-echo "=== 2/2: a CNI that enforces (--cni enforcing): expect every check to pass ==="
+echo "=== 2/2: a CNI that enforces (--cni enforcing): expect no findings ==="
+echo "(two UDP checks stay inconclusive, exit status 3: no pod may reach that server on UDP, and"
+echo " a Kubernetes node shows a pod alive over TCP only, through its readiness probe)"
 echo
-"$verify" lab run --from-file scenarios/examples/shop.yaml --cni enforcing
+status=0
+"$verify" lab run --from-file scenarios/examples/shop.yaml --cni enforcing || status=$?
+echo "(exit status $status: 0 all pass, 3 only inconclusive checks besides passes)"
+[[ $status == 0 || $status == 3 ]]

@@ -116,9 +116,13 @@ impl KubeCluster {
 /// A failed API call, as something to do about it.
 fn api_error(verb: &str, resource: &str, object: &str, error: kube::Error) -> ClusterError {
     let kube::Error::Api(response) = &error else {
-        return ClusterError::Invalid(format!(
-            "{verb} {resource} {object}: {error} (is the API server reachable? check the kubeconfig's context)"
-        ));
+        let fix = match &error {
+            kube::Error::SerdeError(_) => {
+                "that is not what a Kubernetes API server answers: is the kubeconfig's server a Kubernetes API server, and not a proxy or a web page?"
+            }
+            _ => "is the API server reachable? check the kubeconfig's context",
+        };
+        return ClusterError::Invalid(format!("{verb} {resource} {object}: {error} ({fix})"));
     };
     let fix = match response.code {
         401 => {
@@ -416,80 +420,11 @@ impl Cluster for KubeCluster {
                 _ => String::new(),
             }
         };
-        let params = ListParams::default().labels(&format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}{run}"));
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let mut running = Vec::new();
-            let mut waiting = Vec::new();
-            let listed = match api.list(&params).await {
-                Ok(list) => Some(list.items),
-                // A busy or restarting API server: ask again, within the bound.
-                Err(e) if transient(&e) => {
-                    waiting.push(format!("the API server did not answer ({e})"));
-                    None
-                }
-                Err(e) => return Err(api_error("list", "pods", "(the tool's)", e)),
-            };
-            for key in pods.iter().filter(|_| listed.is_some()) {
-                let listed = listed.as_deref().unwrap_or_default();
-                // NB: a list without a resourceVersion is a consistent read: a pod created
-                // before the wait is in it, so one that is not was deleted.
-                let Some(pod) = listed.iter().find(|p| key_of(&p.metadata) == *key) else {
-                    return Err(ClusterError::NotFound {
-                        what: format!(
-                            "pod {key} (it was deleted while the run waited for it; by a controller or a person?)"
-                        ),
-                    });
-                };
-                // A probe server never ends by itself: Failed is the kubelet refusing it.
-                let status = pod.status.as_ref();
-                if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
-                    let why = waiting_reason(pod).unwrap_or_else(|| {
-                        let said = |f: Option<&String>| f.cloned().unwrap_or_default();
-                        format!(
-                            "pod {key} failed: {}: {}",
-                            said(status.and_then(|s| s.reason.as_ref())),
-                            said(status.and_then(|s| s.message.as_ref()))
-                        )
-                    });
-                    return Err(ClusterError::Invalid(why));
-                }
-                // Why it waits, with the fix; said when the bound runs out.
-                if let Some(reason) = waiting_reason(pod) {
-                    waiting.push(reason);
-                    continue;
-                }
-                let status = pod.status.as_ref();
-                let ready = status
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                let ip = pod_ips(status).first().copied();
-                let started = status.and_then(|s| s.phase.as_deref()) == Some("Running");
-                // Servers are Ready when the kubelet reached them; clients and pods that must
-                // never be Ready count once they run.
-                let has_probe = pod
-                    .spec
-                    .as_ref()
-                    .is_some_and(|s| s.containers.iter().any(|c| c.readiness_probe.is_some()));
-                match ip {
-                    Some(ip) if started && (ready || !has_probe) => {
-                        running.push(Running { key: key.clone(), ip })
-                    }
-                    Some(_) if started => waiting.push(format!(
-                        "pod {key} runs but is not Ready: the kubelet's readiness probe from its node does not get through (`kubectl describe pod -n {} {}` shows the probe's failures; a host firewall or a CNI dropping the node's traffic does this)",
-                        key.namespace, key.name
-                    )),
-                    _ => waiting.push(format!("pod {key} is not running yet")),
-                }
-            }
-            if waiting.is_empty() {
-                return Ok(running);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ClusterError::Timeout { what: waiting.join("; "), limit });
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        let selection = follow::Selection {
+            labels: Some(format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}{run}")),
+            fields: None,
+        };
+        follow::follow(&api, &selection, limit, |listed| running_or_why(pods, listed)).await
     }
 
     async fn run_batch(
@@ -682,19 +617,17 @@ impl Prober {
         Err(failure)
     }
 
-    /// Polls the pod until it has started (`until_finished`: until it has ended) or `limit`
+    /// Follows the pod until it has started (`until_finished`: until it has ended) or `limit`
     /// passes.
     async fn watch(&self, limit: Duration, until_finished: bool) -> Result<Watched, ClusterError> {
-        let deadline = tokio::time::Instant::now() + limit;
+        let selection =
+            follow::Selection { labels: None, fields: Some(format!("metadata.name={}", self.key.name)) };
         let mut watched = Watched { started: false, finished: false, ips: Vec::new() };
-        while tokio::time::Instant::now() < deadline {
-            let current = match self.pods.get(&self.key.name).await {
-                Ok(current) => current,
-                Err(e) if transient(&e) => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                Err(e) => return Err(api_error("get", "pods", &self.key.to_string(), e)),
+        let followed = follow::follow(&self.pods, &selection, limit, |listed| {
+            let Some(current) = listed.get(&self.key) else {
+                return follow::Step::Failed(ClusterError::NotFound {
+                    what: format!("pod {} (deleted while it ran; by a controller or a person?)", self.key),
+                });
             };
             let status = current.status.as_ref();
             if watched.ips.is_empty() {
@@ -703,15 +636,21 @@ impl Prober {
             let phase = status.and_then(|s| s.phase.as_deref());
             watched.started |= matches!(phase, Some("Running" | "Succeeded" | "Failed"));
             watched.finished = matches!(phase, Some("Succeeded" | "Failed"));
-            if let Ok(mut stuck) = self.stuck.lock() {
-                *stuck = waiting_reason(&current);
+            let stuck = waiting_reason(current);
+            if let Ok(mut shown) = self.stuck.lock() {
+                shown.clone_from(&stuck);
             }
             if watched.finished || (watched.started && !until_finished) {
-                break;
+                follow::Step::Done(())
+            } else {
+                follow::Step::Waiting(stuck.unwrap_or_default())
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        match followed {
+            Ok(()) | Err(ClusterError::Timeout { .. }) => Ok(watched),
+            Err(e) => Err(e),
         }
-        Ok(watched)
     }
 
     /// Deletes the pod and its plan (the run's cleanup would, too).
@@ -901,6 +840,64 @@ impl KubeCluster {
     }
 }
 
+/// Whether every pod of `keys` runs (servers: are Ready) among `listed`, with their addresses;
+/// why not, with the fix; or a failure that ends the wait: a pod deleted meanwhile, or one the
+/// kubelet refused.
+fn running_or_why(
+    keys: &[ObjectKey],
+    listed: &std::collections::BTreeMap<ObjectKey, Pod>,
+) -> follow::Step<Vec<Running>> {
+    let mut running = Vec::new();
+    let mut waiting = Vec::new();
+    for key in keys {
+        // NB: a list without a resourceVersion is a consistent read: a pod created before the
+        // wait is in it (and a watch sees its deletion), so one that is not was deleted.
+        let Some(pod) = listed.get(key) else {
+            return follow::Step::Failed(ClusterError::NotFound {
+                what: format!(
+                    "pod {key} (it was deleted while the run waited for it; by a controller or a person?)"
+                ),
+            });
+        };
+        // A probe server never ends by itself: Failed is the kubelet refusing it.
+        let status = pod.status.as_ref();
+        if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
+            let why = waiting_reason(pod).unwrap_or_else(|| {
+                let said = |f: Option<&String>| f.cloned().unwrap_or_default();
+                format!(
+                    "pod {key} failed: {}: {}",
+                    said(status.and_then(|s| s.reason.as_ref())),
+                    said(status.and_then(|s| s.message.as_ref()))
+                )
+            });
+            return follow::Step::Failed(ClusterError::Invalid(why));
+        }
+        // Why it waits, with the fix; said when the bound runs out.
+        if let Some(reason) = waiting_reason(pod) {
+            waiting.push(reason);
+            continue;
+        }
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ip = pod_ips(status).first().copied();
+        let started = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+        // Servers are Ready when the kubelet reached them; clients and pods that must never be
+        // Ready count once they run.
+        let has_probe =
+            pod.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.readiness_probe.is_some()));
+        match ip {
+            Some(ip) if started && (ready || !has_probe) => running.push(Running { key: key.clone(), ip }),
+            Some(_) if started => waiting.push(format!(
+                "pod {key} runs but is not Ready: the kubelet's readiness probe from its node does not get through (`kubectl describe pod -n {} {}` shows the probe's failures; a host firewall or a CNI dropping the node's traffic does this)",
+                key.namespace, key.name
+            )),
+            _ => waiting.push(format!("pod {key} is not running yet")),
+        }
+    }
+    if waiting.is_empty() { follow::Step::Done(running) } else { follow::Step::Waiting(waiting.join("; ")) }
+}
+
 /// What Ready pods show of `plan`: a `connected` result for each TCP probe to a Ready pod's
 /// address on the port its readiness probe checks.
 pub fn node_results(pods: &[Pod], plan: &Plan) -> Vec<netpol_probe::wire::ProbeResult> {
@@ -964,6 +961,8 @@ fn gone(error: ClusterError) -> Result<(), ClusterError> {
         other => Err(other),
     }
 }
+
+mod follow;
 
 #[cfg(test)]
 mod tests;

@@ -244,6 +244,35 @@ async fn when_neither_the_sysctl_nor_the_capability_is_allowed_the_error_says_bo
 }
 
 #[tokio::test]
+async fn garbled_answers_are_named_as_such() {
+    // What no API server can be made to give: a web page, a list of the wrong shape, and a
+    // server error with no Status.
+    for (status, body, expected) in [
+        (200, b"<html>sign in</html>".to_vec(), "not what a Kubernetes API server answers"),
+        (
+            200,
+            br#"{"kind":"NamespaceList","items":"none"}"#.to_vec(),
+            "not what a Kubernetes API server answers",
+        ),
+        (502, b"Bad Gateway".to_vec(), "HTTP 502"),
+    ] {
+        let (cluster, mut server) = mocked();
+        let api = tokio::spawn(async move {
+            let (_, respond) = server.next_request().await.expect("the client made a request");
+            respond.send_response(
+                Response::builder().status(status).body(Body::from(body)).expect("a response"),
+            );
+        });
+        let error = cluster.discover().await.err().map(|e| e.to_string()).unwrap_or_default();
+        api.await.expect("the scripted API server");
+        assert!(
+            error.starts_with("list namespaces (all namespaces): ") && error.contains(expected),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn api_errors_say_what_to_do() {
     let cases = [
         (
@@ -368,7 +397,8 @@ async fn a_batch_is_a_pod_created_with_its_plan_whose_log_is_the_output() {
         )
         .await;
         let done = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-client-t1", "namespace": "shop"}, "status": {"phase": "Succeeded", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}, {"ip": "fd00::9"}]}});
-        answer(&mut server, "GET", "/api/v1/namespaces/shop/pods/nv-client-t1", 200, done).await;
+        let one = "/api/v1/namespaces/shop/pods?&fieldSelector=metadata.name%3Dnv-client-t1";
+        answer_list_with(&mut server, one, "Pod", json!([done])).await;
         // The log: one result line, then the summary.
         let (request, respond) = server.next_request().await.expect("a request");
         assert!(
@@ -571,8 +601,14 @@ async fn a_busy_api_server_is_asked_again_within_the_bound() {
         let pending = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nv-mimic-0-t1", "namespace": "shop"}, "status": {"phase": "Pending"}});
         answer_list_with(&mut server, TOOL_PODS, "Pod", json!([pod("nv-server-t1", "10.0.0.5"), pending]))
             .await;
-        let both = json!([pod("nv-server-t1", "10.0.0.5"), pod("nv-mimic-0-t1", "10.0.0.6")]);
-        answer_list_with(&mut server, TOOL_PODS, "Pod", both).await;
+        // Then a watch from that list's version: the other pod starts.
+        let (request, respond) = server.next_request().await.expect("a watch");
+        let uri = request.uri().to_string();
+        assert!(uri.contains("watch=true") && uri.contains("resourceVersion=1"), "{uri}");
+        let line = json!({"type": "MODIFIED", "object": pod("nv-mimic-0-t1", "10.0.0.6")}).to_string() + "\n";
+        respond.send_response(
+            Response::builder().status(200).body(Body::from(line.into_bytes())).expect("a response"),
+        );
     });
     let keys = [ObjectKey::new("shop", "nv-server-t1"), ObjectKey::new("shop", "nv-mimic-0-t1")];
     let running = cluster.wait_running(&keys, Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{e}"));

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use super::topology::LabPod;
@@ -23,6 +25,11 @@ pub struct Network {
     applier: Option<mpsc::UnboundedSender<(Instant, Lab)>>,
     /// What went wrong in delayed applies (logged by the lab process).
     failures: Mutex<Vec<String>>,
+    /// Without a delay: changes made so far (counted under the lab's mutex), the last one
+    /// enforced and how that went, and the applier's wake-up.
+    requested: AtomicU64,
+    enforced: watch::Sender<(u64, Option<String>)>,
+    wake: Notify,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -39,8 +46,18 @@ impl Network {
             let (tx, rx) = mpsc::unbounded_channel::<(Instant, Lab)>();
             (Some(tx), Some(rx))
         };
-        let network =
-            Arc::new(Network { lab: Mutex::new(lab), delay, applier, failures: Mutex::new(Vec::new()) });
+        let network = Arc::new(Network {
+            lab: Mutex::new(lab),
+            delay,
+            applier,
+            failures: Mutex::new(Vec::new()),
+            requested: AtomicU64::new(0),
+            enforced: watch::channel((0, None)).0,
+            wake: Notify::new(),
+        });
+        if delay.is_zero() {
+            tokio::spawn(apply_at_once(Arc::downgrade(&network)));
+        }
         if let Some(mut rx) = receiver {
             let weak = Arc::downgrade(&network);
             tokio::spawn(async move {
@@ -72,31 +89,43 @@ impl Network {
     }
 
     /// Makes `change` to the lab (on a blocking thread: it runs `ip` and `nft`) and has the
-    /// result enforced before letting go of the lab: at once, or queued for the delay.
+    /// result enforced: at once (this returns once a ruleset that includes the change is in
+    /// place; changes made together share one), or queued for the delay, in order.
     pub async fn change<T: Send + 'static>(
         self: &Arc<Self>,
         change: impl FnOnce(&mut Lab) -> Result<T, LabError> + Send + 'static,
     ) -> Result<T, LabError> {
         let network = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let (out, generation) = tokio::task::spawn_blocking(move || {
             let mut lab = lock(&network.lab);
             lab.locked(|lab| {
                 let out = change(lab)?;
-                network.enforce(lab)?;
-                Ok(out)
+                let generation = match &network.applier {
+                    None => network.requested.fetch_add(1, Ordering::SeqCst) + 1,
+                    Some(applier) => {
+                        applier
+                            .send((Instant::now() + network.delay, lab.clone()))
+                            .map_err(|_| LabError::State("the lab's policy applier has stopped".into()))?;
+                        0
+                    }
+                };
+                Ok::<_, LabError>((out, generation))
             })
         })
         .await
-        .map_err(|e| LabError::State(format!("a change to the lab failed: {e}")))?
-    }
-
-    fn enforce(&self, lab: &Lab) -> Result<(), LabError> {
-        match &self.applier {
-            None => lab.apply_policies(&lab.state.policies),
-            Some(applier) => applier
-                .send((Instant::now() + self.delay, lab.clone()))
-                .map_err(|_| LabError::State("the lab's policy applier has stopped".into())),
+        .map_err(|e| LabError::State(format!("a change to the lab failed: {e}")))??;
+        if generation > 0 {
+            self.wake.notify_one();
+            let mut enforced = self.enforced.subscribe();
+            let done = enforced
+                .wait_for(|(applied, _)| *applied >= generation)
+                .await
+                .map_err(|_| LabError::State("the lab's policy applier has stopped".into()))?;
+            if let Some(e) = &done.1 {
+                return Err(LabError::State(format!("enforcing the lab's policies failed: {e}")));
+            }
         }
+        Ok(out)
     }
 
     /// A pod's sandbox: its network namespace, address and link. Its rules are enforced (or
@@ -165,8 +194,43 @@ impl Network {
         self.change(move |lab| lab.remove_policy(&key)).await
     }
 
-    /// The failures of delayed applies so far.
+    /// The failures of applies so far.
     pub fn failures(&self) -> Vec<String> {
         lock(&self.failures).clone()
+    }
+}
+
+/// The applier of a CNI without delay: whenever changes wait, it enforces the lab as it is
+/// now, which holds every change counted so far, and tells the waiters. NB: one apply at a
+/// time, each of the latest state: many pods started together cost a few applies, not one each.
+async fn apply_at_once(network: std::sync::Weak<Network>) {
+    let mut applied = 0;
+    loop {
+        let Some(strong) = network.upgrade() else { return };
+        let (lab, generation) = {
+            let lab = lock(&strong.lab);
+            (lab.clone(), strong.requested.load(Ordering::SeqCst))
+        };
+        if generation <= applied {
+            // Woken by the next change; at the latest a second later, to see whether the
+            // network is still there.
+            let _ = tokio::time::timeout(Duration::from_secs(1), strong.wake.notified()).await;
+            continue;
+        }
+        drop(strong);
+        let result = tokio::task::spawn_blocking(move || {
+            let _lock = super::state::lock(&lab.state.name).map_err(|e| e.to_string())?;
+            lab.apply_policies(&lab.state.policies).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let Some(strong) = network.upgrade() else { return };
+        if let Err(e) = &result {
+            eprintln!("netpol-verify lab: enforcing the policies failed: {e}");
+            lock(&strong.failures).push(e.clone());
+        }
+        applied = generation;
+        strong.enforced.send_replace((applied, result.err()));
     }
 }

@@ -197,11 +197,9 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     cluster.create_namespace(&names.namespace, run_id).await?;
     cluster.create_namespace(&names.peer_namespace, run_id).await?;
     // Servers and the control pod now; clients start with their first batch.
-    let mut keys = Vec::new();
-    for pod in pods(&names).into_iter().filter(|p| p.role != Role::Client) {
-        cluster.create_probe_pod(&pod).await?;
-        keys.push(pod.key);
-    }
+    let serving: Vec<ProbePod> = pods(&names).into_iter().filter(|p| p.role != Role::Client).collect();
+    super::create_all(cluster, &serving, |_| {}).await.map_err(|(_, e)| e)?;
+    let keys: Vec<ObjectKey> = serving.iter().map(|p| p.key.clone()).collect();
     let running = cluster.wait_running(&keys, pod_timeout).await?;
     let ips: HashMap<ObjectKey, IpAddr> = running.into_iter().map(|Running { key, ip }| (key, ip)).collect();
     let mut report = CanaryReport::default();

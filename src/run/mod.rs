@@ -302,10 +302,9 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
         cluster.create_namespace(&tool_ns, run_id).await.map_err(step("creating the tool's namespace"))?;
     }
     progress.phase("starting probe pods", pods.len() as u64);
-    for pod in &pods {
-        cluster.create_probe_pod(pod).await.map_err(step(&format!("creating pod {}", pod.key)))?;
-        progress.advance(1);
-    }
+    create_all(cluster, &pods, |_| progress.advance(1))
+        .await
+        .map_err(|(pod, e)| step(&format!("creating pod {pod}"))(e))?;
     let keys: Vec<ObjectKey> = pods.iter().map(|p| p.key.clone()).collect();
     if !keys.is_empty() {
         cluster.wait_running(&keys, options.pod_timeout).await.map_err(step("waiting for the probe pods"))?;
@@ -350,6 +349,28 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     report.notes.extend(cluster.notes());
     lap(report, "probe and canary");
     Ok(())
+}
+
+/// How many probe pods are created at once: a few requests in flight, not a burst.
+const CREATING_AT_ONCE: usize = 8;
+
+/// Creates `pods`, a few at a time (the first failure stops the rest, with the pod it was
+/// for); `created` is told of each.
+pub async fn create_all<C: Cluster>(
+    cluster: &C,
+    pods: &[ProbePod],
+    created: impl Fn(&ProbePod),
+) -> Result<(), (ObjectKey, ClusterError)> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(pods.iter().map(|pod| async {
+        cluster.create_probe_pod(pod).await.map_err(|e| (pod.key.clone(), e))?;
+        created(pod);
+        Ok::<(), (ObjectKey, ClusterError)>(())
+    }))
+    .buffered(CREATING_AT_ONCE)
+    .try_collect::<Vec<()>>()
+    .await
+    .map(|_| ())
 }
 
 /// The Pod object a probe pod is, for the engine: its labels and ports, and its addresses

@@ -368,6 +368,16 @@ async fn supervise(
         "Pulled",
         &format!("Container image {image:?} already present on machine"),
     );
+    for (probe, set) in
+        [("liveness", spec.liveness_probe.is_some()), ("startup", spec.startup_probe.is_some())]
+    {
+        if set {
+            let message = format!(
+                "the netpol-verify lab's kubelet does not run {probe} probes: container {name}'s is ignored"
+            );
+            kubelet.event(object, "Warning", "Unsupported", &message);
+        }
+    }
     let mut restart: u32 = 0;
     let mut back_off: Option<Duration> = None;
     loop {
@@ -546,8 +556,12 @@ async fn readiness_loop(
     let timeout = seconds(readiness.timeout_seconds, 1).max(Duration::from_secs(1));
     let (success, failure) =
         (readiness.success_threshold.unwrap_or(1).max(1), readiness.failure_threshold.unwrap_or(3).max(1));
+    // NB: the kubelet's prober ticks every period from the pod's start, so its first probe of
+    // a container lands within a period of the container starting; the lab's lands 100 ms in
+    // (after any initialDelaySeconds), once a server has had the time to listen.
+    let first = seconds(readiness.initial_delay_seconds, 0).max(Duration::from_millis(100));
     tokio::select! {
-        () = tokio::time::sleep(seconds(readiness.initial_delay_seconds, 0)) => {}
+        () = tokio::time::sleep(first) => {}
         () = ended.cancelled() => return,
     }
     let (mut ready, mut streak, mut last_ok, mut failures) = (false, 0, None, 0u32);

@@ -297,7 +297,16 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
         return;
     }
     let specs: Vec<Container> = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
-    let creating = Waiting::new("ContainerCreating", "");
+    // NB: said, never skipped: a pod whose init containers did not run is not the pod asked for.
+    let unsupported =
+        pod.spec.as_ref().is_some_and(|s| s.init_containers.as_ref().is_some_and(|i| !i.is_empty()));
+    let creating = if unsupported {
+        let message = "the netpol-verify lab's kubelet does not run init containers (spec.initContainers)";
+        kubelet.api.record(&object, "Warning", "Failed", message, "kubelet");
+        Waiting::new("CreateContainerConfigError", message)
+    } else {
+        Waiting::new("ContainerCreating", "")
+    };
     let containers = Arc::new(Containers {
         states: Mutex::new(
             specs
@@ -332,6 +341,12 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
         return;
     }
     write_status(&kubelet, &run, Some(&sandbox), &containers.snapshot());
+    if unsupported {
+        let graceful = run.ended().await;
+        kubelet.teardown(&run, &sandbox).await;
+        finish(graceful);
+        return;
+    }
     // Volumes: a missing ConfigMap keeps the pod creating until it appears.
     let mut warned = false;
     let sandbox = loop {
