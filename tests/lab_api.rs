@@ -280,3 +280,42 @@ fn every_pod_a_dry_run_prints_runs_on_the_labs_kubelet_as_written() {
         String::from_utf8_lossy(&cleaned.stdout)
     );
 }
+
+#[test]
+fn lab_up_writes_a_private_kubeconfig_lab_env_names_it_and_lab_down_removes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a directory");
+    let objects = dir.path().join("objects.yaml");
+    std::fs::write(&objects, TWO_PODS).expect("write");
+    let name = support::unique_name();
+    let up = Command::new(verify())
+        .args(["lab", "up", "-f"])
+        .arg(&objects)
+        .args(["--name", &name])
+        .output()
+        .expect("runs");
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let lab = TestLab { name: name.clone(), kubeconfig: netpol_verify::lab::daemon::kubeconfig_path(&name) };
+    let printed = String::from_utf8_lossy(&up.stdout);
+    let export = format!("export KUBECONFIG={}", lab.kubeconfig.display());
+    assert!(printed.contains(&export), "{printed}");
+    let mode = std::fs::metadata(&lab.kubeconfig).expect("the kubeconfig").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "it holds the token");
+    let text = std::fs::read_to_string(&lab.kubeconfig).expect("readable");
+    assert!(
+        text.contains("server: https://127.0.0.1:") && text.contains("certificate-authority-data:"),
+        "{text}"
+    );
+    let env = Command::new(verify()).args(["lab", "env", &name]).output().expect("runs");
+    assert_eq!(String::from_utf8_lossy(&env.stdout).trim(), export);
+    let down = Command::new(verify()).args(["lab", "down", &name]).output().expect("runs");
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(!lab.kubeconfig.exists(), "lab down removes the kubeconfig");
+    let env = Command::new(verify()).args(["lab", "env", &name]).output().expect("runs");
+    assert_eq!(env.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&env.stderr).contains(&format!("no lab named {name}")),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+}
