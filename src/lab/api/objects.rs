@@ -147,17 +147,93 @@ pub fn validate(kind: &Kind, object: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// What the lab needs of a Pod spec before a kubelet may run it.
+/// Whether `path` has a `..` segment.
+fn backsteps(path: &str) -> bool {
+    path.split('/').any(|segment| segment == "..")
+}
+
+/// A path inside a volume (a ConfigMap item's, a `subPath`): relative, without `..`, as the
+/// API server's `validateLocalDescendingPath` has it.
+fn descending(path: &str, field: String) -> Result<(), FieldError> {
+    if path.starts_with('/') {
+        return Err(FieldError {
+            field,
+            message: format!("Invalid value: {path:?}: must be a relative path"),
+        });
+    }
+    if backsteps(path) {
+        return Err(FieldError { field, message: format!("Invalid value: {path:?}: must not contain '..'") });
+    }
+    Ok(())
+}
+
+/// A file mode as volumes take it.
+fn mode(mode: Option<i32>, field: String) -> Result<(), FieldError> {
+    match mode {
+        Some(m) if !(0..=0o777).contains(&m) => Err(FieldError {
+            field,
+            message: format!(
+                "Invalid value: {m}: must be a number between 0 and 0777 (octal), both inclusive"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A user or group id.
+fn id(value: Option<i64>, field: String) -> Result<(), FieldError> {
+    match value {
+        Some(v) if !(0..=i64::from(i32::MAX)).contains(&v) => Err(FieldError {
+            field,
+            message: format!("Invalid value: {v}: must be between 0 and 2147483647, inclusive"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What the lab needs of a Pod spec before a kubelet may run it: what the API server checks
+/// of names, ids, modes and paths (a volume's name, an item's path, a `subPath` or a
+/// `mountPath` never climbs out of where it belongs), volume mounts that name a volume.
 fn validate_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), FieldError> {
     let field = |f: String, m: &str| Err(FieldError { field: f, message: m.to_string() });
     let Some(spec) = &pod.spec else { return field("spec".into(), "Required value") };
     if spec.containers.is_empty() {
         return field("spec.containers".into(), "Required value");
     }
-    let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    let mut volumes: Vec<&str> = Vec::new();
+    for (i, volume) in spec.volumes.iter().flatten().enumerate() {
+        let here = format!("spec.volumes[{i}]");
+        if let Err(e) = NameRule::Label.check(&volume.name) {
+            return field(format!("{here}.name"), &e);
+        }
+        if volumes.contains(&volume.name.as_str()) {
+            return field(format!("{here}.name"), &format!("Duplicate value: {:?}", volume.name));
+        }
+        volumes.push(&volume.name);
+        if let Some(map) = &volume.config_map {
+            mode(map.default_mode, format!("{here}.configMap.defaultMode"))?;
+            for (j, item) in map.items.iter().flatten().enumerate() {
+                let at = format!("{here}.configMap.items[{j}]");
+                if item.path.is_empty() {
+                    return field(format!("{at}.path"), "Required value");
+                }
+                descending(&item.path, format!("{at}.path"))?;
+                mode(item.mode, format!("{at}.mode"))?;
+            }
+        }
+    }
+    let pod_security = spec.security_context.clone().unwrap_or_default();
+    id(pod_security.run_as_user, "spec.securityContext.runAsUser".into())?;
+    id(pod_security.run_as_group, "spec.securityContext.runAsGroup".into())?;
+    id(pod_security.fs_group, "spec.securityContext.fsGroup".into())?;
+    for (i, group) in pod_security.supplemental_groups.iter().flatten().enumerate() {
+        id(Some(*group), format!("spec.securityContext.supplementalGroups[{i}]"))?;
+    }
     let mut names = Vec::new();
-    for (i, container) in spec.containers.iter().enumerate() {
-        let here = format!("spec.containers[{i}]");
+    let containers = spec.containers.iter().map(|c| ("containers", c));
+    let init = spec.init_containers.iter().flatten().map(|c| ("initContainers", c));
+    for (i, (list, container)) in containers.chain(init).enumerate() {
+        let here = format!("spec.{list}[{i}]");
         if let Err(e) = NameRule::Label.check(&container.name) {
             return field(format!("{here}.name"), &e);
         }
@@ -168,18 +244,31 @@ fn validate_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Result<(), FieldError>
         if container.image.as_deref().is_none_or(str::is_empty) {
             return field(format!("{here}.image"), "Required value");
         }
+        if let Some(security) = &container.security_context {
+            id(security.run_as_user, format!("{here}.securityContext.runAsUser"))?;
+            id(security.run_as_group, format!("{here}.securityContext.runAsGroup"))?;
+        }
+        if let Some(path) = &container.termination_message_path
+            && (!path.starts_with('/') || backsteps(path))
+        {
+            return field(
+                format!("{here}.terminationMessagePath"),
+                &format!("Invalid value: {path:?}: must be an absolute path without '..'"),
+            );
+        }
         for (j, mount) in container.volume_mounts.iter().flatten().enumerate() {
+            let at = format!("{here}.volumeMounts[{j}]");
             if !volumes.contains(&mount.name.as_str()) {
+                return field(format!("{at}.name"), &format!("Not found: {:?}", mount.name));
+            }
+            if !mount.mount_path.starts_with('/') || backsteps(&mount.mount_path) {
                 return field(
-                    format!("{here}.volumeMounts[{j}].name"),
-                    &format!("Not found: {:?}", mount.name),
+                    format!("{at}.mountPath"),
+                    "Invalid value: must be an absolute path without '..'",
                 );
             }
-            if !mount.mount_path.starts_with('/') {
-                return field(
-                    format!("{here}.volumeMounts[{j}].mountPath"),
-                    "Invalid value: must be an absolute path",
-                );
+            if let Some(sub) = mount.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                descending(sub, format!("{at}.subPath"))?;
             }
         }
     }
@@ -377,6 +466,48 @@ mod tests {
         let no_image = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
         let err = validate(pods, &no_image).expect_err("no image");
         assert_eq!(err.message, "Pod \"p\" is invalid: spec.containers[0].image: Required value");
+        // Nothing a pod says reaches outside its volumes, nor names an id past the API's range.
+        for (spec, blamed) in [
+            (json!({"volumes": [{"name": "../../x", "emptyDir": {}}]}), "spec.volumes[0].name"),
+            (
+                json!({"volumes": [{"name": "v", "configMap": {"name": "m", "items": [{"key": "k", "path": "/etc/cron.d/x"}]}}]}),
+                "spec.volumes[0].configMap.items[0].path",
+            ),
+            (
+                json!({"volumes": [{"name": "v", "configMap": {"name": "m", "items": [{"key": "k", "path": "a/../../x"}]}}]}),
+                "spec.volumes[0].configMap.items[0].path",
+            ),
+            (
+                json!({"volumes": [{"name": "v", "configMap": {"name": "m", "defaultMode": 0o4755}}]}),
+                "spec.volumes[0].configMap.defaultMode",
+            ),
+            (json!({"securityContext": {"runAsUser": 4_294_967_296_i64}}), "spec.securityContext.runAsUser"),
+            (
+                json!({"volumes": [{"name": "v", "emptyDir": {}}], "containers": [{"name": "c", "image": "i", "volumeMounts": [{"name": "v", "mountPath": "/a", "subPath": "../../etc"}]}]}),
+                "spec.containers[0].volumeMounts[0].subPath",
+            ),
+            (
+                json!({"volumes": [{"name": "v", "emptyDir": {}}], "containers": [{"name": "c", "image": "i", "volumeMounts": [{"name": "v", "mountPath": "/a/../../x"}]}]}),
+                "spec.containers[0].volumeMounts[0].mountPath",
+            ),
+            (
+                json!({"containers": [{"name": "c", "image": "i", "terminationMessagePath": "/dev/../etc/passwd"}]}),
+                "spec.containers[0].terminationMessagePath",
+            ),
+        ] {
+            let mut spec = spec;
+            if spec.get("containers").is_none() {
+                spec["containers"] = json!([{"name": "c", "image": "i"}]);
+            }
+            let pod = json!({"metadata": {"name": "p"}, "spec": spec});
+            let err = validate(pods, &pod).expect_err(blamed);
+            assert_eq!(
+                err.details.as_ref().map(|d| d["causes"][0]["field"].clone()),
+                Some(json!(blamed)),
+                "{}",
+                err.message
+            );
+        }
         let wrong_kind = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "p"}});
         assert_eq!(decode(pods, &wrong_kind, FieldValidation::Ignore).expect_err("a Service").code, 400);
     }
