@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{TWO_NAMESPACES, TestLab, unique_name, verify};
+use support::{DownOnDrop, TWO_NAMESPACES, TestLab, unique_name, verify};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, ResourceQuota};
 use kube::api::{Api, ListParams, PostParams};
@@ -105,7 +105,11 @@ async fn a_whole_run_creates_only_labelled_objects_and_leaves_nothing_behind() {
     assert_eq!(report.judged.len(), 8);
     let verdicts: BTreeSet<String> = report.judged.iter().map(|j| j.verdict.to_string()).collect();
     assert_eq!(verdicts, BTreeSet::from(["pass".to_string()]), "{:#?}", report.judged);
-    assert_eq!(lab.objects().await, before, "everything the run created is gone, and nothing else");
+    assert_eq!(
+        lab.objects_once_settled(&before).await,
+        before,
+        "everything the run created is gone, and nothing else"
+    );
 
     let events: Vec<Value> = lab.audit().split_off(seen);
     assert_the_documented_role_allows(&events);
@@ -199,7 +203,7 @@ async fn the_canary_polls_from_pods_of_its_own_and_follows_their_logs() {
         "{:?}",
         canary.enforce_latency
     );
-    assert_eq!(lab.objects().await, before, "everything the canary created is gone");
+    assert_eq!(lab.objects_once_settled(&before).await, before, "everything the canary created is gone");
     let events: Vec<Value> = lab.audit().split_off(seen);
     assert_the_documented_role_allows(&events);
     // Every round came from a poller pod's followed log, never a pod per round: the deny
@@ -307,7 +311,7 @@ async fn a_run_that_a_quota_refuses_midway_removes_everything_it_made_and_names_
             && error.contains("refused by admission"),
         "{error}"
     );
-    assert_eq!(lab.objects().await, before, "what it made before the refusal is gone");
+    assert_eq!(lab.objects_once_settled(&before).await, before, "what it made before the refusal is gone");
     let deleted: Vec<String> = lab.audit().iter().filter(|e| e["verb"] == "delete").map(request).collect();
     for gone in ["delete namespaces /netpol-verify-t6", "delete pods netpol-verify-t6/nv-control-t6"] {
         assert!(deleted.iter().any(|d| d == gone), "{gone}: {deleted:#?}");
@@ -344,11 +348,11 @@ async fn a_run_interrupted_mid_batch_removes_everything_it_made() {
     // Pods deleted mid-run go in their grace period, and the node tears down sandboxes after
     // their objects go: wait for the kubelet, within a bound.
     let sandboxes = || Lab::open(&lab.name).map(|l| l.state.pods.len()).unwrap_or_default();
+    assert_eq!(lab.objects_once_settled(&before).await, before, "left behind");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (lab.objects().await != before || sandboxes() != 1) && Instant::now() < deadline {
+    while sandboxes() != 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(lab.objects().await, before, "left behind");
     assert_eq!(sandboxes(), 1, "only the lab's DNS pod has a sandbox");
 }
 
@@ -541,7 +545,8 @@ fn lab_traces(name: &str) -> Vec<String> {
         .filter(|n| netpol_verify::lab::state::lab_of_netns(n) == Some(name))
         .map(String::from)
         .collect();
-    traces.extend(netpol_verify::lab::host::lab_processes(name).iter().map(|p| format!("process {p}")));
+    let processes = netpol_verify::lab::host::lab_processes(name, &traces);
+    traces.extend(processes.iter().map(|p| format!("process {p}")));
     traces
 }
 
@@ -550,6 +555,7 @@ fn lab_run_interrupted_or_with_its_api_killed_leaves_nothing() {
     let objects = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/examples/shop.yaml");
     for kill_the_api in [false, true] {
         let name = unique_name();
+        let _guard = DownOnDrop(name.clone());
         let child = verify_command(&["lab", "run", "-f"])
             .arg(&objects)
             // Bounded waits: a dead API server is asked again until the bound.

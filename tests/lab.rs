@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use netpol_probe::wire::{Outcome, Plan, ProbeKind, ProbeResult, ProbeSpec, Transport};
@@ -16,19 +15,13 @@ use netpol_verify::lab::cni::CniMode;
 use netpol_verify::lab::{Lab, LabSpec, state};
 use netpol_verify::model::{ObjectKey, Snapshot};
 
-fn verify() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netpol-verify"))
-}
+mod support;
+use support::{DownOnDrop, unique_name, verify};
 
 fn probe() -> PathBuf {
     let probe = verify().with_file_name("netpol-probe");
     assert!(probe.is_file(), "{} is missing: build the workspace (cargo test --workspace)", probe.display());
     probe
-}
-
-fn unique_name() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("t{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A lab that is removed when the test ends, however it ends.
@@ -319,20 +312,13 @@ fn leftovers(name: &str) -> Vec<String> {
     if state::lab_dir(name).exists() {
         found.push(state::lab_dir(name).display().to_string());
     }
-    for pid in netpol_verify::lab::host::lab_processes(name) {
+    let netns: Vec<String> =
+        entries("/run/netns").into_iter().filter(|n| state::lab_of_netns(n) == Some(name)).collect();
+    for pid in netpol_verify::lab::host::lab_processes(name, &netns) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         found.push(format!("process {pid}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ")));
     }
     found
-}
-
-/// Removes lab `name` when dropped, for labs a test does not hold as a [`TestLab`].
-struct DownOnDrop(String);
-
-impl Drop for DownOnDrop {
-    fn drop(&mut self) {
-        let _ = Lab::down(&self.0);
-    }
 }
 
 #[test]

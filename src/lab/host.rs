@@ -208,24 +208,36 @@ pub fn alive(pid: u32) -> bool {
 /// The environment variable naming the lab a process belongs to.
 pub const LAB_ENV: &str = "NETPOL_LAB";
 
-/// Processes started for lab `lab` (by their `NETPOL_LAB`), wherever they are.
-pub fn lab_processes(lab: &str) -> Vec<i32> {
+/// Processes of lab `lab`: started for it (by their `NETPOL_LAB`), wherever they are, or
+/// in one of its network namespaces `netns` (a container's process has only the environment
+/// its pod gives it).
+pub fn lab_processes(lab: &str, netns: &[String]) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
     let tag = format!("{LAB_ENV}={lab}");
+    let identity = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let inodes: std::collections::HashSet<(u64, u64)> = netns
+        .iter()
+        .filter_map(|name| std::fs::metadata(Path::new("/run/netns").join(name)).ok())
+        .map(identity)
+        .collect();
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == tag.as_bytes()))
+            let tagged = std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == tag.as_bytes()));
+            tagged
+                || std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                    .is_ok_and(|m| inodes.contains(&identity(m)))
         })
         .collect()
 }
 
-/// Kills every process of lab `lab`.
-pub fn kill_lab_processes(lab: &str) {
-    for pid in lab_processes(lab) {
+/// Kills every process of lab `lab` (see [`lab_processes`]).
+pub fn kill_lab_processes(lab: &str, netns: &[String]) {
+    for pid in lab_processes(lab, netns) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }

@@ -584,7 +584,7 @@ impl Lab {
         let mut removed = 0;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            host::kill_lab_processes(name);
+            host::kill_lab_processes(name, &namespaces);
             for netns in &namespaces {
                 host::remove_namespace(netns);
             }
@@ -597,7 +597,7 @@ impl Lab {
         }
         // Processes whose namespace went first, resolv.conf directories whose namespace is
         // already gone, then the record.
-        host::kill_lab_processes(name);
+        host::kill_lab_processes(name, &[]);
         for config in of_lab(host::netns_config_dirs()) {
             host::remove_namespace(&config);
         }

@@ -42,6 +42,16 @@ impl Drop for TestLab {
     }
 }
 
+/// Removes lab `name` when dropped, for labs a test does not hold as a [`TestLab`] (made by
+/// a command it runs).
+pub struct DownOnDrop(pub String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = Lab::down(&self.0);
+    }
+}
+
 impl TestLab {
     pub fn up(objects: &str, cni: CniMode, nodes: usize) -> TestLab {
         let snapshot =
@@ -84,6 +94,20 @@ impl TestLab {
     pub fn audit(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(daemon::audit_log_path(&self.name)).unwrap_or_default();
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The objects once deletions under way have finished: Kubernetes deletes asynchronously
+    /// (a pod in its grace period, a namespace terminating until its pods are gone), so this
+    /// waits, within 20 s, for the API to hold what it held `before`, and returns what it holds.
+    pub async fn objects_once_settled(&self, before: &BTreeSet<String>) -> BTreeSet<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let now = self.objects().await;
+            if &now == before || std::time::Instant::now() > deadline {
+                return now;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Every object the API holds of the kinds a run touches, as `kind ns/name`.
