@@ -2,12 +2,13 @@
 //! environment from field references, configMap items at their paths, user, groups and
 //! capability sets, no_new_privs and a read-only root (read off the live process), exec
 //! readiness probes and readiness gates, restart policies with back-off, exit codes and
-//! termination messages, runAsNonRoot, and a pod the kubelet cannot run named as such.
+//! termination messages, runAsNonRoot, pods it cannot honour (host namespaces, init containers,
+//! privileged) refused, and a pod the kubelet cannot run named as such.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::api::{Api, PostParams};
 use netpol_verify::lab::Lab;
 use netpol_verify::lab::cni::CniMode;
@@ -209,6 +210,31 @@ async fn pods_the_kubelet_refuses_or_holds_back_say_why() {
         .unwrap_or_default()
         .to_string();
     assert!(message.starts_with("container's runAsUser breaks non-root policy (pod: \"root_a("), "{message}");
+    // What the lab's kubelet cannot honour is refused, never run another way.
+    for (name, spec, field) in [
+        ("host", json!({"hostNetwork": true}), "spec.hostNetwork"),
+        (
+            "init",
+            json!({"initContainers": [{"name": "i", "image": IMAGE, "args": ["version"]}]}),
+            "spec.initContainers",
+        ),
+        ("privileged", json!({}), "securityContext.privileged"),
+    ] {
+        let mut spec = spec;
+        spec["containers"] = json!([{"name": "probe", "image": IMAGE, "args": ["serve", "--tcp", "8080"],
+            "securityContext": {"privileged": name == "privileged"}}]);
+        let pods = create(&lab, json!({"metadata": {"name": name}, "spec": spec})).await;
+        let pod = wait_for(&pods, name, "was refused", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+        })
+        .await;
+        let message =
+            pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("the netpol-verify lab's kubelet does not run") && message.contains(field),
+            "{message}"
+        );
+    }
     // An unsafe sysctl: the pod fails, as a kubelet without --allowed-unsafe-sysctls fails it.
     let pods = create(&lab, json!({"metadata": {"name": "unsafe"}, "spec": {"securityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]},
         "containers": [{"name": "probe", "image": IMAGE, "args": ["serve", "--tcp", "8080"]}]}}))
@@ -241,7 +267,14 @@ async fn pods_the_kubelet_refuses_or_holds_back_say_why() {
         "volumes": [{"name": "plan", "configMap": {"name": "later"}}],
         "containers": [{"name": "probe", "image": IMAGE, "args": ["batch", "--plan", "/plan/plan.json"], "volumeMounts": [{"name": "plan", "mountPath": "/plan"}]}]}}))
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: Api<Event> = Api::namespaced(lab.client().await, "a");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !events.list(&Default::default()).await.expect("events").items.iter().any(|e| {
+        e.reason.as_deref() == Some("FailedMount") && e.involved_object.name.as_deref() == Some("waits")
+    }) {
+        assert!(Instant::now() < deadline, "no FailedMount event for a/waits");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let pod = serde_json::to_value(pods.get("waits").await.expect("the pod")).expect("JSON");
     assert_eq!(
         pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating",

@@ -23,8 +23,6 @@ pub struct Network {
     lab: Mutex<Lab>,
     delay: Duration,
     applier: Option<mpsc::UnboundedSender<(Instant, Lab)>>,
-    /// What went wrong in delayed applies (logged by the lab process).
-    failures: Mutex<Vec<String>>,
     /// Without a delay: changes made so far (counted under the lab's mutex), the last one
     /// enforced and how that went, and the applier's wake-up.
     requested: AtomicU64,
@@ -50,7 +48,6 @@ impl Network {
             lab: Mutex::new(lab),
             delay,
             applier,
-            failures: Mutex::new(Vec::new()),
             requested: AtomicU64::new(0),
             enforced: watch::channel((0, None)).0,
             wake: Notify::new(),
@@ -69,14 +66,15 @@ impl Network {
                         lab.apply_policies(&lab.state.policies).map_err(|e| e.to_string())
                     })
                     .await;
-                    let Some(network) = weak.upgrade() else { break };
+                    if weak.strong_count() == 0 {
+                        break;
+                    }
                     let failure = match applied {
                         Ok(Ok(())) => continue,
                         Ok(Err(e)) => e,
                         Err(e) => e.to_string(),
                     };
                     eprintln!("netpol-verify lab: a delayed policy change failed: {failure}");
-                    lock(&network.failures).push(failure);
                 }
             });
         }
@@ -117,10 +115,18 @@ impl Network {
         if generation > 0 {
             self.wake.notify_one();
             let mut enforced = self.enforced.subscribe();
-            let done = enforced
-                .wait_for(|(applied, _)| *applied >= generation)
-                .await
-                .map_err(|_| LabError::State("the lab's policy applier has stopped".into()))?;
+            let waited = tokio::time::timeout(
+                ENFORCE_TIMEOUT,
+                enforced.wait_for(|(applied, _)| *applied >= generation),
+            )
+            .await
+            .map_err(|_| {
+                LabError::State(format!(
+                    "the lab's CNI did not enforce a change within {} s (nft is stuck?)",
+                    ENFORCE_TIMEOUT.as_secs()
+                ))
+            })?;
+            let done = waited.map_err(|_| LabError::State("the lab's policy applier has stopped".into()))?;
             if let Some(e) = &done.1 {
                 return Err(LabError::State(format!("enforcing the lab's policies failed: {e}")));
             }
@@ -129,19 +135,18 @@ impl Network {
     }
 
     /// A pod's sandbox: its network namespace, address and link. Its rules are enforced (or
-    /// queued) before this returns, as a CNI's ADD does before the containers start, with its
-    /// namespace as the API has it (`namespace`), should that be newer than the lab's record.
+    /// queued) before this returns, as a CNI's ADD does before the containers start.
+    /// `current` reads the pod and its namespace as the API has them now, under the lab's
+    /// lock: a label change the API's mirror made before the sandbox existed is not lost.
     pub async fn add_sandbox(
         self: &Arc<Self>,
-        pod: Pod,
-        namespace: Option<Namespace>,
+        current: impl FnOnce() -> (Option<Pod>, Option<Namespace>) + Send + 'static,
     ) -> Result<LabPod, LabError> {
         self.change(move |lab| {
+            let (pod, namespace) = current();
+            let pod = pod.ok_or_else(|| LabError::State("the pod was deleted".into()))?;
             if let Some(namespace) = namespace {
-                let name = namespace.metadata.name.clone();
-                lab.state.namespaces.retain(|n| n.metadata.name != name);
-                lab.state.namespaces.push(namespace);
-                lab.state.namespaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                upsert_namespace(lab, namespace);
             }
             lab.add_sandbox(pod)
         })
@@ -156,10 +161,7 @@ impl Network {
     /// The namespace as the API now has it (labels matter to namespaceSelectors).
     pub async fn put_namespace(self: &Arc<Self>, namespace: Namespace) -> Result<(), LabError> {
         self.change(move |lab| {
-            let name = namespace.metadata.name.clone();
-            lab.state.namespaces.retain(|n| n.metadata.name != name);
-            lab.state.namespaces.push(namespace);
-            lab.state.namespaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            upsert_namespace(lab, namespace);
             lab.save()
         })
         .await
@@ -193,11 +195,17 @@ impl Network {
     pub async fn remove_policy(self: &Arc<Self>, key: ObjectKey) -> Result<bool, LabError> {
         self.change(move |lab| lab.remove_policy(&key)).await
     }
+}
 
-    /// The failures of applies so far.
-    pub fn failures(&self) -> Vec<String> {
-        lock(&self.failures).clone()
-    }
+/// The longest a change waits for the ruleset that enforces it.
+const ENFORCE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Puts `namespace` in the lab's record, in place of any of its name.
+fn upsert_namespace(lab: &mut Lab, namespace: Namespace) {
+    let name = namespace.metadata.name.clone();
+    lab.state.namespaces.retain(|n| n.metadata.name != name);
+    lab.state.namespaces.push(namespace);
+    lab.state.namespaces.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 }
 
 /// The applier of a CNI without delay: whenever changes wait, it enforces the lab as it is
@@ -228,7 +236,6 @@ async fn apply_at_once(network: std::sync::Weak<Network>) {
         let Some(strong) = network.upgrade() else { return };
         if let Err(e) = &result {
             eprintln!("netpol-verify lab: enforcing the policies failed: {e}");
-            lock(&strong.failures).push(e.clone());
         }
         applied = generation;
         strong.enforced.send_replace((applied, result.err()));

@@ -323,10 +323,8 @@ pub fn spec(
         (None, None) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
     };
     let argv: Vec<String> = argv.iter().map(|a| expand(a, &env)).collect();
-    let privileged = security.privileged == Some(true);
-    let capabilities: Vec<String> = if privileged {
-        caps::all().iter().map(ToString::to_string).collect()
-    } else {
+    // NB: privileged containers never get here (the kubelet refuses them, see `pod`).
+    let capabilities: Vec<String> = {
         let dropped: Vec<String> =
             security.capabilities.iter().flat_map(|c| c.drop.iter().flatten()).cloned().collect();
         let added: Vec<String> =
@@ -377,7 +375,7 @@ pub fn spec(
             ));
         };
         let source = match mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
-            Some(sub) => source.join(sub),
+            Some(sub) => sub_path(source, sub, &mount.name, name)?,
             None => source.clone(),
         };
         let read_only = *always_read_only || mount.read_only == Some(true);
@@ -385,12 +383,11 @@ pub fn spec(
     }
     let termination_path =
         container.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
-    mounts.push(Mount { source: termination, target: termination_path, read_only: false });
+    mounts.push(Mount { source: termination.clone(), target: termination_path, read_only: false });
     Ok(ContainerSpec {
         netns: sandbox.netns.clone(),
         root,
         image: image.files.clone(),
-        host_libraries: image.dynamic,
         argv,
         env,
         working_dir: container.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
@@ -398,12 +395,47 @@ pub fn spec(
         gid,
         groups: pod_security.supplemental_groups.iter().flatten().map(|g| *g as u32).collect(),
         capabilities,
-        no_new_privileges: !privileged && security.allow_privilege_escalation == Some(false),
+        no_new_privileges: security.allow_privilege_escalation == Some(false),
         read_only_root,
         hostname: hostname(pod),
         mounts,
+        termination_log: termination,
+        ipc_sysctls: pod_security
+            .sysctls
+            .iter()
+            .flatten()
+            .filter(|s| s.name.starts_with("kernel."))
+            .map(|s| (s.name.clone(), s.value.clone()))
+            .collect(),
+        join: None,
         start_error: dir.join(format!("{restart}-start-error")),
     })
+}
+
+/// `sub` of volume directory `volume`, made if missing as the kubelet makes it, and refused
+/// unless it resolves inside the volume (a symlink a container left in a shared emptyDir must
+/// not mount a host path into another).
+fn sub_path(volume: &Path, sub: &str, volume_name: &str, container: &str) -> Result<PathBuf, Waiting> {
+    let refuse = |why: String| {
+        Waiting::new(
+            "CreateContainerConfigError",
+            format!(
+                "failed to prepare subPath for volumeMount {volume_name:?} of container {container:?}: {why}"
+            ),
+        )
+    };
+    let path = volume.join(sub);
+    if !path.exists() && volume.is_dir() {
+        std::fs::create_dir_all(&path).map_err(|e| refuse(e.to_string()))?;
+    }
+    let (inside, base) = match (path.canonicalize(), volume.canonicalize()) {
+        (Ok(inside), Ok(base)) => (inside, base),
+        (Err(e), _) | (_, Err(e)) => return Err(refuse(e.to_string())),
+    };
+    if !inside.starts_with(&base) {
+        return Err(refuse(format!("subpath {sub:?} resolves outside the volume")));
+    }
+    Ok(inside)
 }
 
 /// The file `container`'s `restart`th run logs to.
@@ -420,8 +452,7 @@ pub fn termination_message(
     log: &Path,
     code: i32,
 ) -> Option<String> {
-    let file = spec.mounts.last().map(|m| m.source.clone())?;
-    let written = std::fs::read(&file).unwrap_or_default();
+    let written = std::fs::read(&spec.termination_log).unwrap_or_default();
     if !written.is_empty() {
         let end = written.len().min(4096);
         return Some(String::from_utf8_lossy(&written[..end]).into_owned());
@@ -447,5 +478,19 @@ mod tests {
         let env = vec![("A".to_string(), "1".to_string()), ("B".to_string(), "two".to_string())];
         assert_eq!(expand("x$(A)-$(B)", &env), "x1-two");
         assert_eq!(expand("$$(A) $(C) $", &env), "$(A) $(C) $");
+    }
+
+    #[test]
+    fn a_sub_path_stays_inside_its_volume() {
+        let dir = std::env::temp_dir().join(format!("netpol-verify-subpath-{}", std::process::id()));
+        let volume = dir.join("volume");
+        std::fs::create_dir_all(&volume).expect("a scratch volume");
+        let made = sub_path(&volume, "a/b", "data", "c").expect("a sub path inside");
+        assert!(made.is_dir() && made.ends_with("a/b"), "{made:?}");
+        std::os::unix::fs::symlink("/etc", volume.join("escape")).expect("a symlink");
+        let refused = sub_path(&volume, "escape", "data", "c").expect_err("an escape refused");
+        assert_eq!(refused.reason, "CreateContainerConfigError");
+        assert!(refused.message.contains("outside the volume"), "{}", refused.message);
+        std::fs::remove_dir_all(&dir).expect("scratch removed");
     }
 }

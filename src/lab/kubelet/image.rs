@@ -11,10 +11,9 @@ use crate::manifest::{DEFAULT_IMAGE, PROBE_ENTRYPOINT, PROBE_UID};
 /// The image's config, as `docker inspect` would show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
-    /// The image's files: (host path, path in the container).
+    /// The image's files: (host path, path in the container). A dynamically linked probe (a
+    /// debug build) brings the libraries it links, each at its own path.
     pub files: Vec<(PathBuf, String)>,
-    /// Whether its binary needs the host's shared libraries (a debug build does).
-    pub dynamic: bool,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub uid: u32,
@@ -40,10 +39,12 @@ impl Image {
         xattr::set(&binary, "security.capability", &NET_BIND_SERVICE_P).map_err(|e| {
             format!("cannot give {} its file capability (security.capability): {e}", binary.display())
         })?;
-        let dynamic = has_interpreter(&binary);
+        let mut files = vec![(binary.clone(), PROBE_ENTRYPOINT.to_string())];
+        if has_interpreter(&binary) {
+            files.extend(libraries(&binary)?);
+        }
         Ok(Image {
-            files: vec![(binary, PROBE_ENTRYPOINT.to_string())],
-            dynamic,
+            files,
             entrypoint: vec![PROBE_ENTRYPOINT.to_string()],
             cmd: vec!["--help".to_string()],
             uid: PROBE_UID as u32,
@@ -66,6 +67,27 @@ impl Image {
         repository(reference) == ours
             || self.also.iter().any(|a| a == reference || repository(a) == repository(reference))
     }
+}
+
+/// The shared libraries and the program interpreter a dynamically linked `binary` loads, as
+/// `ldd` finds them: (the host's file, its path in the container).
+fn libraries(binary: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+    let output = std::process::Command::new("ldd").arg(binary).output().map_err(|e| {
+        format!("{} is dynamically linked and ldd cannot list its libraries ({e}): build the static probe (probe-image/build-static.sh)", binary.display())
+    })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let path = match line.split_once("=> ") {
+            Some((_, rest)) => rest,
+            None => line.trim_start(),
+        };
+        let Some(path) = path.split(" (").next().filter(|p| p.starts_with('/')) else { continue };
+        let host = std::fs::canonicalize(path)
+            .map_err(|e| format!("cannot find {path}, which {} needs: {e}", binary.display()))?;
+        found.push((host, path.to_string()));
+    }
+    Ok(found)
 }
 
 /// Whether an ELF file names a program interpreter (is dynamically linked).
@@ -94,7 +116,6 @@ mod tests {
     fn the_probe_image_is_known_by_its_repository_or_the_override() {
         let image = Image {
             files: vec![],
-            dynamic: false,
             entrypoint: vec![],
             cmd: vec![],
             uid: 65534,

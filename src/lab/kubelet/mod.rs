@@ -10,24 +10,24 @@ pub mod image;
 pub mod pod;
 pub mod probe;
 pub mod shim;
+pub mod supervise;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::lab::api::catalog::KindId;
 use crate::lab::api::status::ApiError;
-use crate::lab::api::store::{Change, Key, now};
+use crate::lab::api::store::{Change, Key};
 use crate::lab::api::{Api, LogSource, Logs};
 use crate::lab::enforce::Network;
-use container::{Sandbox, Waiting};
-use pod::{ContainerState, Containers, State, Terminated};
+use container::Sandbox;
 
 /// A container's log files: the current run's and the previous one's.
 #[derive(Debug)]
@@ -63,6 +63,13 @@ impl PodRun {
             () = self.kill.cancelled() => false,
             () = self.stop.cancelled() => true,
         }
+    }
+
+    /// Removes the pod's object once a graceful deletion is done (not a new pod of its name).
+    fn remove_object(&self, api: &Api) {
+        let _ = api
+            .store
+            .delete_if(&self.key, "pods", |o| o["metadata"]["uid"].as_str() == Some(self.uid.as_str()));
     }
 
     pub fn stopping(&self) -> bool {
@@ -194,35 +201,56 @@ impl Kubelet {
             lock(&run.logs).insert(container.to_string(), LogFiles { current: log, previous: None, running });
         }
         let graceful = run.ended().await;
-        if let Err(e) = self.network.remove_pod(key).await {
-            eprintln!("netpol-verify lab: removing pod {}/{}: {e}", run.key.namespace, run.key.name);
-        }
+        self.remove_network(run).await;
         if graceful {
-            let _ = self
-                .api
-                .store
-                .delete_if(&run.key, "pods", |o| o["metadata"]["uid"].as_str() == Some(run.uid.as_str()));
+            run.remove_object(&self.api);
         }
     }
 
     /// The pod's sandbox: network namespace and address (the CNI's rules in place), sysctls,
     /// and its `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
     async fn sandbox(&self, pod: &Pod, run: &PodRun) -> Result<Sandbox, String> {
-        let namespace = self
-            .api
-            .store
-            .get(&Key::new(KindId::NAMESPACES, "", &run.key.namespace))
-            .and_then(|ns| serde_json::from_value(ns).ok());
-        let lab_pod = self.network.add_sandbox(pod.clone(), namespace).await.map_err(|e| {
+        let (api, key, uid) = (self.api.clone(), run.key.clone(), run.uid.clone());
+        let current = move || {
+            let pod = api
+                .store
+                .get(&key)
+                .filter(|p| p["metadata"]["uid"].as_str() == Some(uid.as_str()))
+                .and_then(|p| serde_json::from_value(p).ok());
+            let namespace = api
+                .store
+                .get(&Key::new(KindId::NAMESPACES, "", &key.namespace))
+                .and_then(|ns| serde_json::from_value(ns).ok());
+            (pod, namespace)
+        };
+        let lab_pod = self.network.add_sandbox(current).await.map_err(|e| {
             format!("Failed to create pod sandbox: the lab could not make the pod's network namespace: {e}")
         })?;
+        // Whatever fails from here on takes the network namespace with it (the retry makes
+        // a new one).
+        let made = self.finish_sandbox(pod, run, &lab_pod).await;
+        if made.is_err() {
+            self.remove_network(run).await;
+        }
+        made
+    }
+
+    /// The rest of a sandbox whose network namespace is made: sysctls and `/etc` files.
+    async fn finish_sandbox(
+        &self,
+        pod: &Pod,
+        run: &PodRun,
+        lab_pod: &crate::lab::topology::LabPod,
+    ) -> Result<Sandbox, String> {
         let lab = self.network.lab();
         let netns_name = crate::lab::state::pod_netns(&lab.state.name, lab_pod.index);
         let netns = PathBuf::from("/run/netns").join(&netns_name);
+        // The network namespace's sysctls here; those of IPC (`kernel.*`) in each container's.
         let sysctls: Vec<(String, String)> = pod
             .spec
             .iter()
             .flat_map(|s| s.security_context.iter().flat_map(|c| c.sysctls.iter().flatten()))
+            .filter(|s| !s.name.starts_with("kernel."))
             .map(|s| (s.name.clone(), s.value.clone()))
             .collect();
         let applied = tokio::task::spawn_blocking(move || {
@@ -264,11 +292,17 @@ impl Kubelet {
 
     /// Removes the pod's sandbox and its files.
     async fn teardown(&self, run: &PodRun, sandbox: &Sandbox) {
+        self.remove_network(run).await;
+        let _ = std::fs::remove_dir_all(&sandbox.dir);
+    }
+
+    /// Takes the pod out of the lab's network (its namespace, address and rules; for a pod
+    /// the lab emulates, its server).
+    async fn remove_network(&self, run: &PodRun) {
         let key = crate::model::ObjectKey::new(&run.key.namespace, &run.key.name);
         if let Err(e) = self.network.remove_pod(key).await {
             eprintln!("netpol-verify lab: removing pod {}/{}: {e}", run.key.namespace, run.key.name);
         }
-        let _ = std::fs::remove_dir_all(&sandbox.dir);
     }
 
     fn event(&self, object: &Value, type_: &str, reason: &str, message: &str) {
@@ -312,354 +346,4 @@ impl Logs for Kubelet {
             }
         }
     }
-}
-
-/// The exit code of a process ended by a signal, as containerd reports it (128 + signal).
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(9))
-}
-
-fn signal(pid: Option<u32>, signal: nix::sys::signal::Signal) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-    }
-}
-
-/// The most a container waits before its next restart.
-const MAX_BACK_OFF: Duration = Duration::from_secs(300);
-
-/// Runs one container of a pod, restarting it as `restart_policy` says, until the pod ends.
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
-    kubelet: &Arc<Kubelet>,
-    sandbox: &Arc<Sandbox>,
-    run: &Arc<PodRun>,
-    containers: &Arc<Containers>,
-    index: usize,
-    spec: &Container,
-    restart_policy: &str,
-    object: &Value,
-) {
-    let name = spec.name.clone();
-    let image = spec.image.clone().unwrap_or_default();
-    let label = container::pod_label(&sandbox.pod, &sandbox.uid);
-    if !kubelet.image.is(&image) {
-        let why = format!(
-            "the netpol-verify lab runs only the probe image (ghcr.io/netpol-verify/netpol-probe, any tag, or the image `lab up --image` names): {image:?} is not it"
-        );
-        kubelet.event(object, "Normal", "Pulling", &format!("Pulling image {image:?}"));
-        kubelet.event(object, "Warning", "Failed", &format!("Failed to pull image {image:?}: {why}"));
-        kubelet.event(object, "Warning", "Failed", "Error: ErrImagePull");
-        containers.update(index, |c| c.state = State::Waiting(Waiting::new("ErrImagePull", why.clone())));
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = run.ended() => return,
-        }
-        kubelet.event(object, "Normal", "BackOff", &format!("Back-off pulling image {image:?}"));
-        let message = format!("Back-off pulling image {image:?}: ErrImagePull: {why}");
-        containers.update(index, |c| c.state = State::Waiting(Waiting::new("ImagePullBackOff", message)));
-        run.ended().await;
-        return;
-    }
-    kubelet.event(
-        object,
-        "Normal",
-        "Pulled",
-        &format!("Container image {image:?} already present on machine"),
-    );
-    for (probe, set) in
-        [("liveness", spec.liveness_probe.is_some()), ("startup", spec.startup_probe.is_some())]
-    {
-        if set {
-            let message = format!(
-                "the netpol-verify lab's kubelet does not run {probe} probes: container {name}'s is ignored"
-            );
-            kubelet.event(object, "Warning", "Unsupported", &message);
-        }
-    }
-    let mut restart: u32 = 0;
-    let mut back_off: Option<Duration> = None;
-    loop {
-        if run.stopping() {
-            return;
-        }
-        let runtime = match container::spec(&kubelet.api, sandbox, spec, &kubelet.image, restart) {
-            Ok(runtime) => runtime,
-            Err(waiting) => {
-                kubelet.event(object, "Warning", "Failed", &format!("Error: {}", waiting.reason));
-                containers.update(index, |c| c.state = State::Waiting(waiting.clone()));
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(2)) => continue,
-                    _ = run.ended() => return,
-                }
-            }
-        };
-        let log = container::log_path(&sandbox.dir, &name, restart);
-        let started_at = now();
-        let child = start(kubelet, &runtime, &log, restart);
-        let previous = lock(&run.logs).get(&name).map(|f| f.current.clone());
-        let (running, _) = watch::channel(true);
-        lock(&run.logs)
-            .insert(name.clone(), LogFiles { current: log.clone(), previous, running: running.clone() });
-        let mut child = match child {
-            Ok(child) => child,
-            Err(message) => {
-                let _ = running.send(false);
-                let finished = Terminated {
-                    exit_code: shim::START_ERROR,
-                    reason: "StartError".into(),
-                    message: Some(message),
-                    started_at: started_at.clone(),
-                    finished_at: now(),
-                };
-                containers.update(index, |c| c.state = State::Terminated(finished));
-                return;
-            }
-        };
-        let id = format!("netpol-verify-lab://{}-{name}-{restart}", sandbox.uid);
-        kubelet.event(object, "Normal", "Created", &format!("Created container: {name}"));
-        kubelet.event(object, "Normal", "Started", &format!("Started container {name}"));
-        containers.update(index, |c| {
-            c.state = State::Running { started_at: started_at.clone() };
-            c.id = Some(id.clone());
-            c.ready = spec.readiness_probe.is_none();
-        });
-        let ended = CancellationToken::new();
-        if let Some(readiness) = spec.readiness_probe.clone() {
-            let (kubelet, sandbox, containers, ended, object, runtime) = (
-                kubelet.clone(),
-                sandbox.clone(),
-                containers.clone(),
-                ended.clone(),
-                object.clone(),
-                runtime.clone(),
-            );
-            tokio::spawn(async move {
-                readiness_loop(&kubelet, &sandbox, &containers, index, &readiness, &runtime, &ended, &object)
-                    .await;
-            });
-        }
-        let pid = child.id();
-        let status = tokio::select! {
-            status = child.wait() => status,
-            () = run.stop.cancelled() => {
-                kubelet.event(object, "Normal", "Killing", &format!("Stopping container {name}"));
-                signal(pid, nix::sys::signal::Signal::SIGTERM);
-                let grace = *lock(&run.grace);
-                tokio::select! {
-                    status = child.wait() => status,
-                    () = tokio::time::sleep(grace) => { signal(pid, nix::sys::signal::Signal::SIGKILL); child.wait().await }
-                    () = run.kill.cancelled() => { signal(pid, nix::sys::signal::Signal::SIGKILL); child.wait().await }
-                }
-            }
-            () = run.kill.cancelled() => { signal(pid, nix::sys::signal::Signal::SIGKILL); child.wait().await }
-        };
-        ended.cancel();
-        let _ = running.send(false);
-        let code = status.map(exit_code).unwrap_or(137);
-        let start_error = std::fs::read_to_string(&runtime.start_error).ok().filter(|t| !t.is_empty());
-        let (reason, message) = match start_error {
-            Some(why) => ("StartError".to_string(), Some(why)),
-            None => (
-                if code == 0 { "Completed" } else { "Error" }.to_string(),
-                container::termination_message(&runtime, spec, &log, code),
-            ),
-        };
-        let finished = Terminated { exit_code: code, reason, message, started_at, finished_at: now() };
-        containers.update(index, |c| {
-            c.state = State::Terminated(finished.clone());
-            c.ready = false;
-        });
-        if run.stopping() {
-            return;
-        }
-        let again = match restart_policy {
-            "Always" => true,
-            "OnFailure" => code != 0,
-            _ => false,
-        };
-        if !again {
-            return;
-        }
-        // The first restart is at once; each later one waits twice as long (10 s to 5 min).
-        let wait = back_off.unwrap_or(Duration::ZERO);
-        back_off = Some(back_off.map_or(Duration::from_secs(10), |b| (b * 2).min(MAX_BACK_OFF)));
-        if !wait.is_zero() {
-            kubelet.event(
-                object,
-                "Warning",
-                "BackOff",
-                &format!("Back-off restarting failed container {name} in pod {label}"),
-            );
-            let message =
-                format!("back-off {}s restarting failed container={name} pod={label}", wait.as_secs());
-            containers.update(index, |c| {
-                c.last = Some(finished.clone());
-                c.state = State::Waiting(Waiting::new("CrashLoopBackOff", message));
-            });
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = run.ended() => return,
-            }
-        }
-        restart += 1;
-        containers.update(index, |c: &mut ContainerState| {
-            c.last = Some(finished.clone());
-            c.restarts = restart;
-        });
-    }
-}
-
-/// Starts the runtime for `runtime`, its output appended to `log`.
-fn start(
-    kubelet: &Kubelet,
-    runtime: &shim::ContainerSpec,
-    log: &std::path::Path,
-    restart: u32,
-) -> Result<tokio::process::Child, String> {
-    let dir = log.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-    let spec_file = dir.join(format!("{restart}-spec.json"));
-    let text = serde_json::to_vec(runtime).map_err(|e| e.to_string())?;
-    std::fs::write(&spec_file, text).map_err(|e| format!("cannot write {}: {e}", spec_file.display()))?;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    tokio::process::Command::new(&kubelet.config.verify)
-        .args(["lab", "container", "--spec"])
-        .arg(&spec_file)
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start the lab's container runtime: {e}"))
-}
-
-/// Probes a container's readiness every period until it ends, as the kubelet's prober does.
-#[allow(clippy::too_many_arguments)]
-async fn readiness_loop(
-    kubelet: &Arc<Kubelet>,
-    sandbox: &Sandbox,
-    containers: &Containers,
-    index: usize,
-    readiness: &k8s_openapi::api::core::v1::Probe,
-    runtime: &shim::ContainerSpec,
-    ended: &CancellationToken,
-    object: &Value,
-) {
-    let seconds = |v: Option<i32>, default: u64| Duration::from_secs(v.map_or(default, |s| s.max(0) as u64));
-    let period = seconds(readiness.period_seconds, 10).max(Duration::from_secs(1));
-    let timeout = seconds(readiness.timeout_seconds, 1).max(Duration::from_secs(1));
-    let (success, failure) =
-        (readiness.success_threshold.unwrap_or(1).max(1), readiness.failure_threshold.unwrap_or(3).max(1));
-    // NB: the kubelet's prober ticks every period from the pod's start, so its first probe of
-    // a container lands within a period of the container starting; the lab's lands 100 ms in
-    // (after any initialDelaySeconds), once a server has had the time to listen.
-    let first = seconds(readiness.initial_delay_seconds, 0).max(Duration::from_millis(100));
-    tokio::select! {
-        () = tokio::time::sleep(first) => {}
-        () = ended.cancelled() => return,
-    }
-    let (mut ready, mut streak, mut last_ok, mut failures) = (false, 0, None, 0u32);
-    let mut execs = 0u32;
-    loop {
-        let result = if let Some(tcp) = &readiness.tcp_socket {
-            match probe_port(&tcp.port, sandbox, index) {
-                Some(port) => {
-                    kubelet.node.dial(std::net::SocketAddr::new(sandbox.ip.into(), port), timeout).await
-                }
-                None => Err(format!("port {:?} is not a port of the container", tcp.port)),
-            }
-        } else if let Some(exec) = &readiness.exec {
-            execs += 1;
-            exec_probe(kubelet, runtime, exec.command.clone().unwrap_or_default(), timeout, execs).await
-        } else {
-            Err("the lab's kubelet runs tcpSocket and exec probes only".to_string())
-        };
-        let ok = result.is_ok();
-        streak = if last_ok == Some(ok) { streak + 1 } else { 1 };
-        last_ok = Some(ok);
-        if let Err(why) = &result {
-            failures += 1;
-            if failures == 1 || failures % 10 == 0 {
-                kubelet.event(object, "Warning", "Unhealthy", &format!("Readiness probe failed: {why}"));
-            }
-        }
-        let flip = (ok && !ready && streak >= success) || (!ok && ready && streak >= failure);
-        if flip {
-            ready = ok;
-            containers.update(index, |c| c.ready = ok);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(period) => {}
-            () = ended.cancelled() => return,
-        }
-    }
-}
-
-/// A probe's port: a number, or the name of one of the container's ports.
-fn probe_port(
-    port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
-    sandbox: &Sandbox,
-    index: usize,
-) -> Option<u16> {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    match port {
-        IntOrString::Int(n) => u16::try_from(*n).ok(),
-        IntOrString::String(name) => sandbox
-            .pod
-            .spec
-            .as_ref()?
-            .containers
-            .get(index)?
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| u16::try_from(p.container_port).ok()),
-    }
-}
-
-/// An exec probe: the command in a container process of its own, built as the container was.
-async fn exec_probe(
-    kubelet: &Kubelet,
-    runtime: &shim::ContainerSpec,
-    command: Vec<String>,
-    timeout: Duration,
-    n: u32,
-) -> Result<(), String> {
-    if command.is_empty() {
-        return Err("exec probe with no command".into());
-    }
-    let dir =
-        runtime.root.parent().map(std::path::Path::to_path_buf).unwrap_or_default().join(format!("exec-{n}"));
-    std::fs::create_dir_all(dir.join("root")).map_err(|e| e.to_string())?;
-    let mut spec = runtime.clone();
-    spec.argv = command.clone();
-    spec.root = dir.join("root");
-    spec.start_error = dir.join("start-error");
-    let log = dir.join("output");
-    let child = start(kubelet, &spec, &log, n);
-    let result = match child {
-        Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => {
-                let output = std::fs::read_to_string(&log).unwrap_or_default();
-                Err(format!("command {command:?} exited with {}: {}", exit_code(status), output.trim()))
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => {
-                signal(child.id(), nix::sys::signal::Signal::SIGKILL);
-                let _ = child.wait().await;
-                Err(format!("command {command:?} timed out"))
-            }
-        },
-        Err(e) => Err(e),
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
 }

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
 use super::container::{self, Sandbox, Waiting};
+use super::supervise::{PodContext, supervise};
 use super::{Kubelet, PodRun};
-use crate::lab::api::rest::terminating;
 use crate::lab::api::store::now;
 
 /// The kubelet's "safe" sysctls (Kubernetes 1.32): always allowed, set in the pod's network
@@ -118,8 +118,10 @@ fn container_json(c: &ContainerState) -> Value {
     value
 }
 
-/// The pod's phase from its containers' states (the kubelet's `getPhase`).
-pub fn phase(containers: &[ContainerState], restart_policy: &str) -> &'static str {
+/// The pod's phase from its containers' states (the kubelet's `getPhase`); `terminal` once a
+/// deleted pod's containers are all stopped (it then ends Succeeded or Failed, whatever its
+/// restart policy).
+pub fn phase(containers: &[ContainerState], restart_policy: &str, terminal: bool) -> &'static str {
     let (mut waiting, mut running, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for c in containers {
         match &c.state {
@@ -142,6 +144,9 @@ pub fn phase(containers: &[ContainerState], restart_policy: &str) -> &'static st
     } else if running > 0 {
         "Running"
     } else if stopped == containers.len() {
+        if terminal {
+            return if succeeded == stopped { "Succeeded" } else { "Failed" };
+        }
         match restart_policy {
             "Always" => "Running",
             "OnFailure" if succeeded < stopped => "Running",
@@ -165,12 +170,14 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>, message: Option<String
 }
 
 /// Writes the pod's status from its containers (keeping PodScheduled and conditions other
-/// controllers own, and the transition times of unchanged ones). `Err` when the pod is gone.
+/// controllers own, and the transition times of unchanged ones); `terminal` as [`phase`]
+/// says. Returns `false` when the pod is gone (deleted, or replaced by one of another uid).
 pub fn write_status(
     kubelet: &Kubelet,
     run: &PodRun,
     sandbox: Option<&Sandbox>,
     containers: &[ContainerState],
+    terminal: bool,
 ) -> bool {
     let written = kubelet.api.store.update(&run.key, "pods", |old| {
         if old["metadata"]["uid"].as_str() != Some(run.uid.as_str()) {
@@ -178,7 +185,7 @@ pub fn write_status(
         }
         let mut next = old.clone();
         let restart_policy = old["spec"]["restartPolicy"].as_str().unwrap_or("Always");
-        let phase = phase(containers, restart_policy);
+        let phase = phase(containers, restart_policy, terminal);
         let unready: Vec<&str> = containers.iter().filter(|c| !c.ready).map(|c| c.name.as_str()).collect();
         let containers_ready = unready.is_empty();
         let succeeded = phase == "Succeeded";
@@ -259,6 +266,9 @@ pub fn write_status(
 fn reject(kubelet: &Kubelet, run: &PodRun, pod: &Value, reason: &str, message: &str) {
     kubelet.api.record(pod, "Warning", reason, message, "kubelet");
     let _ = kubelet.api.store.update(&run.key, "pods", |old| {
+        if old["metadata"]["uid"].as_str() != Some(run.uid.as_str()) {
+            return Err(crate::lab::api::status::ApiError::not_found("pods", &run.key.name));
+        }
         let mut next = old.clone();
         next["status"]["phase"] = Value::from("Failed");
         next["status"]["reason"] = Value::from(reason);
@@ -273,15 +283,39 @@ fn forbidden_sysctl(pod: &Pod) -> Option<String> {
     sysctls.iter().find(|s| !SAFE_SYSCTLS.contains(&s.name.as_str())).map(|s| s.name.clone())
 }
 
+/// What the lab's kubelet cannot run as asked: the host's namespaces, privileged containers
+/// (the lab gives them neither the host's devices nor its namespaces), init containers. The
+/// pod's containers then wait (`CreateContainerConfigError`) with this message.
+/// NB: said, never skipped: such a pod run some other way is not the pod asked for.
+fn unsupported(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let host = [("hostNetwork", spec.host_network), ("hostPID", spec.host_pid), ("hostIPC", spec.host_ipc)];
+    if let Some((field, _)) = host.iter().find(|(_, set)| *set == Some(true)) {
+        return Some(format!(
+            "the netpol-verify lab's kubelet does not run pods in the host's namespaces (spec.{field})"
+        ));
+    }
+    if spec.init_containers.as_ref().is_some_and(|i| !i.is_empty()) {
+        return Some(
+            "the netpol-verify lab's kubelet does not run init containers (spec.initContainers)".into(),
+        );
+    }
+    let privileged =
+        spec.containers.iter().find(|c| c.security_context.as_ref().and_then(|s| s.privileged) == Some(true));
+    privileged.map(|c| {
+        format!(
+            "the netpol-verify lab's kubelet does not run privileged containers (container {}: securityContext.privileged)",
+            c.name
+        )
+    })
+}
+
 /// Runs pod `pod` until it is deleted; removes its object once a graceful deletion is done.
 pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
     let Ok(pod) = serde_json::from_value::<Pod>(object.clone()) else { return };
     let finish = |graceful: bool| {
         if graceful {
-            let _ = kubelet
-                .api
-                .store
-                .delete_if(&run.key, "pods", |o| o["metadata"]["uid"].as_str() == Some(run.uid.as_str()));
+            run.remove_object(&kubelet.api);
         }
     };
     if let Some(name) = forbidden_sysctl(&pod) {
@@ -297,15 +331,13 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
         return;
     }
     let specs: Vec<Container> = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
-    // NB: said, never skipped: a pod whose init containers did not run is not the pod asked for.
-    let unsupported =
-        pod.spec.as_ref().is_some_and(|s| s.init_containers.as_ref().is_some_and(|i| !i.is_empty()));
-    let creating = if unsupported {
-        let message = "the netpol-verify lab's kubelet does not run init containers (spec.initContainers)";
-        kubelet.api.record(&object, "Warning", "Failed", message, "kubelet");
-        Waiting::new("CreateContainerConfigError", message)
-    } else {
-        Waiting::new("ContainerCreating", "")
+    let unsupported = unsupported(&pod);
+    let creating = match &unsupported {
+        Some(message) => {
+            kubelet.api.record(&object, "Warning", "Failed", message, "kubelet");
+            Waiting::new("CreateContainerConfigError", message.clone())
+        }
+        None => Waiting::new("ContainerCreating", ""),
     };
     let containers = Arc::new(Containers {
         states: Mutex::new(
@@ -325,14 +357,25 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
         changed: tokio::sync::Notify::new(),
     });
     // NB: a sandbox being made is finished, never dropped half-way (its namespace would
-    // outlive the pod); a deletion meanwhile tears it down right after.
-    let sandbox = match kubelet.sandbox(&pod, &run).await {
-        Ok(sandbox) => Arc::new(sandbox),
-        Err(e) => {
-            kubelet.api.record(&object, "Warning", "FailedCreatePodSandBox", &e, "kubelet");
-            let graceful = run.ended().await;
-            finish(graceful);
-            return;
+    // outlive the pod); a deletion meanwhile tears it down right after. One that could not
+    // be made is tried again, 1 s later, then twice as long each time (at most 30 s).
+    let (mut wait, mut failed) = (Duration::from_secs(1), None::<String>);
+    let sandbox = loop {
+        match kubelet.sandbox(&pod, &run).await {
+            Ok(sandbox) => break Arc::new(sandbox),
+            Err(e) => {
+                if failed.as_ref() != Some(&e) {
+                    kubelet.api.record(&object, "Warning", "FailedCreatePodSandBox", &e, "kubelet");
+                    failed = Some(e);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(30)),
+                    graceful = run.ended() => {
+                        finish(graceful);
+                        return;
+                    }
+                }
+            }
         }
     };
     if run.stopping() {
@@ -340,8 +383,8 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
         finish(!run.kill.is_cancelled());
         return;
     }
-    write_status(&kubelet, &run, Some(&sandbox), &containers.snapshot());
-    if unsupported {
+    write_status(&kubelet, &run, Some(&sandbox), &containers.snapshot(), false);
+    if unsupported.is_some() {
         let graceful = run.ended().await;
         kubelet.teardown(&run, &sandbox).await;
         finish(graceful);
@@ -370,20 +413,23 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
     };
     let restart_policy =
         pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
+    let context = Arc::new(PodContext {
+        kubelet: kubelet.clone(),
+        sandbox: sandbox.clone(),
+        run: run.clone(),
+        containers: containers.clone(),
+        object: object.clone(),
+        restart_policy,
+    });
     let mut supervisors = tokio::task::JoinSet::new();
     for (index, spec) in specs.into_iter().enumerate() {
-        let (kubelet, sandbox, run, containers) =
-            (kubelet.clone(), sandbox.clone(), run.clone(), containers.clone());
-        let (object, policy) = (object.clone(), restart_policy.clone());
-        supervisors.spawn(async move {
-            super::supervise(&kubelet, &sandbox, &run, &containers, index, &spec, &policy, &object).await;
-        });
+        supervisors.spawn(supervise(context.clone(), index, spec));
     }
     // Status as the containers change, until every supervisor ended.
     loop {
         tokio::select! {
             () = containers.changed.notified() => {
-                if !write_status(&kubelet, &run, Some(&sandbox), &containers.snapshot()) {
+                if !write_status(&kubelet, &run, Some(&sandbox), &containers.snapshot(), false) {
                     // Deleted under us (a forced deletion): stop now.
                     run.kill.cancel();
                 }
@@ -395,7 +441,9 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
             }
         }
     }
-    write_status(&kubelet, &run, Some(&sandbox), &containers.snapshot());
+    // A pod stopped by its deletion ends in a terminal phase, as the kubelet writes it
+    // before the object goes.
+    write_status(&kubelet, &run, Some(&sandbox), &containers.snapshot(), run.stop.is_cancelled());
     // Ended by themselves (a pod that ran to completion) or stopped: wait for the deletion.
     let graceful = if run.stop.is_cancelled() || run.kill.is_cancelled() {
         !run.kill.is_cancelled()
@@ -409,5 +457,5 @@ pub async fn run(kubelet: Arc<Kubelet>, object: Value, run: Arc<PodRun>) {
 /// Whether `pod` is one the lab emulates (a workload of its input): it keeps its labels and
 /// address, and the lab serves its ports.
 pub fn emulated(pod: &Value) -> bool {
-    pod["metadata"]["annotations"][crate::lab::EMULATED].is_string() && !terminating(pod)
+    pod["metadata"]["annotations"][crate::lab::EMULATED].is_string()
 }

@@ -1,13 +1,15 @@
 //! The lab's container runtime: `netpol-verify lab container --spec FILE`, a single-threaded
-//! process the kubelet starts for each container (and each exec probe). Like runc, it enters
-//! the pod's network namespace, gives the container a mount, UTS and IPC namespace of its own
-//! and a root of its own — the image's files and nothing else (for a dynamically linked probe
-//! build, the host's libraries too), `/dev`, `/proc`, the kubelet's `/etc/hosts`,
+//! process the kubelet starts for each container. Like runc, it enters the pod's network
+//! namespace, gives the container a mount, UTS and IPC namespace of its own and a root of its
+//! own — the image's files and nothing else (a dynamically linked probe build brings the
+//! libraries it links, each at its path), `/dev`, `/proc`, the kubelet's `/etc/hosts`,
 //! `/etc/resolv.conf` and `/etc/hostname`, the pod's volumes and the termination-message file
-//! at their paths — makes that root read-only if the spec says so, takes the user, groups and
-//! capability sets the spec gives (bounding, permitted and effective; never ambient, as
-//! containerd), sets `no_new_privs` for `allowPrivilegeEscalation: false`, and execs the
-//! container's command with exactly its environment.
+//! at their paths — pivots into that root (the host's is unmounted), makes it read-only if the
+//! spec says so, sets the pod's IPC sysctls, takes the user, groups and capability sets the
+//! spec gives (bounding, permitted and effective; never ambient, as containerd), sets
+//! `no_new_privs` for `allowPrivilegeEscalation: false`, and execs the container's command with
+//! exactly its environment. An exec probe joins the running container's namespaces instead
+//! (`join`), as `runc exec` does.
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -36,10 +38,9 @@ pub struct ContainerSpec {
     pub netns: PathBuf,
     /// An empty directory the container's root is mounted on.
     pub root: PathBuf,
-    /// The image's files, each shown at `/NAME` in the container.
+    /// The image's files (and the libraries a dynamically linked binary needs): each host
+    /// file, and its path in the container.
     pub image: Vec<(PathBuf, String)>,
-    /// Show the host's library directories read-only (a dynamically linked binary needs them).
-    pub host_libraries: bool,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub working_dir: String,
@@ -53,6 +54,13 @@ pub struct ContainerSpec {
     pub read_only_root: bool,
     pub hostname: String,
     pub mounts: Vec<Mount>,
+    /// The host file behind `terminationMessagePath`.
+    pub termination_log: PathBuf,
+    /// The pod's sysctls of its IPC namespace (`kernel.*`), set in the container's.
+    pub ipc_sysctls: Vec<(String, String)>,
+    /// Join the namespaces of this running container process instead of making a container
+    /// (an exec probe).
+    pub join: Option<u32>,
     /// Where to write why the container could not start (the exit code is then 128).
     pub start_error: PathBuf,
 }
@@ -104,7 +112,13 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), String> {
 }
 
 /// Makes `path` under the container's root: a directory, or (for a file source) an empty file.
+/// NB: never outside it (the API refuses `..` in mount paths; this holds anyway).
 fn mount_point(root: &Path, inside: &str, file: bool) -> Result<PathBuf, String> {
+    if inside.split('/').any(|segment| segment == "..") {
+        return Err(format!(
+            "failed to create containerd task: the mount path {inside:?} climbs out of the container"
+        ));
+    }
     let path = root.join(inside.trim_start_matches('/'));
     let io = |e: std::io::Error| format!("failed to create containerd task: cannot make {inside}: {e}");
     if file {
@@ -121,6 +135,54 @@ fn mount_point(root: &Path, inside: &str, file: bool) -> Result<PathBuf, String>
 }
 
 fn start(spec: &ContainerSpec) -> Result<Never, String> {
+    match spec.join {
+        Some(pid) => join(pid)?,
+        None => build(spec)?,
+    }
+    std::env::set_current_dir(&spec.working_dir).map_err(|e| {
+        format!("failed to create containerd task: chdir to cwd ({:?}): {e}", spec.working_dir)
+    })?;
+    // The kubelet's end of standard input says when the container is made: it is closed
+    // as the command execs (or as this fails), replaced by /dev/null.
+    let null = std::fs::File::open("/dev/null")
+        .map_err(|e| format!("failed to create containerd task: open /dev/null: {e}"))?;
+    privileges(spec)?;
+    let program = resolve(&spec.argv[0], &spec.env)?;
+    let error = std::process::Command::new(program)
+        .stdin(null)
+        .arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))))
+        .exec();
+    Err(format!(
+        "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: {:?}: {error}: unknown",
+        spec.argv[0]
+    ))
+}
+
+/// Enters the namespaces of running container process `pid` (IPC, UTS, network, then mount,
+/// which also moves this process into the container's root).
+fn join(pid: u32) -> Result<(), String> {
+    let open = |ns: &str| {
+        std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|e| {
+            format!("the container (process {pid}) is gone: cannot open its {ns} namespace: {e}")
+        })
+    };
+    let namespaces = [
+        (open("ipc")?, CloneFlags::CLONE_NEWIPC),
+        (open("uts")?, CloneFlags::CLONE_NEWUTS),
+        (open("net")?, CloneFlags::CLONE_NEWNET),
+        (open("mnt")?, CloneFlags::CLONE_NEWNS),
+    ];
+    for (file, kind) in &namespaces {
+        setns(file, *kind).map_err(failed("enter the container's namespaces"))?;
+    }
+    Ok(())
+}
+
+/// Makes the container: its namespaces, its root and what is mounted in it, then pivots into it.
+fn build(spec: &ContainerSpec) -> Result<(), String> {
     let netns =
         std::fs::File::open(&spec.netns).map_err(|e| format!("cannot open {}: {e}", spec.netns.display()))?;
     setns(&netns, CloneFlags::CLONE_NEWNET).map_err(failed("enter the pod's network namespace"))?;
@@ -139,24 +201,6 @@ fn start(spec: &ContainerSpec) -> Result<Never, String> {
     .map_err(failed("mount the container's root"))?;
     for (source, name) in &spec.image {
         bind(source, &mount_point(root, name, true)?, true)?;
-    }
-    if spec.host_libraries {
-        for dir in ["/usr/lib", "/usr/lib64"] {
-            if Path::new(dir).is_dir() {
-                bind(Path::new(dir), &mount_point(root, dir, false)?, true)?;
-            }
-        }
-        // Debian's merged /usr: /lib and /lib64 are links into it.
-        for link in ["/lib", "/lib64"] {
-            match std::fs::read_link(link) {
-                Ok(to) => std::os::unix::fs::symlink(to, root.join(&link[1..]))
-                    .map_err(|e| format!("cannot link {link}: {e}"))?,
-                Err(_) if Path::new(link).is_dir() => {
-                    bind(Path::new(link), &mount_point(root, link, false)?, true)?
-                }
-                Err(_) => {}
-            }
-        }
     }
     let dev = mount_point(root, "/dev", false)?;
     mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755,size=64k"))
@@ -183,23 +227,18 @@ fn start(spec: &ContainerSpec) -> Result<Never, String> {
         mount(None::<&str>, root, None::<&str>, flags, None::<&str>)
             .map_err(failed("make the root read-only"))?;
     }
-    nix::unistd::chroot(root).map_err(failed("change the root"))?;
-    std::env::set_current_dir(&spec.working_dir).map_err(|e| {
-        format!("failed to create containerd task: chdir to cwd ({:?}): {e}", spec.working_dir)
-    })?;
+    // Into the new root; the host's is detached, so nothing of it stays reachable.
+    std::env::set_current_dir(root).map_err(|e| format!("failed to create containerd task: {e}"))?;
+    nix::unistd::pivot_root(".", ".").map_err(failed("pivot into the container's root"))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(failed("detach the host's root"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("failed to create containerd task: {e}"))?;
     nix::unistd::sethostname(&spec.hostname).map_err(failed("set the hostname"))?;
-    privileges(spec)?;
-    let program = resolve(&spec.argv[0], &spec.env)?;
-    let error = std::process::Command::new(program)
-        .arg0(&spec.argv[0])
-        .args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))))
-        .exec();
-    Err(format!(
-        "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: {:?}: {error}: unknown",
-        spec.argv[0]
-    ))
+    for (key, value) in &spec.ipc_sysctls {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value)
+            .map_err(|e| format!("failed to create containerd task: sysctl {key}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// `argv[0]` as the runtime finds it: a path as given, else the first match on the
