@@ -154,14 +154,7 @@ pub fn lab(command: &LabCommand, quiet: bool, out: &mut dyn Write, err: &mut dyn
         }
         LabCommand::Exec { name, pod, command } => lab_exec(name, pod, command),
         LabCommand::Env { name } => {
-            let lab = Lab::open(name)?;
-            let kubeconfig = crate::lab::daemon::kubeconfig_path(&lab.state.name);
-            if !kubeconfig.exists() {
-                return Err(Error::Usage(format!(
-                    "lab {name} has no API running (its kubeconfig {} is missing): remove it with `netpol-verify lab down {name}` and bring it up again",
-                    kubeconfig.display()
-                )));
-            }
+            let kubeconfig = lab_kubeconfig(&Lab::open(name)?)?;
             writeln!(out, "export KUBECONFIG={}", kubeconfig.display())?;
             Ok(())
         }
@@ -302,15 +295,22 @@ pub async fn run(
 /// How to reach lab `name`'s API, and how reports name it.
 fn lab_connection(name: &str) -> Result<(crate::cli::KubeArgs, String), Error> {
     let lab = Lab::open(name)?;
-    let kubeconfig = crate::lab::daemon::kubeconfig_path(&lab.state.name);
+    let kubeconfig = lab_kubeconfig(&lab)?;
+    let target = lab_target(&lab);
+    Ok((crate::cli::KubeArgs { kubeconfig: Some(kubeconfig), context: None }, target))
+}
+
+/// Lab `lab`'s kubeconfig, which exists while its API runs.
+fn lab_kubeconfig(lab: &Lab) -> Result<std::path::PathBuf, Error> {
+    let name = &lab.state.name;
+    let kubeconfig = crate::lab::daemon::kubeconfig_path(name);
     if !kubeconfig.exists() {
         return Err(Error::Usage(format!(
             "lab {name} has no API running (its kubeconfig {} is missing): remove it with `netpol-verify lab down {name}` and bring it up again",
             kubeconfig.display()
         )));
     }
-    let target = lab_target(&lab);
-    Ok((crate::cli::KubeArgs { kubeconfig: Some(kubeconfig), context: None }, target))
+    Ok(kubeconfig)
 }
 
 /// `lab NAME (CNI MODE, enforcement delay D)`.

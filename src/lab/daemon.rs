@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::api::catalog::{Catalog, KindId};
-use super::api::store::{Change, now};
+use super::api::store::{Change, Events, now};
 use super::api::{Api, ApiConfig, NodeInfo, objects};
 use super::enforce::Network;
 use super::kubelet::{Kubelet, NodeConfig, image::Image};
@@ -219,9 +219,9 @@ fn populate(api: &Api, lab: &Lab) {
 }
 
 /// Keeps the lab's record, and so its CNI, in step with the API: namespaces and their labels,
-/// NetworkPolicies, and pods' labels (the kubelet adds and removes pods).
-async fn mirror(api: Arc<Api>, network: Arc<Network>, stop: CancellationToken) {
-    let mut events = api.store.subscribe();
+/// NetworkPolicies, and pods' labels (the kubelet adds and removes pods). `events` is
+/// subscribed before the task starts, so no change made meanwhile is missed.
+async fn mirror(mut events: Events, network: Arc<Network>, stop: CancellationToken) {
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => return,
@@ -308,7 +308,7 @@ async fn run(lab: Lab, images: Vec<String>) -> Result<(), String> {
     let image = Image::build(&dir.join("image"), &lab.state.probe, images)?;
     let network = Network::new(lab.clone());
     let stop = CancellationToken::new();
-    tokio::spawn(mirror(api.clone(), network.clone(), stop.clone()));
+    tokio::spawn(mirror(api.store.subscribe(), network.clone(), stop.clone()));
     let kubelet = Kubelet::new(
         api.clone(),
         network.clone(),

@@ -94,33 +94,21 @@ pub fn spawn_in(
     args: &[String],
     log: &Path,
 ) -> Result<u32, LabError> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(log)
-        .map_err(|e| LabError::Io { what: format!("open {}", log.display()), error: e.to_string() })?;
-    let err = file
-        .try_clone()
-        .map_err(|e| LabError::Io { what: "duplicate a log handle".into(), error: e.to_string() })?;
     let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", netns])
-        .arg(program)
-        .args(args)
-        .env(LAB_ENV, lab)
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .process_group(0);
-    let child = command
-        .spawn()
-        .map_err(|e| LabError::Command { command: format!("{command:?}"), output: e.to_string() })?;
-    Ok(child.id())
+    command.args(["netns", "exec", netns]).arg(program).args(args);
+    spawn_logged(command, lab, log)
 }
 
 /// Starts `program ARGS` in this network namespace, detached as [`spawn_in`] detaches; its pid.
 pub fn spawn_detached(lab: &str, program: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+    let mut command = Command::new(program);
+    command.args(args);
+    spawn_logged(command, lab, log)
+}
+
+/// Starts `command` in a process group of its own, tagged with lab `lab`, its output written to
+/// `log` (emptied first); its pid.
+fn spawn_logged(mut command: Command, lab: &str, log: &Path) -> Result<u32, LabError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -130,8 +118,7 @@ pub fn spawn_detached(lab: &str, program: &Path, args: &[String], log: &Path) ->
     let err = file
         .try_clone()
         .map_err(|e| LabError::Io { what: "duplicate a log handle".into(), error: e.to_string() })?;
-    let mut command = Command::new(program);
-    command.args(args).env(LAB_ENV, lab).stdin(Stdio::null()).stdout(file).stderr(err).process_group(0);
+    command.env(LAB_ENV, lab).stdin(Stdio::null()).stdout(file).stderr(err).process_group(0);
     let child = command
         .spawn()
         .map_err(|e| LabError::Command { command: format!("{command:?}"), output: e.to_string() })?;

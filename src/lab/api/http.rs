@@ -305,6 +305,7 @@ async fn serve(
             let pod = api.store.get(&key).ok_or_else(|| ApiError::not_found(&resource, name))?;
             super::watch::log(api, &pod, query).await
         }
+        (method, Some(_), Some("log")) => Err(method_not_allowed(method)),
         (method, Some(name), sub) => {
             let key = api.key(target.kind, namespace, name);
             match *method {
@@ -369,9 +370,11 @@ fn list(
     let info = api.catalog.get(kind);
     let (items, revision) = api.store.list(kind, namespace);
     let mut items: Vec<Value> = items.into_iter().filter(|i| selection.matches(i)).collect();
-    // `continue` is the key of the last object of the page before: a page goes on from there.
+    // `continue` is the key of the last object of the page before (`NAMESPACE/NAME`; neither
+    // holds a `/`): a page goes on after it, in the store's order of (namespace, name).
     if let Some(after) = query.get("continue").filter(|c| !c.is_empty()) {
-        items.retain(|i| page_key(i).as_str() > after.as_str());
+        let after = after.split_once('/').unwrap_or(("", after.as_str()));
+        items.retain(|i| page_position(i) > after);
     }
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
     let mut next = String::new();
@@ -397,10 +400,14 @@ fn list(
     )
 }
 
-fn page_key(object: &Value) -> String {
-    format!(
-        "{}/{}",
+fn page_position(object: &Value) -> (&str, &str) {
+    (
         object["metadata"]["namespace"].as_str().unwrap_or_default(),
-        object["metadata"]["name"].as_str().unwrap_or_default()
+        object["metadata"]["name"].as_str().unwrap_or_default(),
     )
+}
+
+fn page_key(object: &Value) -> String {
+    let (namespace, name) = page_position(object);
+    format!("{namespace}/{name}")
 }

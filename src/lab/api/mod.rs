@@ -133,11 +133,6 @@ impl Api {
         let _ = self.logs.set(logs);
     }
 
-    /// The nodes pods run on.
-    pub fn nodes(&self) -> &[NodeInfo] {
-        &self.nodes
-    }
-
     /// Serves the API on `listener` (TLS as `config` says: [`tls::Certificates::server_config`])
     /// until `stop` fires. Runs the namespace controller alongside.
     pub async fn serve(
@@ -149,7 +144,7 @@ impl Api {
         if let Ok(address) = listener.local_addr() {
             let _ = self.address.set(address.to_string());
         }
-        tokio::spawn(namespace_controller(self.clone(), stop.clone()));
+        tokio::spawn(namespace_controller(self.clone(), self.store.subscribe(), stop.clone()));
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let router = http::router(self.clone());
         loop {
@@ -174,9 +169,9 @@ impl Api {
 }
 
 /// Finishes what terminating namespaces hold, as the namespace controller does: on every
-/// change in one, it deletes what is left, and the namespace once nothing is.
-async fn namespace_controller(api: Arc<Api>, stop: CancellationToken) {
-    let mut events = api.store.subscribe();
+/// change in one, it deletes what is left, and the namespace once nothing is. `events` is
+/// subscribed before the task starts, so no change made meanwhile is missed.
+async fn namespace_controller(api: Arc<Api>, mut events: store::Events, stop: CancellationToken) {
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => return,

@@ -184,38 +184,49 @@ impl Api {
         }
     }
 
+    /// What an update of `old` to `new` stores: checked, defaulted and validated; a conflict
+    /// when `new` names a resourceVersion that is not `old`'s.
+    fn updated(
+        &self,
+        key: &Key,
+        old: &Value,
+        new: &Value,
+        subresource: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let info = self.catalog.get(key.kind);
+        let wanted = new["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());
+        if wanted.is_some_and(|v| Some(v) != old["metadata"]["resourceVersion"].as_str()) {
+            return Err(ApiError::conflict(&info.resource(), &key.name));
+        }
+        let mut next = if subresource == Some("status") {
+            let mut next = old.clone();
+            next["status"] = new["status"].clone();
+            next
+        } else {
+            let mut next = new.clone();
+            self.carry_over(key.kind, old, &mut next);
+            next
+        };
+        objects::set_defaults(info, &mut next);
+        if info.typed == Typed::Pod && subresource.is_none() {
+            pod_update_allowed(old, &next, &key.name)?;
+        }
+        objects::validate(info, &next)?;
+        if let Some(meta) = next["metadata"].as_object_mut() {
+            meta.insert("namespace".into(), old["metadata"]["namespace"].clone());
+            if !info.namespaced {
+                meta.remove("namespace");
+            }
+        }
+        Ok(next)
+    }
+
     /// Checks an update of `old` to `new` and stores it (atomically: `new`'s resourceVersion,
     /// when it has one, must be the stored one).
     fn store_update(&self, key: &Key, new: Value, subresource: Option<&str>) -> Result<Value, ApiError> {
         let info = self.catalog.get(key.kind);
         let resource = info.resource();
-        let stored = self.store.update(key, &resource, |old| {
-            let wanted = new["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());
-            if wanted.is_some_and(|v| Some(v) != old["metadata"]["resourceVersion"].as_str()) {
-                return Err(ApiError::conflict(&resource, &key.name));
-            }
-            let mut next = if subresource == Some("status") {
-                let mut next = old.clone();
-                next["status"] = new["status"].clone();
-                next
-            } else {
-                let mut next = new.clone();
-                self.carry_over(key.kind, old, &mut next);
-                next
-            };
-            if info.typed == Typed::Pod && subresource.is_none() {
-                pod_update_allowed(old, &next, &key.name)?;
-            }
-            objects::set_defaults(info, &mut next);
-            objects::validate(info, &next)?;
-            if let Some(meta) = next["metadata"].as_object_mut() {
-                meta.insert("namespace".into(), old["metadata"]["namespace"].clone());
-                if !info.namespaced {
-                    meta.remove("namespace");
-                }
-            }
-            Ok(next)
-        })?;
+        let stored = self.store.update(key, &resource, |old| self.updated(key, old, &new, subresource))?;
         // A deletion that waited on finalizers ends when the last one goes.
         let finalized = stored["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
         if terminating(&stored) && finalized && info.typed != Typed::Namespace && info.typed != Typed::Pod {
@@ -244,7 +255,11 @@ impl Api {
         }
         let warnings = warnings(validation, &decoded.unknown);
         if dry_run(query)? {
-            return Ok(Written { object: decoded.object, warnings, created: false });
+            // Checked as a write would be, stored nowhere.
+            let current =
+                self.store.get(key).ok_or_else(|| ApiError::not_found(&info.resource(), &key.name))?;
+            let object = self.updated(key, &current, &decoded.object, subresource)?;
+            return Ok(Written { object, warnings, created: false });
         }
         let object = self.store_update(key, decoded.object, subresource)?;
         Ok(Written { object, warnings, created: false })
@@ -303,7 +318,7 @@ impl Api {
             .or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
         match info.typed {
             Typed::Pod => self.delete_pod(key, &current, grace),
-            Typed::Namespace => self.terminate_namespace(key, &current),
+            Typed::Namespace => self.terminate_namespace(key),
             _ if current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) => {
                 self.store.update(key, &resource, |old| {
                     let mut next = old.clone();
@@ -353,7 +368,7 @@ impl Api {
 
     /// A namespace terminates: its contents are removed (by the namespace controller), then
     /// the namespace itself.
-    fn terminate_namespace(&self, key: &Key, _current: &Value) -> Result<Value, ApiError> {
+    fn terminate_namespace(&self, key: &Key) -> Result<Value, ApiError> {
         let terminated = self.store.update(key, "namespaces", |old| {
             let mut next = old.clone();
             if !terminating(old) {

@@ -98,13 +98,7 @@ impl Store {
     /// the resourceVersion they are at.
     pub fn list(&self, kind: KindId, namespace: Option<&str>) -> (Vec<Value>, u64) {
         let state = self.lock();
-        let items = state
-            .objects
-            .iter()
-            .filter(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
-            .map(|(_, v)| v.clone())
-            .collect();
-        (items, state.rv)
+        (of_kind(&state, kind, namespace), state.rv)
     }
 
     /// Stores a new object, stamping its uid, creationTimestamp and resourceVersion.
@@ -221,12 +215,7 @@ impl Store {
     /// that starts with the current state.
     pub fn list_and_watch(&self, kind: KindId, namespace: Option<&str>) -> (Vec<Value>, u64, Events) {
         let mut state = self.lock();
-        let items = state
-            .objects
-            .iter()
-            .filter(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
-            .map(|(_, v)| v.clone())
-            .collect();
+        let items = of_kind(&state, kind, namespace);
         let (tx, rx) = mpsc::unbounded_channel();
         state.subscribers.push(tx);
         (items, state.rv, rx)
@@ -238,6 +227,16 @@ impl Store {
         self.lock().subscribers.push(tx);
         rx
     }
+}
+
+/// The objects of `kind` in `namespace` (or everywhere), in key order.
+fn of_kind(state: &State, kind: KindId, namespace: Option<&str>) -> Vec<Value> {
+    state
+        .objects
+        .iter()
+        .filter(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
+        .map(|(_, v)| v.clone())
+        .collect()
 }
 
 fn publish(state: &mut State, event: Event) {

@@ -268,3 +268,107 @@ async fn pods_are_bound_to_the_first_node_their_affinity_admits_or_left_unschedu
         "{scheduled:?}"
     );
 }
+
+#[tokio::test]
+async fn pages_across_namespaces_hold_every_object_once() {
+    let lab = start(vec![]).await;
+    // "x-y" sorts before "x/" as text but after "x" as a namespace: pages follow the store.
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "x-y"}})).expect("namespace");
+    KubeApi::<Namespace>::all(lab.client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("x-y");
+    for (namespace, name) in [("x", "a"), ("x", "b"), ("x-y", "a"), ("x-y", "b"), ("x", "c")] {
+        let map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).expect("configmap");
+        KubeApi::<ConfigMap>::namespaced(lab.client.clone(), namespace)
+            .create(&PostParams::default(), &map)
+            .await
+            .expect("created");
+    }
+    let all: KubeApi<ConfigMap> = KubeApi::all(lab.client.clone());
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..10 {
+        let mut params = ListParams::default().limit(2);
+        if let Some(token) = &token {
+            params = params.continue_token(token);
+        }
+        let page = all.list(&params).await.expect("a page");
+        seen.extend(page.items.iter().map(|m| {
+            format!(
+                "{}/{}",
+                m.metadata.namespace.clone().unwrap_or_default(),
+                m.metadata.name.clone().unwrap_or_default()
+            )
+        }));
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["x/a", "x/b", "x/c", "x-y/a", "x-y/b"]);
+}
+
+/// One request as kubectl or curl would make it: status code and body.
+async fn raw(
+    lab: &Running,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let request = ::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
+        .expect("a request");
+    let response = lab.client.send(request.map(kube::client::Body::from)).await.expect("a response");
+    let code = response.status().as_u16();
+    let bytes = response.into_body().collect_bytes().await.expect("a body");
+    (code, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_dry_run_update_is_checked_but_not_stored_and_logs_take_no_writes() {
+    let lab = start(vec![]).await;
+    let maps: KubeApi<ConfigMap> = KubeApi::namespaced(lab.client.clone(), "x");
+    let map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).expect("configmap");
+    let created = maps.create(&PostParams::default(), &map).await.expect("created");
+    let mut changed = created.clone();
+    changed.data = Some([("k".to_string(), "w".to_string())].into());
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let answered = maps.replace("a", &dry, &changed).await.expect("a dry run");
+    assert_eq!(answered.data.as_ref().and_then(|d| d.get("k")).map(String::as_str), Some("w"));
+    let stored = maps.get("a").await.expect("still there");
+    assert_eq!(stored.data.as_ref().and_then(|d| d.get("k")).map(String::as_str), Some("v"));
+    assert_eq!(stored.metadata.resource_version, created.metadata.resource_version);
+    // A dry run with a stale version is the conflict the real write would be.
+    maps.replace("a", &PostParams::default(), &changed).await.expect("written");
+    let (code, reason, _) = api_error(maps.replace("a", &dry, &changed).await.expect_err("stale"));
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+
+    // Logs are read, never written.
+    let pods: KubeApi<Pod> = KubeApi::namespaced(lab.client.clone(), "x");
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("pod created");
+    let (code, body) = raw(&lab, "PUT", "/api/v1/namespaces/x/pods/p/log", Some(json!({}))).await;
+    assert_eq!((code, body["reason"].as_str()), (405, Some("MethodNotAllowed")), "{body}");
+
+    // A watch asking for longer than a deadline can hold still starts (and ends when asked to).
+    let request = ::http::Request::get(format!(
+        "/api/v1/namespaces/x/configmaps?watch=true&timeoutSeconds={}",
+        u64::MAX
+    ))
+    .body(Vec::new())
+    .expect("a request");
+    let events = lab.client.request_events::<ConfigMap>(request).await.expect("a watch");
+    let mut events = Box::pin(events);
+    let first =
+        tokio::time::timeout(std::time::Duration::from_secs(10), events.next()).await.expect("an event");
+    assert!(matches!(first, Some(Ok(WatchEvent::Added(_)))), "{first:?}");
+}

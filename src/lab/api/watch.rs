@@ -22,6 +22,9 @@ use super::{Api, table};
 /// How long a watch lasts when the client sets no `timeoutSeconds`.
 const DEFAULT_WATCH: Duration = Duration::from_secs(1800);
 
+/// The longest watch: a longer `timeoutSeconds` is cut to this (a deadline must stay a time).
+const LONGEST_WATCH: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn streaming(content_type: &str, rx: mpsc::Receiver<Result<Bytes, std::convert::Infallible>>) -> Response {
     Response::builder()
         .status(200)
@@ -51,20 +54,21 @@ pub fn watch(
     let limit = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
-        .map_or(DEFAULT_WATCH, Duration::from_secs);
+        .map_or(DEFAULT_WATCH, Duration::from_secs)
+        .min(LONGEST_WATCH);
     let tables = table::wanted(accept);
     let namespace = namespace.map(str::to_string);
     let (tx, rx) = mpsc::channel(256);
     // Where the stream starts: the current state (synthetic ADDED events), or after a version.
-    let (initial, past, mut live) = if version.is_empty() || version == "0" || initial_events {
-        let (items, _, live) = api.store.list_and_watch(kind, namespace.as_deref());
-        (items, Vec::new(), live)
+    let (initial, past, mut live, revision) = if version.is_empty() || version == "0" || initial_events {
+        let (items, revision, live) = api.store.list_and_watch(kind, namespace.as_deref());
+        (items, Vec::new(), live, revision)
     } else {
         let from: u64 = version
             .parse()
             .map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {version:?}")))?;
         match api.store.watch(from) {
-            Ok((past, live)) => (Vec::new(), past, live),
+            Ok((past, live)) => (Vec::new(), past, live, api.store.revision()),
             Err(oldest) => {
                 let gone =
                     ApiError::new(410, "Expired", format!("too old resource version: {from} ({oldest})"));
@@ -74,7 +78,6 @@ pub fn watch(
         }
     };
     let info = api.catalog.get(kind).clone();
-    let revision = api.store.revision();
     let shown = move |object: &Value| {
         if tables {
             table::table(&info, std::slice::from_ref(object), revision, None)
@@ -200,6 +203,8 @@ pub async fn log(api: &Api, pod: &Value, query: &Query) -> Result<Response, ApiE
         }
         let mut sent: u64 = 0;
         let mut buf = vec![0u8; 64 * 1024];
+        // Once the container stopped, what it wrote last is read to the end, then the stream ends.
+        let mut stopped = false;
         loop {
             let n = file.read(&mut buf).await.unwrap_or(0);
             if n > 0 {
@@ -214,17 +219,17 @@ pub async fn log(api: &Api, pod: &Value, query: &Query) -> Result<Response, ApiE
                 }
                 continue;
             }
-            if !*running.borrow() {
-                // Stopped: what it wrote last is in the file now.
-                let n = file.read(&mut buf).await.unwrap_or(0);
-                if n > 0 {
-                    let _ = tx.send(Ok(Bytes::from(buf[..n].to_vec()))).await;
-                }
+            if stopped {
                 return;
+            }
+            if !*running.borrow() {
+                stopped = true;
+                continue;
             }
             tokio::select! {
                 () = tx.closed() => return,
-                _ = running.changed() => {}
+                // The kubelet gone with the container still marked running: it runs no more.
+                changed = running.changed() => stopped = changed.is_err(),
                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
