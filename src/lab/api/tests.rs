@@ -330,7 +330,7 @@ async fn raw(
 }
 
 #[tokio::test]
-async fn a_dry_run_update_is_checked_but_not_stored_and_logs_take_no_writes() {
+async fn dry_run_updates_are_checked_not_stored_logs_refuse_writes_and_overlong_watches_start() {
     let lab = start(vec![]).await;
     let maps: KubeApi<ConfigMap> = KubeApi::namespaced(lab.client.clone(), "x");
     let map: ConfigMap =
@@ -359,7 +359,7 @@ async fn a_dry_run_update_is_checked_but_not_stored_and_logs_take_no_writes() {
     let (code, body) = raw(&lab, "PUT", "/api/v1/namespaces/x/pods/p/log", Some(json!({}))).await;
     assert_eq!((code, body["reason"].as_str()), (405, Some("MethodNotAllowed")), "{body}");
 
-    // A watch asking for longer than a deadline can hold still starts (and ends when asked to).
+    // A watch asking for longer than a deadline can hold (u64::MAX seconds) still starts.
     let request = ::http::Request::get(format!(
         "/api/v1/namespaces/x/configmaps?watch=true&timeoutSeconds={}",
         u64::MAX
