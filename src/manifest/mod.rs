@@ -174,10 +174,13 @@ fn labels(run_id: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(APP_LABEL.into(), APP_VALUE.into()), (RUN_LABEL.into(), run_id.into())])
 }
 
-/// A namespace of the tool's own.
+/// A namespace of the tool's own, where Pod Security admission enforces `restricted`: what the
+/// tool runs there meets it, and nothing else may run there.
 pub fn namespace(name: &str, run_id: &str) -> Namespace {
     let mut labels = labels(run_id);
     labels.insert(NAMESPACE_NAME_LABEL.into(), name.into());
+    labels.insert("pod-security.kubernetes.io/enforce".into(), "restricted".into());
+    labels.insert("pod-security.kubernetes.io/enforce-version".into(), "latest".into());
     Namespace {
         metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels), ..ObjectMeta::default() },
         ..Namespace::default()
