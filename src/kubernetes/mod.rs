@@ -254,6 +254,21 @@ fn selector(run_id: &str) -> String {
     format!("{APP_LABEL}={APP_VALUE},{RUN_LABEL}={run_id}")
 }
 
+/// What to do about a pod the scheduler cannot place, from the scheduler's own words
+/// (`0/3 nodes are available: 3 node(s) had untolerated taint ...`, `no nodes available to
+/// schedule pods`, `Insufficient cpu`).
+fn unschedulable_fix(message: &str) -> &'static str {
+    if message.contains("taint") {
+        " (--tolerate-all-taints lets probes run on tainted nodes)"
+    } else if message.contains("no nodes available") {
+        " (the cluster has no node that takes pods: kubectl get nodes shows whether any registered and is Ready)"
+    } else if message.contains("Insufficient") || message.contains("Too many pods") {
+        " (the nodes have no room for the probe pods, which request little: kubectl describe nodes shows what is allocated)"
+    } else {
+        ""
+    }
+}
+
 /// Why a pod is not running yet, and what to do, from its status.
 pub fn waiting_reason(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
@@ -267,9 +282,7 @@ pub fn waiting_reason(pod: &Pod) -> Option<String> {
     for condition in status.conditions.iter().flatten() {
         if condition.type_ == "PodScheduled" && condition.status == "False" {
             let message = condition.message.clone().unwrap_or_default();
-            return Some(format!(
-                "pod {key} cannot be scheduled: {message} (--tolerate-all-taints lets probes run on tainted nodes)"
-            ));
+            return Some(format!("pod {key} cannot be scheduled: {message}{}", unschedulable_fix(&message)));
         }
     }
     for container in status.container_statuses.iter().flatten() {

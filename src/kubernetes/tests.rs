@@ -627,6 +627,30 @@ fn a_kubelet_that_forbids_the_sysctl_is_named_with_the_fix() {
     assert!(reason.ends_with("pass --low-ports capability"), "{reason}");
 }
 
+#[test]
+fn an_unschedulable_pod_gets_the_fix_its_scheduler_message_calls_for() {
+    let unschedulable = |message: &str| -> String {
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "nv-server-t1", "namespace": "shop"},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": message}]}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        super::waiting_reason(&pod).unwrap_or_default()
+    };
+    // kube-scheduler's words, as a real one gives them.
+    let tainted =
+        unschedulable("0/3 nodes are available: 3 node(s) had untolerated taint {dedicated: infra}.");
+    assert!(tainted.starts_with("pod shop/nv-server-t1 cannot be scheduled: 0/3 nodes"), "{tainted}");
+    assert!(tainted.ends_with("(--tolerate-all-taints lets probes run on tainted nodes)"), "{tainted}");
+    let none = unschedulable("no nodes available to schedule pods");
+    assert!(none.contains("no node that takes pods: kubectl get nodes") && !none.contains("taint"), "{none}");
+    let full = unschedulable("0/2 nodes are available: 2 Insufficient memory.");
+    assert!(full.contains("no room for the probe pods") && !full.contains("taint"), "{full}");
+    let other =
+        unschedulable("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.");
+    assert!(other.ends_with("didn't match Pod's node affinity/selector."), "{other}");
+}
+
 #[tokio::test]
 async fn a_pod_deleted_while_the_run_waits_for_it_fails_the_wait_at_once() {
     let (cluster, mut server) = mocked();
