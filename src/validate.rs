@@ -44,30 +44,35 @@ impl NameRule {
                 _ => false,
             }
         };
+        // kube-apiserver's words (apimachinery's validation), double space and all, so the
+        // message reads as `kubectl apply` would show it.
         let (ok, limit, what) = match self {
             NameRule::Label => (
                 label_ok(name, false),
                 63,
                 "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
-                 and must start and end with an alphanumeric character (e.g. 'my-name', or '123-abc')",
+                 and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', \
+                 regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
             ),
             NameRule::Rfc1035Label => (
                 label_ok(name, true),
                 63,
                 "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with \
-                 an alphabetic character, and end with an alphanumeric character (e.g. 'my-name', or 'abc-123')",
+                 an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or \
+                 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
             ),
             NameRule::Subdomain => (
                 name.split('.').all(|label| label_ok(label, false)),
                 253,
                 "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or \
-                 '.', and must start and end with an alphanumeric character (e.g. 'example.com')",
+                 '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex \
+                 used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
             ),
         };
         if name.len() > limit {
-            return Err(format!("invalid value {name:?}: must be no more than {limit} characters"));
+            return Err(format!("Invalid value: {name:?}: must be no more than {limit} characters"));
         }
-        if ok { Ok(()) } else { Err(format!("invalid value {name:?}: {what}")) }
+        if ok { Ok(()) } else { Err(format!("Invalid value: {name:?}: {what}")) }
     }
 }
 

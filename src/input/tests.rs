@@ -387,15 +387,16 @@ fn an_object_without_a_namespace_collides_with_the_same_name_in_default() {
 fn names_the_api_server_would_refuse_are_errors_at_their_field() {
     assert_eq!(
         error("apiVersion: v1\nkind: Namespace\nmetadata: {name: Prod}\n"),
-        "cluster.yaml:3: document 1 (Namespace Prod): metadata.name: invalid value \"Prod\": a lowercase \
+        "cluster.yaml:3: document 1 (Namespace Prod): metadata.name: Invalid value: \"Prod\": a lowercase \
          RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end \
-         with an alphanumeric character (e.g. 'my-name', or '123-abc')"
+         with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is \
+         '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
     );
     let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
                   metadata: {name: \"deny\\n  drop\", namespace: x}\nspec: {podSelector: {}}\n";
-    assert!(error(policy).contains("metadata.name: invalid value \"deny\\n  drop\""), "{}", error(policy));
+    assert!(error(policy).contains("metadata.name: Invalid value: \"deny\\n  drop\""), "{}", error(policy));
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: my_ns}\n";
-    assert!(error(pod).contains("metadata.namespace: invalid value \"my_ns\""), "{}", error(pod));
+    assert!(error(pod).contains("metadata.namespace: Invalid value: \"my_ns\""), "{}", error(pod));
 }
 
 #[test]

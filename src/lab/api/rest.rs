@@ -52,19 +52,29 @@ impl Api {
     }
 
     /// Refuses content in a namespace that does not exist or is being deleted.
-    fn admit_namespace(&self, kind: KindId, namespace: &str) -> Result<(), ApiError> {
-        if !self.catalog.get(kind).namespaced {
+    fn admit_namespace(&self, kind: KindId, namespace: &str, name: &str) -> Result<(), ApiError> {
+        let info = self.catalog.get(kind);
+        if !info.namespaced {
             return Ok(());
         }
         match self.store.get(&Key::new(KindId::NAMESPACES, "", namespace)) {
             None => Err(ApiError::not_found("namespaces", namespace)),
             Some(ns) if terminating(&ns) => {
+                // Worded, and detailed, as kube-apiserver's NamespaceLifecycle admission does.
                 let mut e = ApiError::forbidden(format!(
-                    "unable to create new content in namespace {namespace} because it is being terminated"
+                    "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                    info.resource()
                 ));
-                e.details = Some(
-                    json!({"causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {namespace} is being terminated"), "field": "metadata.namespace"}]}),
-                );
+                let mut details = json!({
+                    "name": name,
+                    "kind": info.plural,
+                    "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {namespace} is being terminated"), "field": "metadata.namespace"}],
+                });
+                // The core group is no group at all: absent, not null.
+                if !info.group.is_empty() {
+                    details["group"] = Value::from(info.group.clone());
+                }
+                e.details = Some(details);
                 Err(e)
             }
             Some(_) => Ok(()),
@@ -135,7 +145,8 @@ impl Api {
             meta.remove(field);
         }
         let namespace = meta.get("namespace").and_then(Value::as_str).unwrap_or_default().to_string();
-        self.admit_namespace(kind, &namespace)?;
+        let name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.admit_namespace(kind, &namespace, &name)?;
         if info.subresources.contains(&"status") && kind != KindId::NODES {
             object.as_object_mut().map(|o| o.remove("status"));
         }

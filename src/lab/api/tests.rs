@@ -223,7 +223,10 @@ async fn a_terminating_namespace_refuses_content_and_goes_once_empty() {
         api_error(maps.create(&PostParams::default(), &other).await.expect_err("refused"));
     assert_eq!(
         (code, message.as_str()),
-        (403, "unable to create new content in namespace x because it is being terminated")
+        (
+            403,
+            "configmaps \"b\" is forbidden: unable to create new content in namespace x because it is being terminated"
+        )
     );
     maps.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
         .await
