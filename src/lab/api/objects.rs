@@ -98,7 +98,12 @@ pub fn decode(kind: &Kind, body: &Value, validation: FieldValidation) -> Result<
     };
     if validation == FieldValidation::Strict && !decoded.unknown.is_empty() {
         let fields: Vec<String> = decoded.unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
-        return Err(ApiError::bad_request(format!("strict decoding error: {}", fields.join(", "))));
+        return Err(ApiError::bad_request(format!(
+            "{0} in version {1:?} cannot be handled as a {0}: strict decoding error: {2}",
+            kind.kind,
+            kind.version,
+            fields.join(", ")
+        )));
     }
     Ok(decoded)
 }

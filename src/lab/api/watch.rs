@@ -16,7 +16,7 @@ use super::catalog::KindId;
 use super::rest::Query;
 use super::select::Selection;
 use super::status::ApiError;
-use super::store::{Change, Event};
+use super::store::{Change, Event, Key};
 use super::{Api, table};
 
 /// How long a watch lasts when the client sets no `timeoutSeconds`.
@@ -166,6 +166,20 @@ pub async fn log(api: &Api, pod: &Value, query: &Query) -> Result<Response, ApiE
             }
         },
     };
+    // Where kube-apiserver would connect to the kubelet: an unscheduled pod has none, and its
+    // log is no content (204); a node that is not there is refused as kube-apiserver refuses it (its
+    // message names the node as a pod).
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node.is_empty() {
+        return Ok(Response::builder()
+            .status(204)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::empty())
+            .unwrap_or_else(|_| Response::new(Body::empty())));
+    }
+    if api.store.get(&Key::new(KindId::NODES, "", node)).is_none() {
+        return Err(ApiError::not_found("pods", node));
+    }
     let flag = |key: &str| query.get(key).is_some_and(|v| v == "true" || v == "1");
     let source = match api.logs.get() {
         Some(logs) => logs.open(pod, &container, flag("previous"))?,
