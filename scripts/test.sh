@@ -4,7 +4,9 @@
 #
 #   sudo bash scripts/test.sh            # extra arguments go to `cargo test`
 #
-# Needs root: the lab tests build network namespaces. Installs with apt (iproute2, nftables,
+# Needs root: the lab tests build network namespaces. Needs Go (1.26) and the Go module proxy:
+# the real-apiserver tests run kube-apiserver, etcd, kube-controller-manager and kube-scheduler
+# built from their modules (tests/apiserver/), once, in about 10 minutes; reruns reuse them. Installs with apt (iproute2, nftables,
 # procps, util-linux, binutils, python3-pip) and pip (kubernetes-validate, the independent
 # schema checker of the dry-run manifests) only what is missing. kubectl (1.32 on our
 # machines) is used as it is found.
@@ -46,6 +48,13 @@ if ! command -v kubectl >/dev/null 2>&1; then
     echo "scripts/test.sh: the kubectl smoke tests need kubectl (1.27 or newer) on PATH" >&2
     exit 2
 fi
+
+# The real control plane the tests/real_apiserver.rs tests start (cached in target/apiserver/).
+if ! command -v go >/dev/null 2>&1; then
+    echo "scripts/test.sh: the real-apiserver tests build kube-apiserver and etcd with Go (1.26 or newer): install Go (https://go.dev/dl/) and run again" >&2
+    exit 2
+fi
+bash tests/apiserver/build.sh >/dev/null
 
 # The probe as the image ships it: static, within its size budget.
 bash probe-image/build-static.sh
