@@ -375,3 +375,42 @@ async fn dry_run_updates_are_checked_not_stored_logs_refuse_writes_and_overlong_
         tokio::time::timeout(std::time::Duration::from_secs(10), events.next()).await.expect("an event");
     assert!(matches!(first, Some(Ok(WatchEvent::Added(_)))), "{first:?}");
 }
+
+#[tokio::test]
+async fn logs_of_pods_no_kubelet_holds_and_strict_refusals_are_answered_as_kube_apiserver_does() {
+    // No nodes: every pod stays unscheduled.
+    let lab = start(vec![]).await;
+    let pods: KubeApi<Pod> = KubeApi::namespaced(lab.client.clone(), "x");
+    for (name, node) in [("unplaced", None), ("elsewhere", Some("gone"))] {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}}))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod).await.expect("pod created");
+    }
+    let request = |path: &str| {
+        ::http::Request::get(path.to_string()).body(kube::client::Body::empty()).expect("a request")
+    };
+    let response =
+        lab.client.send(request("/api/v1/namespaces/x/pods/unplaced/log")).await.expect("an answer");
+    assert_eq!(response.status().as_u16(), 204, "an unscheduled pod's log is no content");
+    let (code, body) = raw(&lab, "GET", "/api/v1/namespaces/x/pods/elsewhere/log", None).await;
+    assert_eq!((code, body["message"].as_str()), (404, Some("pods \"gone\" not found")), "{body}");
+
+    let (code, body) = raw(
+        &lab,
+        "POST",
+        "/api/v1/namespaces/x/configmaps?fieldValidation=Strict",
+        Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}, "bogus": 1})),
+    )
+    .await;
+    assert_eq!(
+        (code, body["message"].as_str()),
+        (
+            400,
+            Some(
+                "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"bogus\""
+            )
+        ),
+        "{body}"
+    );
+}
