@@ -11,8 +11,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use serde_json::Value;
@@ -135,7 +134,7 @@ async fn every_object_a_run_creates_is_admitted_as_restricted_and_stored_as_writ
         };
         if object["kind"] == "Namespace" {
             let namespace = object["metadata"]["name"].as_str().unwrap_or_default();
-            wait_for_default_account(plane, &client, namespace).await;
+            plane.wait_for_default_account(namespace).await;
         }
         let mut found = Vec::new();
         dropped(object, &stored, "", &mut found);
@@ -146,19 +145,6 @@ async fn every_object_a_run_creates_is_admitted_as_restricted_and_stored_as_writ
     let output = netpol_verify(&plane.admin, &["cleanup"]);
     assert_eq!(output.status.code(), Some(0), "{}", words(&output));
     assert_eq!(labelled_once_settled(&client).await, BTreeSet::new());
-}
-
-async fn wait_for_default_account(plane: &ControlPlane, client: &kube::Client, namespace: &str) {
-    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while accounts.get_opt("default").await.ok().flatten().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "no default service account in {namespace}: {}",
-            plane.log_tail("kube-controller-manager")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The objects of the tool's kinds labelled as the tool's, once deletions under way are done
@@ -175,26 +161,7 @@ async fn labelled_once_settled(client: &kube::Client) -> BTreeSet<String> {
 }
 
 async fn labelled(client: &kube::Client) -> BTreeSet<String> {
-    let params = ListParams::default().labels("app.kubernetes.io/name=netpol-verify");
-    let mut found = BTreeSet::new();
-    macro_rules! all {
-        ($kind:ty, $label:expr) => {
-            for object in Api::<$kind>::all(client.clone()).list(&params).await.expect("listed") {
-                let meta = &object.metadata;
-                found.insert(format!(
-                    "{} {}/{}",
-                    $label,
-                    meta.namespace.clone().unwrap_or_default(),
-                    meta.name.clone().unwrap_or_default()
-                ));
-            }
-        };
-    }
-    all!(Namespace, "namespace");
-    all!(Pod, "pod");
-    all!(ConfigMap, "configmap");
-    all!(NetworkPolicy, "networkpolicy");
-    found
+    support::objects_of(client, &ListParams::default().labels("app.kubernetes.io/name=netpol-verify")).await
 }
 
 /// A run on a cluster with no node its pods could go to fails within its bound, names a pod
@@ -315,7 +282,7 @@ async fn leftovers(plane: &ControlPlane, run: &str, workload_namespace: &str) {
         .create(&PostParams::default(), &namespace)
         .await
         .expect("namespace");
-    wait_for_default_account(plane, &client, &scratch).await;
+    plane.wait_for_default_account(&scratch).await;
     let pod = |namespace: &str| {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -618,7 +585,7 @@ async fn the_lab_api_answers_as_the_real_one_does() {
     for step in requests() {
         let (theirs, ours) = (exchange(&real, &step).await, exchange(&emulated, &step).await);
         if step.name == "create a namespace" {
-            wait_for_default_account(plane, &real, "diff").await;
+            plane.wait_for_default_account("diff").await;
         }
         if theirs != ours {
             differences.push(format!(

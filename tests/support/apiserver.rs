@@ -71,11 +71,17 @@ impl ControlPlane {
         namespace.metadata.name = Some(name.to_string());
         namespace.metadata.labels =
             Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-        Api::<Namespace>::all(client.clone())
+        Api::<Namespace>::all(client)
             .create(&PostParams::default(), &namespace)
             .await
             .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
-        let accounts = Api::<ServiceAccount>::namespaced(client, name);
+        self.wait_for_default_account(name).await;
+    }
+
+    /// Waits, within 30 s, for namespace `name`'s `default` service account (the controller
+    /// manager makes it).
+    pub async fn wait_for_default_account(&self, name: &str) {
+        let accounts = Api::<ServiceAccount>::namespaced(self.admin_client().await, name);
         let deadline = Instant::now() + Duration::from_secs(30);
         while accounts.get_opt("default").await.ok().flatten().is_none() {
             assert!(

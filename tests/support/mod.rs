@@ -114,27 +114,30 @@ impl TestLab {
 
     /// Every object the API holds of the kinds a run touches, as `kind ns/name`.
     pub async fn objects(&self) -> BTreeSet<String> {
-        let client = self.client().await;
-        let mut found = BTreeSet::new();
-        macro_rules! all {
-            ($kind:ty, $label:expr) => {
-                for object in
-                    Api::<$kind>::all(client.clone()).list(&ListParams::default()).await.expect("listed")
-                {
-                    let meta = &object.metadata;
-                    found.insert(format!(
-                        "{} {}/{}",
-                        $label,
-                        meta.namespace.clone().unwrap_or_default(),
-                        meta.name.clone().unwrap_or_default()
-                    ));
-                }
-            };
-        }
-        all!(Namespace, "namespace");
-        all!(Pod, "pod");
-        all!(ConfigMap, "configmap");
-        all!(NetworkPolicy, "networkpolicy");
-        found
+        objects_of(&self.client().await, &ListParams::default()).await
     }
+}
+
+/// The objects of the kinds a run touches that `params` selects, across namespaces, as
+/// `kind ns/name`.
+pub async fn objects_of(client: &kube::Client, params: &ListParams) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    macro_rules! all {
+        ($kind:ty, $label:expr) => {
+            for object in Api::<$kind>::all(client.clone()).list(params).await.expect("listed") {
+                let meta = &object.metadata;
+                found.insert(format!(
+                    "{} {}/{}",
+                    $label,
+                    meta.namespace.clone().unwrap_or_default(),
+                    meta.name.clone().unwrap_or_default()
+                ));
+            }
+        };
+    }
+    all!(Namespace, "namespace");
+    all!(Pod, "pod");
+    all!(ConfigMap, "configmap");
+    all!(NetworkPolicy, "networkpolicy");
+    found
 }
