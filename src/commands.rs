@@ -532,7 +532,14 @@ async fn run_on<C: crate::cluster::Cluster + Clone + Send + Sync + 'static>(
     } else {
         Box::new(progress::Lines::new())
     };
-    let mut report = crate::run::run(cluster, options, progress.as_ref(), cancel).await?;
+    let mut report = match crate::run::run(cluster, options, progress.as_ref(), cancel).await {
+        Ok(report) => report,
+        Err(crate::run::RunError::Noted { error, notes }) => {
+            print_notes(&mut std::io::stderr(), quiet, &notes)?;
+            return Err(Error::Run(error));
+        }
+        Err(e) => return Err(e.into()),
+    };
     report.target = target.to_string();
     let exit = report.exit();
     if let Some((path, file)) = junit {

@@ -159,6 +159,10 @@ pub enum RunError {
     /// The run failed, and so did its cleanup.
     #[error("{error}; also, {cleanup}")]
     CleanupFailed { error: Box<RunError>, cleanup: String },
+    /// The run failed after noting things a user needs to read with the error (a permission
+    /// it went on without, say): the notes of the report the failure lost.
+    #[error("{error}")]
+    Noted { error: Box<RunError>, notes: Vec<Note> },
 }
 
 fn step(step: &str) -> impl FnOnce(ClusterError) -> RunError + '_ {
@@ -206,6 +210,8 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
         () = cancel.cancelled() => None,
         outcome = run_steps(cluster, options, progress, &mut report) => Some(outcome),
     };
+    // What the backend noted on the way (how admission sized the pods, say), however it ended.
+    report.notes.extend(cluster.notes());
     let started = Instant::now();
     progress.phase("cleaning up", 0);
     let cleaned = tokio::time::timeout(Duration::from_secs(60), cluster.cleanup(&options.run_id)).await;
@@ -235,10 +241,15 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
             return Ok(report);
         }
     };
-    // A failed run's report is lost, so a failed cleanup travels with its error.
-    match cleanup_failure {
-        Some(cleanup) => Err(RunError::CleanupFailed { error: Box::new(error), cleanup }),
-        None => Err(error),
+    // A failed run's report is lost, so a failed cleanup and the notes travel with its error.
+    let error = match cleanup_failure {
+        Some(cleanup) => RunError::CleanupFailed { error: Box::new(error), cleanup },
+        None => error,
+    };
+    if report.notes.is_empty() {
+        Err(error)
+    } else {
+        Err(RunError::Noted { error: Box::new(error), notes: std::mem::take(&mut report.notes) })
     }
 }
 
@@ -346,7 +357,6 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
             Err(e) => report.incomplete.push(format!("the canary could not finish: {e}")),
         }
     }
-    report.notes.extend(cluster.notes());
     lap(report, "probe and canary");
     Ok(())
 }
