@@ -191,34 +191,42 @@ fn documented_rules() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
     role.rules.unwrap_or_default()
 }
 
-/// `rules` with `verb` on `resource` taken away, and nothing else: a rule naming other
-/// resources too keeps them.
+/// One permission of a role: API group, resource, verb.
+type Grant = (String, String, String);
+
+/// Every permission `rules` give, one by one.
+fn grants(rules: &[k8s_openapi::api::rbac::v1::PolicyRule]) -> Vec<Grant> {
+    let mut all = Vec::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    all.push((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    all
+}
+
+/// `rules` with the permission to `verb` `resource` of `group` taken away, and nothing else
+/// (a rule per permission left).
 fn without(
     rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+    group: &str,
     verb: &str,
     resource: &str,
 ) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
-    let mut kept = Vec::new();
-    for rule in rules {
-        let resources = rule.resources.clone().unwrap_or_default();
-        if !resources.iter().any(|r| r == resource) {
-            kept.push(rule.clone());
-            continue;
-        }
-        let others: Vec<String> = resources.iter().filter(|r| *r != resource).cloned().collect();
-        if !others.is_empty() {
-            kept.push(k8s_openapi::api::rbac::v1::PolicyRule { resources: Some(others), ..rule.clone() });
-        }
-        let verbs: Vec<String> = rule.verbs.iter().filter(|v| *v != verb).cloned().collect();
-        if !verbs.is_empty() {
-            kept.push(k8s_openapi::api::rbac::v1::PolicyRule {
-                resources: Some(vec![resource.to_string()]),
-                verbs,
-                ..rule.clone()
-            });
-        }
-    }
-    kept
+    grants(rules)
+        .into_iter()
+        .filter(|(g, r, v)| (g.as_str(), r.as_str(), v.as_str()) != (group, resource, verb))
+        .map(|(group, resource, verb)| k8s_openapi::api::rbac::v1::PolicyRule {
+            api_groups: Some(vec![group]),
+            resources: Some(vec![resource]),
+            verbs: vec![verb],
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// A service account bound to a ClusterRole of `rules` alone, and a kubeconfig for it.
@@ -324,17 +332,17 @@ async fn cleanup_needs_exactly_the_documented_rules_it_uses() {
 
     // The rules cleanup uses: listing and deleting the four kinds it makes.
     let uses = [
-        ("list", "pods"),
-        ("delete", "pods"),
-        ("list", "configmaps"),
-        ("delete", "configmaps"),
-        ("list", "networkpolicies"),
-        ("delete", "networkpolicies"),
-        ("list", "namespaces"),
-        ("delete", "namespaces"),
+        ("", "list", "pods"),
+        ("", "delete", "pods"),
+        ("", "list", "configmaps"),
+        ("", "delete", "configmaps"),
+        ("networking.k8s.io", "list", "networkpolicies"),
+        ("networking.k8s.io", "delete", "networkpolicies"),
+        ("", "list", "namespaces"),
+        ("", "delete", "namespaces"),
     ];
-    for (i, (verb, resource)) in uses.into_iter().enumerate() {
-        let without = without(&rules, verb, resource);
+    for (i, (group, verb, resource)) in uses.into_iter().enumerate() {
+        let without = without(&rules, group, verb, resource);
         let name = format!("cleaner-{i}");
         let kubeconfig = account_with(plane, &dir, &name, without).await;
         let run = format!("dead{i:02x}");
@@ -612,4 +620,132 @@ async fn the_lab_api_answers_as_the_real_one_does() {
     assert!(unexpected.is_empty(), "the lab's API differs from kube-apiserver:\n{}", differences.join("\n"));
     let lifted: Vec<&str> = known.into_iter().filter(|k| !differing(k)).collect();
     assert!(lifted.is_empty(), "no longer a difference, take it off the known limits: {lifted:?}");
+}
+
+/// A CustomResourceDefinition for each policy kind the engine does not model
+/// (`Unmodelled::KINDS`), so that a run discovers and lists them as on a cluster running that
+/// CNI; waits until discovery serves them.
+async fn install_policy_kinds(client: &kube::Client) {
+    use serde_json::json;
+    let mut served = Vec::new();
+    for (group, kind, cluster_wide) in netpol_verify::model::Unmodelled::KINDS {
+        let singular = kind.to_ascii_lowercase();
+        let plural = match singular.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{singular}s"),
+        };
+        let mut crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.{group}")},
+            "spec": {"group": group, "scope": if cluster_wide { "Cluster" } else { "Namespaced" },
+                "names": {"kind": kind, "listKind": format!("{kind}List"), "plural": plural, "singular": singular},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+        });
+        // Kubernetes' own groups need the API review's mark.
+        if group.ends_with(".k8s.io") {
+            crd["metadata"]["annotations"] =
+                json!({"api-approved.kubernetes.io": "unapproved, a test's stand-in"});
+        }
+        create(client, &crd).await.unwrap_or_else(|e| panic!("CRD {plural}.{group}: {e}"));
+        served.push((format!("{group}/v1"), plural));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (group_version, plural) in served {
+        loop {
+            let listed = client.list_api_group_resources(&group_version).await;
+            if listed.is_ok_and(|l| l.resources.iter().any(|r| r.name == plural)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{plural} of {group_version} not served within 30 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// `run` as a service account bound only to docs/rbac.yaml's role gets as far as this
+/// cluster lets any run get (its pods wait for a node); with each permission of the role taken
+/// away in turn, it says which one it lacks: a permission it cannot do without stops it with
+/// the server's refusal and the grant that fixes it; an optional one (nodes, cluster DNS's
+/// EndpointSlices, LimitRanges, the policy kinds of other CNIs) becomes a note and the run
+/// goes on. The permissions only a run whose pods start can reach are named, and exactly those.
+#[tokio::test]
+async fn run_as_the_documented_role_needs_each_permission_it_reaches() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let plane = control_plane();
+    let client = plane.admin_client().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    plane.namespace("rbac-run", &[]).await;
+    let dns: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+        "spec": {"selector": {"k8s-app": "kube-dns"}, "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}
+    }))
+    .expect("a Service");
+    Api::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &dns)
+        .await
+        .expect("kube-dns");
+    install_policy_kinds(&client).await;
+    let run = |kubeconfig: &std::path::Path| {
+        netpol_verify(kubeconfig, &["run", "-n", "rbac-run", "--timeout", "2s"])
+    };
+    let settle = || async {
+        let output = netpol_verify(&plane.admin, &["cleanup"]);
+        assert_eq!(output.status.code(), Some(0), "{}", words(&output));
+        assert_eq!(labelled_once_settled(&client).await, BTreeSet::new());
+    };
+
+    let rules = documented_rules();
+    let output = run(&account_with(plane, &dir, "runner", rules.clone()).await);
+    let said = words(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("cannot be scheduled: no nodes available") && !said.contains("forbidden"),
+        "{said}"
+    );
+    settle().await;
+
+    let optional = |group: &str, resource: &str| {
+        ["nodes", "endpointslices", "limitranges"].contains(&resource)
+            || !["", "networking.k8s.io"].contains(&group)
+    };
+    let mut unreached = Vec::new();
+    for (i, (group, resource, verb)) in grants(&rules).into_iter().enumerate() {
+        let output = run(&account_with(
+            plane,
+            &dir,
+            &format!("runner-{i}"),
+            without(&rules, &group, &verb, &resource),
+        )
+        .await);
+        let said = words(&output);
+        let permission = format!("{verb} {resource} ({group:?})");
+        if !said.contains(&format!("cannot {verb} resource \"{resource}\"")) {
+            unreached.push(permission);
+        } else if optional(&group, &resource) {
+            assert!(
+                said.contains("cannot be scheduled: no nodes available"),
+                "without {permission} the run goes on: {said}"
+            );
+        } else {
+            assert_eq!(output.status.code(), Some(2), "without {permission}: {said}");
+            assert!(
+                said.contains(&format!("grant the tool `{verb}` on `{resource}`")),
+                "without {permission}: {said}"
+            );
+        }
+        settle().await;
+    }
+    // A run whose pods never start reads no pod back, no log, writes no plan (batches follow
+    // Ready servers) and no canary policy: these wait for the lab kubelet on this server.
+    let needs_running_pods = [
+        "get pods (\"\")",
+        "get pods/log (\"\")",
+        "create configmaps (\"\")",
+        "delete configmaps (\"\")",
+        "create networkpolicies (\"networking.k8s.io\")",
+        "delete networkpolicies (\"networking.k8s.io\")",
+    ];
+    assert_eq!(unreached, needs_running_pods);
 }
