@@ -6,9 +6,10 @@
 #
 # Needs root: the lab tests build network namespaces. Needs Go (1.26) and the Go module proxy:
 # the real-apiserver tests run kube-apiserver, etcd, kube-controller-manager and kube-scheduler
-# built from their modules (tests/apiserver/), once, in about 10 minutes; reruns reuse them. Installs with apt (iproute2, nftables,
-# procps, util-linux, binutils, python3-pip) and pip (kubernetes-validate, the independent
-# schema checker of the dry-run manifests) only what is missing. kubectl (1.32 on our
+# built from their modules (tests/apiserver/), once, in about 8 minutes; reruns reuse them.
+# Installs with apt (iproute2, nftables, procps, util-linux, binutils, python3-pip) and pip
+# (kubernetes-validate, the independent schema checker of the dry-run manifests) only what is
+# missing. kubectl (1.32 on our
 # machines) is used as it is found.
 set -euo pipefail
 cd "$(dirname "$0")/.."
