@@ -99,7 +99,7 @@ pub fn validate_service(service: &Service) -> Result<(), FieldError> {
     {
         return Err(FieldError::new(
             "spec.clusterIP",
-            format!("invalid value {ip:?}: must be a valid IP address, \"None\" or empty"),
+            format!("Invalid value: {ip:?}: must be a valid IP address, \"None\" or empty"),
         ));
     }
     for (i, port) in spec.ports.iter().flatten().enumerate() {

@@ -124,7 +124,7 @@ fn start() -> Result<ControlPlane, String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("etcd")).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
     let files = Files::write(&dir)?;
-    let [etcd_client, etcd_peer, secure] = [free_port()?, free_port()?, free_port()?];
+    let [etcd_client, etcd_peer, secure] = free_ports()?;
     let server = format!("https://127.0.0.1:{secure}");
     let path = |name: &str| dir.join(name).display().to_string();
     let etcd_url = format!("http://127.0.0.1:{etcd_client}");
@@ -244,9 +244,17 @@ fn sweep() {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+/// `N` distinct free loopback ports (held together while chosen, so no two are the same).
+fn free_ports<const N: usize>() -> Result<[u16; N], String> {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}")))
+        .collect::<Result<_, _>>()?;
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    ports.try_into().map_err(|_| "no free loopback ports".to_string())
 }
 
 /// Starts each command from a thread that never ends, under `setpriv --pdeathsig KILL`: the
@@ -318,7 +326,7 @@ fn wait_ready_here(plane: &ControlPlane) -> Result<(), String> {
             }
             let request = http::Request::get("/readyz").body(Vec::new()).map_err(|e| e.to_string())?;
             let last = match client.request_text(request).await {
-                Ok(text) if text.trim() == "ok" => return Ok(()),
+                Ok(text) if text.trim() == "ok" => return wait_scheduling(plane, &client, deadline).await,
                 Ok(text) => text,
                 Err(e) => e.to_string(),
             };
@@ -331,6 +339,54 @@ fn wait_ready_here(plane: &ControlPlane) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
+}
+
+/// Waits until the controller manager and the scheduler do their part: a pod in `default`
+/// (which needs its service account first) is marked unschedulable, as no node takes it.
+async fn wait_scheduling(
+    plane: &ControlPlane,
+    client: &kube::Client,
+    deadline: Instant,
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods = Api::<Pod>::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "scheduler-ready"},
+        "spec": {"containers": [{"name": "c", "image": "registry.internal/pause:1",
+            "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true, "runAsUser": 65532,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]}
+    }))
+    .map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the control plane does not schedule within {READY_WITHIN:?} ({last}): {}\n{}",
+                log_tail(&plane.dir, "kube-controller-manager"),
+                log_tail(&plane.dir, "kube-scheduler")
+            ));
+        }
+        match pods.get_opt("scheduler-ready").await {
+            Ok(None) => {
+                // Refused until the namespace's default service account exists.
+                if let Err(e) = pods.create(&PostParams::default(), &pod).await {
+                    last = e.to_string();
+                }
+            }
+            Ok(Some(found)) => {
+                let conditions = found.status.and_then(|s| s.conditions).unwrap_or_default();
+                if conditions.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False") {
+                    let _ = pods
+                        .delete("scheduler-ready", &kube::api::DeleteParams::default().grace_period(0))
+                        .await;
+                    return Ok(());
+                }
+                last = "the pod is not marked unschedulable yet".into();
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn log_tail(dir: &Path, process: &str) -> String {
