@@ -12,17 +12,17 @@
 //! `setpriv --pdeathsig KILL` by a thread that lives as long as the process. What they leave on
 //! disk (a folder named after the test binary's pid) is removed by the next start.
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use netpol_verify::lab::api::tls::Certificates;
+use netpol_verify::lab::api::{kubeconfig, new_token};
+use rcgen::KeyPair;
 
 /// How long the control plane may take to become ready (a cold machine, two cores).
 const READY_WITHIN: Duration = Duration::from_secs(120);
@@ -58,7 +58,7 @@ impl ControlPlane {
     /// A kubeconfig that authenticates with `token` (a service account's, say), in `dir`.
     pub fn kubeconfig_with_token(&self, dir: &Path, name: &str, token: &str) -> PathBuf {
         let path = dir.join(format!("{name}.kubeconfig"));
-        std::fs::write(&path, kubeconfig(&self.server, &self.ca_pem, name, token))
+        std::fs::write(&path, kubeconfig(name, &self.server, &self.ca_pem, token))
             .expect("write a kubeconfig");
         path
     }
@@ -195,14 +195,14 @@ fn start() -> Result<ControlPlane, String> {
         admin: dir.join("admin.kubeconfig"),
         processes: Mutex::new(processes),
     };
-    std::fs::write(&plane.admin, kubeconfig(&plane.server, &plane.ca_pem, "admin", &files.admin_token))
+    std::fs::write(&plane.admin, kubeconfig("admin", &plane.server, &plane.ca_pem, &files.admin_token))
         .map_err(|e| format!("cannot write the admin kubeconfig: {e}"))?;
     for (user, token) in
         [("kube-controller-manager", &files.controller_token), ("kube-scheduler", &files.scheduler_token)]
     {
         std::fs::write(
             dir.join(format!("{user}.kubeconfig")),
-            kubeconfig(&plane.server, &plane.ca_pem, user, token),
+            kubeconfig(user, &plane.server, &plane.ca_pem, token),
         )
         .map_err(|e| format!("cannot write the {user} kubeconfig: {e}"))?;
     }
@@ -409,35 +409,24 @@ struct Files {
 
 impl Files {
     fn write(dir: &Path) -> Result<Files, String> {
-        let failed = |e: rcgen::Error| format!("cannot make the control plane's certificates: {e}");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
-        ca.distinguished_name.push(DnType::CommonName, "netpol-verify tests kubernetes-ca");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(failed)?).map_err(failed)?;
-        let names = ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"].map(String::from);
-        let mut serving = CertificateParams::new(names.to_vec()).map_err(failed)?;
-        serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-        serving.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        serving.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let serving_key = KeyPair::generate().map_err(failed)?;
-        let serving = serving.signed_by(&serving_key, &ca).map_err(failed)?;
+        // The lab API's: a CA of its own and a serving certificate for 127.0.0.1 it signs.
+        let certificates = Certificates::generate("tests")?;
         // The service-account signing key (ES256): the private half signs tokens, the public
         // half verifies them.
-        let account_key = KeyPair::generate().map_err(failed)?;
+        let account_key =
+            KeyPair::generate().map_err(|e| format!("cannot make the service-account key: {e}"))?;
         let files = Files {
-            ca_pem: ca.pem(),
-            admin_token: token()?,
-            controller_token: token()?,
-            scheduler_token: token()?,
+            ca_pem: certificates.ca_pem.clone(),
+            admin_token: new_token()?,
+            controller_token: new_token()?,
+            scheduler_token: new_token()?,
         };
         let write = |name: &str, text: &str| {
             std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
         };
         write("ca.crt", &files.ca_pem)?;
-        write("apiserver.crt", &serving.pem())?;
-        write("apiserver.key", &serving_key.serialize_pem())?;
+        write("apiserver.crt", &certificates.cert_pem)?;
+        write("apiserver.key", &certificates.key_pem)?;
         write("sa.key", &account_key.serialize_pem())?;
         write("sa.pub", &account_key.public_key_pem())?;
         write(
@@ -474,31 +463,3 @@ plugins:
       runtimeClasses: []
       namespaces: [kube-system]
 ";
-
-/// 32 random hex digits, from the kernel.
-fn token() -> Result<String, String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: tests
-  cluster: {{server: \"{server}\", certificate-authority-data: {ca}}}
-users:
-- name: {user}
-  user: {{token: \"{token}\"}}
-contexts:
-- name: {user}
-  context: {{cluster: tests, user: {user}}}
-current-context: {user}
-"
-    )
-}

@@ -85,11 +85,7 @@ impl TestLab {
     }
 
     pub async fn client(&self) -> kube::Client {
-        let text = std::fs::read_to_string(&self.kubeconfig).expect("the kubeconfig");
-        let parsed = kube::config::Kubeconfig::from_yaml(&text).expect("a kubeconfig");
-        let config =
-            kube::Config::from_custom_kubeconfig(parsed, &Default::default()).await.expect("a config");
-        kube::Client::try_from(config).expect("a client")
+        apiserver::client_of(&self.kubeconfig).await
     }
 
     /// The API's audit log so far: one event per request.

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// A certificate authority (in PEM, for kubeconfigs) and the serving certificate it signed.
+/// A certificate authority (in PEM, for kubeconfigs) and the serving certificate it signed
+/// (also in PEM, for servers that read files: the tests' kube-apiserver).
 #[derive(Debug, Clone)]
 pub struct Certificates {
     pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
     cert_der: Vec<u8>,
     key_der: Vec<u8>,
 }
@@ -32,7 +35,13 @@ impl Certificates {
         server.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().map_err(failed)?;
         let cert = server.signed_by(&key, &ca).map_err(failed)?;
-        Ok(Certificates { ca_pem: ca.pem(), cert_der: cert.der().to_vec(), key_der: key.serialize_der() })
+        Ok(Certificates {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        })
     }
 
     /// The server side: this certificate, HTTP/1.1 (kube-rs speaks nothing else; kubectl
