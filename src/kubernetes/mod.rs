@@ -84,33 +84,37 @@ impl KubeCluster {
     /// Connects like kubectl: an explicit kubeconfig and context, or `KUBECONFIG` / the
     /// default kubeconfig, or the pod's service account when running in a cluster.
     pub async fn connect(connection: &Connection<'_>, pods: PodOptions) -> Result<KubeCluster, ClusterError> {
-        let options = KubeConfigOptions {
-            context: connection.context.map(String::from),
-            ..KubeConfigOptions::default()
-        };
-        let config = match (connection.kubeconfig, connection.context) {
-            (Some(path), _) => match Kubeconfig::read_from(path) {
-                Ok(kubeconfig) => Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-            },
-            (None, Some(_)) => Config::from_kubeconfig(&options).await.map_err(|e| e.to_string()),
-            (None, None) => Config::infer().await.map_err(|e| e.to_string()),
-        }
-        .map_err(|e| {
-            ClusterError::Invalid(format!(
-                "cannot configure a connection to the cluster ({e}): pass --kubeconfig FILE and --context NAME, \
-                 as for kubectl"
-            ))
-        })?;
-        // Bounded waits everywhere: no API call may hang the run.
-        let mut config = config;
-        config.read_timeout = Some(Duration::from_secs(30));
-        config.write_timeout = Some(Duration::from_secs(30));
-        config.connect_timeout = Some(Duration::from_secs(10));
-        let client = Client::try_from(config)
-            .map_err(|e| ClusterError::Invalid(format!("cannot create a Kubernetes client: {e}")))?;
-        Ok(KubeCluster::new(client, pods))
+        Ok(KubeCluster::new(client(connection).await?, pods))
     }
+}
+
+/// A client as kubectl would connect ([`KubeCluster::connect`]), every request bounded.
+pub async fn client(connection: &Connection<'_>) -> Result<Client, ClusterError> {
+    let options =
+        KubeConfigOptions { context: connection.context.map(String::from), ..KubeConfigOptions::default() };
+    let config = match (connection.kubeconfig, connection.context) {
+        (Some(path), _) => match Kubeconfig::read_from(path) {
+            Ok(kubeconfig) => {
+                Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        },
+        (None, Some(_)) => Config::from_kubeconfig(&options).await.map_err(|e| e.to_string()),
+        (None, None) => Config::infer().await.map_err(|e| e.to_string()),
+    }
+    .map_err(|e| {
+        ClusterError::Invalid(format!(
+            "cannot configure a connection to the cluster ({e}): pass --kubeconfig FILE and --context NAME, \
+             as for kubectl"
+        ))
+    })?;
+    // Bounded waits everywhere: no API call may hang the run.
+    let mut config = config;
+    config.read_timeout = Some(Duration::from_secs(30));
+    config.write_timeout = Some(Duration::from_secs(30));
+    config.connect_timeout = Some(Duration::from_secs(10));
+    Client::try_from(config)
+        .map_err(|e| ClusterError::Invalid(format!("cannot create a Kubernetes client: {e}")))
 }
 
 /// A failed API call, as something to do about it.
