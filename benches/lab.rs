@@ -33,6 +33,7 @@ fn main() {
                 nodes: 1,
                 probe: probe.clone(),
                 verify: exe.clone(),
+                api_server: None,
             };
             let started = Instant::now();
             let (lab, _) = Lab::up(&spec, &snapshot).expect("up");

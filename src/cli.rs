@@ -300,6 +300,13 @@ pub struct LabArgs {
     /// node a pod runs on changes no packet's path.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=10))]
     pub nodes: u8,
+
+    /// Attach the lab to the API server of this kubeconfig (its current context) instead of
+    /// serving an API of its own: the lab registers as its node(s), publishes its input there,
+    /// runs the pods bound to its nodes and enforces the NetworkPolicies the server holds. The
+    /// server must run on this machine: it reaches the lab's kubelet on 127.0.0.1.
+    #[arg(long, value_name = "KUBECONFIG")]
+    pub api_server: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -188,6 +188,7 @@ fn bring_up(
         nodes: usize::from(args.nodes),
         probe,
         verify,
+        api_server: args.api_server.as_deref().map(absolute).transpose()?,
     };
     let (lab, notes) = Lab::up(&spec, &loaded.snapshot)?;
     match lab.start_api(images) {
@@ -197,6 +198,14 @@ fn bring_up(
             Err(e.into())
         }
     }
+}
+
+/// `path` from the root: the lab's processes run elsewhere.
+fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, Error> {
+    if !path.is_file() {
+        return Err(Error::Usage(format!("--api-server {}: no such kubeconfig file", path.display())));
+    }
+    std::path::absolute(path).map_err(|e| Error::Usage(format!("--api-server {}: {e}", path.display())))
 }
 
 fn lab_up(args: &LabUpArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
@@ -237,11 +246,19 @@ fn lab_up(args: &LabUpArgs, quiet: bool, out: &mut dyn Write, err: &mut dyn Writ
             state.name, pod.key, target.ip, target.key
         )?;
     }
-    writeln!(
-        out,
-        "its Kubernetes API (kubectl get pods -A works):\n  export KUBECONFIG={}",
-        kubeconfig.display()
-    )?;
+    match &state.api_server {
+        Some(_) => writeln!(
+            out,
+            "attached to the API server of this kubeconfig, as node {} (kubectl get nodes shows it):\n  export KUBECONFIG={}",
+            state.node_names().join(", "),
+            kubeconfig.display()
+        )?,
+        None => writeln!(
+            out,
+            "its Kubernetes API (kubectl get pods -A works):\n  export KUBECONFIG={}",
+            kubeconfig.display()
+        )?,
+    }
     writeln!(out, "remove it:\n  netpol-verify lab down {}", state.name)?;
     Ok(())
 }
@@ -303,7 +320,8 @@ fn lab_connection(name: &str) -> Result<(crate::cli::KubeArgs, String), Error> {
 /// Lab `lab`'s kubeconfig, which exists while its API runs.
 fn lab_kubeconfig(lab: &Lab) -> Result<std::path::PathBuf, Error> {
     let name = &lab.state.name;
-    let kubeconfig = crate::lab::daemon::kubeconfig_path(name);
+    let kubeconfig =
+        lab.state.api_server.clone().unwrap_or_else(|| crate::lab::daemon::kubeconfig_path(name));
     if !kubeconfig.exists() {
         return Err(Error::Usage(format!(
             "lab {name} has no API running (its kubeconfig {} is missing): remove it with `netpol-verify lab down {name}` and bring it up again",

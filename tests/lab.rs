@@ -48,6 +48,7 @@ fn up(extra: &str, cni: CniMode, delay: Duration) -> TestLab {
         nodes: 1,
         probe: probe(),
         verify: verify(),
+        api_server: None,
     };
     let (lab, _) = Lab::up(&spec, &snapshot(extra)).expect("the lab comes up");
     TestLab { lab }
@@ -346,6 +347,7 @@ fn a_failed_build_removes_what_it_made() {
         nodes: 1,
         probe: PathBuf::from("/bin/false"),
         verify: verify(),
+        api_server: None,
     };
     let err = Lab::up(&spec, &snapshot("")).expect_err("the pods never listen");
     assert!(err.to_string().contains("did not start"), "{err}");
@@ -408,6 +410,7 @@ fn twenty_namespaces_come_up_and_every_pod_answers() {
         nodes: 1,
         probe: probe(),
         verify: verify(),
+        api_server: None,
     };
     let started = Instant::now();
     let (lab, _) = Lab::up(&spec, &snapshot).expect("up");
@@ -919,6 +922,7 @@ fn spec(name: &str) -> LabSpec {
         nodes: 1,
         probe: probe(),
         verify: verify(),
+        api_server: None,
     }
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::catalog::{Catalog, KindId};
 use super::api::store::{Change, Events, now};
 use super::api::{Api, ApiConfig, NodeInfo, objects};
+use super::attach;
 use super::enforce::Network;
 use super::kubelet::{Kubelet, NodeConfig, image::Image};
 use super::state::{self, LabState};
@@ -42,7 +43,7 @@ pub fn audit_log_path(name: &str) -> PathBuf {
 use crate::detect::LAB_CNI_LABEL as CNI_LABEL;
 
 /// A node object of the lab.
-fn node(state: &LabState, name: &str) -> Value {
+pub fn node(state: &LabState, name: &str) -> Value {
     let name = name.to_string();
     json!({
         "apiVersion": "v1",
@@ -322,21 +323,49 @@ async fn run(lab: Lab, images: Vec<String>) -> Result<(), String> {
         },
     )?;
     tokio::spawn(kubelet.run(stop.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let server = format!("https://{address}");
-    let config = certificates.server_config()?;
-    let serving = tokio::spawn(api.clone().serve(listener, config, stop.clone()));
-    std::fs::write(dir.join("ca.crt"), &certificates.ca_pem)
-        .map_err(|e| format!("cannot write the lab's CA: {e}"))?;
-    // Last: its appearance tells `lab up` the API is ready.
-    super::api::write_private(
-        &kubeconfig_path(&name),
-        &super::api::kubeconfig(&format!("lab-{name}"), &server, &certificates.ca_pem, &token),
-    )
-    .map_err(|e| format!("cannot write the lab's kubeconfig: {e}"))?;
+    let serving = match &lab.state.api_server {
+        Some(kubeconfig) => {
+            // The kubelet's API, where the API server reads pods' logs.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            let serving = tokio::spawn(api.clone().serve_kubelet(
+                listener,
+                certificates.server_config()?,
+                stop.clone(),
+            ));
+            let nodes = lab
+                .state
+                .node_names()
+                .iter()
+                .map(|n| attach::node_object(node(&lab.state, n), port))
+                .collect();
+            attach::attach(&lab, kubeconfig, api.clone(), nodes, stop.clone()).await?;
+            // Last: its appearance tells `lab up` the lab is the server's node.
+            std::fs::write(attach::ready_path(&name), "")
+                .map_err(|e| format!("cannot write {}: {e}", attach::ready_path(&name).display()))?;
+            serving
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+            let address = listener.local_addr().map_err(|e| e.to_string())?;
+            let server = format!("https://{address}");
+            let serving =
+                tokio::spawn(api.clone().serve(listener, certificates.server_config()?, stop.clone()));
+            std::fs::write(dir.join("ca.crt"), &certificates.ca_pem)
+                .map_err(|e| format!("cannot write the lab's CA: {e}"))?;
+            // Last: its appearance tells `lab up` the API is ready.
+            super::api::write_private(
+                &kubeconfig_path(&name),
+                &super::api::kubeconfig(&format!("lab-{name}"), &server, &certificates.ca_pem, &token),
+            )
+            .map_err(|e| format!("cannot write the lab's kubeconfig: {e}"))?;
+            serving
+        }
+    };
     // Until SIGINT or SIGTERM, or until the lab is removed from under it (`lab down` also
     // just kills it).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -15,6 +15,7 @@
 //! 169.254.169.254:80.
 
 pub mod api;
+pub mod attach;
 pub mod cni;
 pub mod daemon;
 pub mod dns;
@@ -42,6 +43,10 @@ pub const EMULATED: &str = "lab.netpol-verify.io/emulated";
 
 /// How long the lab's API may take to start.
 const API_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a lab attached to an API server may take to become its node (publishing its
+/// input included).
+const ATTACH_LIMIT: Duration = Duration::from_secs(90);
 
 /// How long processes get to say they are listening.
 const READY_LIMIT: Duration = Duration::from_secs(15);
@@ -105,6 +110,8 @@ pub struct LabSpec {
     pub probe: PathBuf,
     /// The `netpol-verify` binary (its hidden `lab serve-dns` is the lab's DNS server).
     pub verify: PathBuf,
+    /// Attach to the API server of this kubeconfig instead of serving an API ([`attach`]).
+    pub api_server: Option<PathBuf>,
 }
 
 /// A running lab.
@@ -186,6 +193,7 @@ impl Lab {
                 policies: snapshot.policies().to_vec(),
                 unmodelled: snapshot.unmodelled().to_vec(),
                 notes: notes.iter().map(|n| n.0.clone()).collect(),
+                api_server: spec.api_server.clone(),
             },
         };
         // The policies must compile before anything is built.
@@ -227,11 +235,15 @@ impl Lab {
     }
 
     /// Starts the lab's API, kubelet and CNI (`netpol-verify lab serve`, detached like the
-    /// lab's other processes) and waits until it serves; the kubeconfig it wrote. `images`:
-    /// images besides the project's that the kubelet runs as the probe (`--image`).
+    /// lab's other processes) and waits until it serves; the kubeconfig it wrote (attached to
+    /// an API server: that server's kubeconfig, once the lab is its node). `images`: images
+    /// besides the project's that the kubelet runs as the probe (`--image`).
     pub fn start_api(&self, images: &[String]) -> Result<PathBuf, LabError> {
         let name = &self.state.name;
-        let kubeconfig = daemon::kubeconfig_path(name);
+        let (ready, kubeconfig, limit) = match &self.state.api_server {
+            Some(kubeconfig) => (attach::ready_path(name), kubeconfig.clone(), ATTACH_LIMIT),
+            None => (daemon::kubeconfig_path(name), daemon::kubeconfig_path(name), API_LIMIT),
+        };
         let log = self.state.dir().join("logs").join("api.log");
         let mut args = vec!["lab".to_string(), "serve".to_string(), name.clone()];
         for image in images {
@@ -239,8 +251,8 @@ impl Lab {
         }
         let pid = host::spawn_detached(name, &self.state.verify, &args, &log)?;
         let _ = std::fs::write(daemon::pid_path(name), pid.to_string());
-        let deadline = Instant::now() + API_LIMIT;
-        while !kubeconfig.exists() {
+        let deadline = Instant::now() + limit;
+        while !ready.exists() {
             let tail = || {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 if text.trim().is_empty() { "(no output)".to_string() } else { text.trim().to_string() }
@@ -248,14 +260,14 @@ impl Lab {
             if !host::alive(pid) || host::zombie(pid) {
                 return Err(LabError::NotReady {
                     what: format!("the API of lab {name}"),
-                    limit: API_LIMIT,
+                    limit,
                     log: tail(),
                 });
             }
             if Instant::now() > deadline {
                 return Err(LabError::NotReady {
                     what: format!("the API of lab {name}"),
-                    limit: API_LIMIT,
+                    limit,
                     log: tail(),
                 });
             }
@@ -571,6 +583,7 @@ impl Lab {
             names.into_iter().filter(|n| state::lab_of_netns(n) == Some(name)).collect()
         };
         let recorded = state::lab_dir(name).exists();
+        let attached = LabState::load(name).ok().and_then(|s| s.api_server);
         // A change in progress finishes first (its namespaces would appear after our sweep);
         // bounded: a hung holder does not keep a lab from going.
         let _lock = state::lock_within(name, Duration::from_secs(10));
@@ -600,6 +613,12 @@ impl Lab {
         host::kill_lab_processes(name, &[]);
         for config in of_lab(host::netns_config_dirs()) {
             host::remove_namespace(&config);
+        }
+        // With its kubelet gone, what the lab made in the API server it was attached to.
+        if let Some(kubeconfig) = attached {
+            for problem in attach::detach(name, &kubeconfig) {
+                eprintln!("netpol-verify lab: {problem}");
+            }
         }
         let _ = std::fs::remove_dir_all(state::lab_dir(name));
         if !namespaces.is_empty() {

@@ -173,6 +173,10 @@ pub struct LabState {
     pub unmodelled: Vec<crate::model::Unmodelled>,
     /// What `lab up` noticed about the input.
     pub notes: Vec<String>,
+    /// The kubeconfig of the API server the lab is attached to (`lab up --api-server`), or
+    /// none: the lab serves its own API.
+    #[serde(default)]
+    pub api_server: Option<PathBuf>,
 }
 
 fn one() -> usize {

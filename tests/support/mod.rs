@@ -66,6 +66,7 @@ impl TestLab {
             nodes,
             probe,
             verify: verify(),
+            api_server: None,
         };
         let (lab, _) = Lab::up(&spec, &snapshot).expect("the lab comes up");
         let name = lab.state.name.clone();

@@ -21,6 +21,39 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new().fallback(handle).with_state(api)
 }
 
+/// The kubelet API as kube-apiserver calls it for `pods/log`:
+/// `GET /containerLogs/NAMESPACE/POD/CONTAINER` with the log's query (`follow`, `previous`,
+/// `tailLines`, `limitBytes`). Nothing else (no exec, attach or port-forward).
+pub fn kubelet_router(api: Arc<Api>) -> Router {
+    Router::new().fallback(kubelet).with_state(api)
+}
+
+async fn kubelet(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    uri: Uri,
+    QueryParams(mut query): QueryParams<Query>,
+) -> Response {
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let (Method::GET, ["containerLogs", namespace, pod, container]) = (method, parts.as_slice()) else {
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from(
+                "the netpol-verify lab's kubelet serves only GET /containerLogs/NAMESPACE/POD/CONTAINER\n",
+            ))
+            .unwrap_or_else(|_| Response::new(Body::empty()));
+    };
+    let Some(object) = api.store.get(&super::store::Key::new(KindId::PODS, *namespace, *pod)) else {
+        return failure(&ApiError::not_found("pods", pod));
+    };
+    query.insert("container".into(), (*container).to_string());
+    match super::watch::log(&api, &object, &query).await {
+        Ok(response) => response,
+        Err(e) => failure(&e),
+    }
+}
+
 /// A JSON response.
 pub fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
     let mut builder = Response::builder()

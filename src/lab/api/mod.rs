@@ -145,26 +145,46 @@ impl Api {
             let _ = self.address.set(address.to_string());
         }
         tokio::spawn(namespace_controller(self.clone(), self.store.subscribe(), stop.clone()));
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let router = http::router(self.clone());
-        loop {
-            let (tcp, _) = tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                accepted = listener.accept() => accepted.map_err(|e| format!("the lab API stopped accepting: {e}"))?,
-            };
-            let acceptor = acceptor.clone();
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else { return };
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    _ = connection => {}
-                }
-            });
-        }
+        serve_tls(http::router(self.clone()), listener, config, stop).await
+    }
+
+    /// Serves the kubelet's API for the API server the lab is attached to (its `pods/log`
+    /// requests: `/containerLogs/NAMESPACE/POD/CONTAINER`), from this API's store and logs.
+    pub async fn serve_kubelet(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        stop: CancellationToken,
+    ) -> Result<(), String> {
+        serve_tls(http::kubelet_router(self), listener, config, stop).await
+    }
+}
+
+/// Serves `router` over HTTP/1.1 and TLS on `listener` until `stop` fires.
+async fn serve_tls(
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted.map_err(|e| format!("the lab API stopped accepting: {e}"))?,
+        };
+        let acceptor = acceptor.clone();
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else { return };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                _ = connection => {}
+            }
+        });
     }
 }
 
