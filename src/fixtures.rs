@@ -24,6 +24,7 @@ metadata: {{name: coredns, namespace: kube-system, labels: {{k8s-app: kube-dns}}
 spec:
   containers:
   - name: coredns
+    image: registry.k8s.io/coredns/coredns:v1.12.0
     ports: [{{name: dns, containerPort: 53, protocol: UDP}}, {{name: dns-tcp, containerPort: 53}}]
 status: {{phase: Running, podIP: {pod_ip}}}
 ---

@@ -10,6 +10,38 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use netpol_verify::lab::Lab;
 use serde_json::Value;
 
+mod support;
+
+/// Which API the lab's cluster lives in.
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    /// The lab's own (`lab run`).
+    Lab,
+    /// A real kube-apiserver (tests/support/apiserver.rs), the lab attached as its node
+    /// (`lab run --api-server`).
+    Real,
+}
+
+/// A test of a CNI mode, run twice: with the lab's own API and with a real kube-apiserver
+/// the lab is attached to.
+macro_rules! on_both_apis {
+    ($test:ident) => {
+        mod $test {
+            #[test]
+            fn lab_api() {
+                super::$test(super::Server::Lab)
+            }
+            #[test]
+            fn real_apiserver() {
+                super::$test(super::Server::Real)
+            }
+        }
+    };
+}
+
+/// One lab at a time on the real API server: they would publish the same namespaces.
+static REAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// x admits only its own namespace; y may reach only x, y and DNS; z has no policy.
 fn cluster() -> String {
     format!(
@@ -35,7 +67,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: web, namespace: x, labels: {app: web}}
 spec:
-  containers: [{name: web, ports: [{containerPort: 8080}]}]
+  containers: [{name: web, image: nginx, ports: [{containerPort: 8080}]}]
 status: {phase: Running, podIP: 10.244.1.10}
 ---
 "#,
@@ -110,24 +142,46 @@ fn cell(check: &Value) -> String {
 /// `lab run` on the test cluster with `args`; the JSON report, and a check that the lab and
 /// everything the run made are gone.
 fn lab_run(cni: &str, args: &[&str]) -> Run {
-    lab_run_on(&cluster(), cni, args)
+    lab_run_on(Server::Lab, &cluster(), cni, args)
 }
 
-fn lab_run_on(objects: &str, cni: &str, args: &[&str]) -> Run {
+fn lab_run_with(server: Server, cni: &str, args: &[&str]) -> Run {
+    lab_run_on(server, &cluster(), cni, args)
+}
+
+/// On the real server, the lab skips `default` (which the lab's own API does not have), so
+/// both runs probe the same namespaces; afterwards the server holds nothing of the lab.
+fn lab_run_on(server: Server, objects: &str, cni: &str, args: &[&str]) -> Run {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let cluster = dir.path().join("cluster.yaml");
     std::fs::write(&cluster, objects).expect("write the cluster");
     let name = unique_name();
-    let output = Command::new(verify())
+    let mut command = Command::new(verify());
+    command
         .args(["lab", "run", "--from-file"])
         .arg(&cluster)
         .args(["--name", &name, "--cni", cni, "--output", "json", "--probe-timeout", "500ms"])
         .args(args)
-        .current_dir(dir.path())
-        .output()
-        .expect("netpol-verify runs");
+        .current_dir(dir.path());
+    let (_one, plane) = match server {
+        Server::Lab => (None, None),
+        Server::Real => {
+            let one = REAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let plane = support::apiserver::control_plane();
+            command.arg("--api-server").arg(&plane.admin).args(["--exclude-namespace", "default"]);
+            (Some(one), Some(plane))
+        }
+    };
+    let output = command.output().expect("netpol-verify runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(Lab::list().iter().all(|l| l.name != name), "lab {name} was left behind; stderr: {stderr}");
+    if let Some(plane) = plane {
+        assert_eq!(
+            plane.left_behind_once_settled(|_| true),
+            Vec::<String>::new(),
+            "the lab left these in the API server; stderr: {stderr}"
+        );
+    }
     let json: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}); exit {:?}, stderr: {stderr}", output.status.code()));
     Run { output, json, dir }
@@ -154,9 +208,9 @@ fn assert_common(run: &Run) {
     assert_eq!(run.json["run"]["cleaned"]["namespaces"], 1);
 }
 
-#[test]
-fn enforcing_passes_everything_but_the_metadata_the_policies_allow() {
-    let run = lab_run("enforcing", &SCENARIOS);
+on_both_apis!(enforcing_passes_everything_but_the_metadata_the_policies_allow);
+fn enforcing_passes_everything_but_the_metadata_the_policies_allow(server: Server) {
+    let run = lab_run_with(server, "enforcing", &SCENARIOS);
     assert_common(&run);
     assert_eq!(run.count("not-enforced"), 0, "{:#?}", run.with_verdict("not-enforced"));
     // 18 matrix + 12 DNS + 3 metadata checks.
@@ -170,10 +224,11 @@ fn enforcing_passes_everything_but_the_metadata_the_policies_allow() {
     assert!(run.checks().into_iter().filter(|c| c["policy"] == "deny").all(|c| c["denied_by"] == "dropped"));
 }
 
-#[test]
-fn none_leaves_every_denial_unenforced_and_nothing_over_blocked() {
+on_both_apis!(none_leaves_every_denial_unenforced_and_nothing_over_blocked);
+fn none_leaves_every_denial_unenforced_and_nothing_over_blocked(server: Server) {
     let junit = "report.xml";
-    let run = lab_run(
+    let run = lab_run_with(
+        server,
         "none",
         &[&SCENARIOS[..], &["--junit-file", junit, "--markdown-file", "summary.md"]].concat(),
     );
@@ -207,9 +262,9 @@ fn none_leaves_every_denial_unenforced_and_nothing_over_blocked() {
     );
 }
 
-#[test]
-fn ingress_only_leaves_exactly_the_egress_denials_unenforced() {
-    let run = lab_run("ingress-only", &SCENARIOS);
+on_both_apis!(ingress_only_leaves_exactly_the_egress_denials_unenforced);
+fn ingress_only_leaves_exactly_the_egress_denials_unenforced(server: Server) {
+    let run = lab_run_with(server, "ingress-only", &SCENARIOS);
     assert_common(&run);
     let expected = expected_not_enforced(&run, |c| c["ingress"] == "deny");
     assert_eq!(
@@ -222,27 +277,27 @@ fn ingress_only_leaves_exactly_the_egress_denials_unenforced() {
     assert_eq!(run.with_verdict("not-enforced"), expected);
 }
 
-#[test]
-fn egress_only_leaves_exactly_the_ingress_denials_unenforced() {
-    let run = lab_run("egress-only", &SCENARIOS);
+on_both_apis!(egress_only_leaves_exactly_the_ingress_denials_unenforced);
+fn egress_only_leaves_exactly_the_ingress_denials_unenforced(server: Server) {
+    let run = lab_run_with(server, "egress-only", &SCENARIOS);
     assert_common(&run);
     let expected = expected_not_enforced(&run, |c| c["egress"] == "deny");
     assert_eq!(expected.len(), 4, "y→x and z→x, TCP and UDP: {expected:#?}");
     assert_eq!(run.with_verdict("not-enforced"), expected);
 }
 
-#[test]
-fn tcp_only_leaves_exactly_the_udp_denials_unenforced() {
-    let run = lab_run("tcp-only", &SCENARIOS);
+on_both_apis!(tcp_only_leaves_exactly_the_udp_denials_unenforced);
+fn tcp_only_leaves_exactly_the_udp_denials_unenforced(server: Server) {
+    let run = lab_run_with(server, "tcp-only", &SCENARIOS);
     assert_common(&run);
     let expected = expected_not_enforced(&run, |c| c["protocol"] == "TCP");
     assert_eq!(expected.len(), 3, "y→x, y→z, z→x on UDP: {expected:#?}");
     assert_eq!(run.with_verdict("not-enforced"), expected);
 }
 
-#[test]
-fn reject_passes_with_every_denial_rejected() {
-    let run = lab_run("reject", &SCENARIOS);
+on_both_apis!(reject_passes_with_every_denial_rejected);
+fn reject_passes_with_every_denial_rejected(server: Server) {
+    let run = lab_run_with(server, "reject", &SCENARIOS);
     assert_common(&run);
     assert_eq!(run.count("not-enforced"), 0);
     let denied: Vec<&Value> = run.checks().into_iter().filter(|c| c["policy"] == "deny").collect();
@@ -301,7 +356,7 @@ fn a_target_with_nothing_listening_is_inconclusive_never_a_pass() {
     }
 }
 
-fn canary(cni: &str, extra: &[&str], timeouts: &str) -> Run {
+fn canary(server: Server, cni: &str, extra: &[&str], timeouts: &str) -> Run {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let scenario = scenario_file(
         dir.path(),
@@ -309,7 +364,7 @@ fn canary(cni: &str, extra: &[&str], timeouts: &str) -> Run {
         &format!("apiVersion: netpol-verify.io/v1alpha1\nkind: Scenario\nname: canary\ncanary: {timeouts}\n"),
     );
     let scenario = scenario.display().to_string();
-    lab_run(cni, &[&["-s", scenario.as_str()], extra].concat())
+    lab_run_with(server, cni, &[&["-s", scenario.as_str()], extra].concat())
 }
 
 fn capabilities(run: &Run) -> Vec<(String, String)> {
@@ -340,9 +395,9 @@ const CAPABILITIES: [&str; 9] = [
     "pod-start window",
 ];
 
-#[test]
-fn the_canary_finds_every_capability_enforced_by_an_enforcing_cni() {
-    let run = canary("enforcing", &[], "{enforceTimeout: 5s, podStartWindow: 1s}");
+on_both_apis!(the_canary_finds_every_capability_enforced_by_an_enforcing_cni);
+fn the_canary_finds_every_capability_enforced_by_an_enforcing_cni(server: Server) {
+    let run = canary(server, "enforcing", &[], "{enforceTimeout: 5s, podStartWindow: 1s}");
     let expected: Vec<(String, String)> =
         CAPABILITIES.iter().map(|c| (c.to_string(), "enforced".to_string())).collect();
     assert_eq!(capabilities(&run), expected, "{:#}", run.json["canary"]);
@@ -355,9 +410,9 @@ fn the_canary_finds_every_capability_enforced_by_an_enforcing_cni() {
     assert_eq!(run.json["run"]["cleaned"]["pods"], 7);
 }
 
-#[test]
-fn the_canary_finds_nothing_enforced_without_a_cni_that_enforces() {
-    let run = canary("none", &[], "{enforceTimeout: 1s, podStartWindow: 500ms}");
+on_both_apis!(the_canary_finds_nothing_enforced_without_a_cni_that_enforces);
+fn the_canary_finds_nothing_enforced_without_a_cni_that_enforces(server: Server) {
+    let run = canary(server, "none", &[], "{enforceTimeout: 1s, podStartWindow: 500ms}");
     let statuses: Vec<(String, String)> = capabilities(&run);
     assert_eq!(statuses.len(), CAPABILITIES.len());
     assert!(statuses.iter().all(|(_, s)| s == "not enforced"), "{statuses:?}");
@@ -367,7 +422,12 @@ fn the_canary_finds_nothing_enforced_without_a_cni_that_enforces() {
 
 #[test]
 fn the_canary_measures_a_slow_cni_and_its_pod_start_window() {
-    let run = canary("enforcing", &["--enforce-delay", "1s"], "{enforceTimeout: 10s, podStartWindow: 2s}");
+    let run = canary(
+        Server::Lab,
+        "enforcing",
+        &["--enforce-delay", "1s"],
+        "{enforceTimeout: 10s, podStartWindow: 2s}",
+    );
     let latency = run.json["canary"]["enforce_latency_ms"].as_u64().expect("enforced within the bound");
     assert!((1000..5000).contains(&latency), "latency {latency} ms");
     let window = run.json["canary"]["pod_start_window_ms"].as_u64().expect("a measured window");
@@ -439,7 +499,7 @@ fn dns_denied_through_the_service_passes_only_with_every_end_shown_alive() {
     let objects = format!("{}{NO_DNS}", cluster());
     let dir = tempfile::tempdir().expect("a temporary directory");
     let scenario = scenario_file(dir.path(), "dns.yaml", DNS_AS_STORED).display().to_string();
-    let run = lab_run_on(&objects, "enforcing", &["-s", &scenario, "-n", "q"]);
+    let run = lab_run_on(Server::Lab, &objects, "enforcing", &["-s", &scenario, "-n", "q"]);
     assert_eq!(run.checks().len(), 4, "Service and pod, UDP and TCP");
     for check in run.checks() {
         assert_eq!(
@@ -454,10 +514,10 @@ fn dns_denied_through_the_service_passes_only_with_every_end_shown_alive() {
         through_service["detail"].as_str().is_some_and(|d| d.contains("target shown alive")),
         "{through_service}"
     );
-    let run = lab_run_on(&objects, "none", &["-s", &scenario, "-n", "q"]);
+    let run = lab_run_on(Server::Lab, &objects, "none", &["-s", &scenario, "-n", "q"]);
     assert_eq!(run.count("not-enforced"), 4, "{:#?}", run.checks());
     // The built-in dns scenario requires DNS: the same denials are intent gaps.
-    let run = lab_run_on(&objects, "enforcing", &["-s", "dns", "-n", "q"]);
+    let run = lab_run_on(Server::Lab, &objects, "enforcing", &["-s", "dns", "-n", "q"]);
     assert_eq!(run.count("intent-gap"), 4, "{:#?}", run.checks());
 }
 
@@ -498,11 +558,11 @@ fn a_namespace_that_does_not_exist_is_an_error() {
 fn the_quick_start_example_fails_without_enforcement_and_passes_with_it() {
     let shop = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/examples/shop.yaml"))
         .expect("the example");
-    let none = lab_run_on(&shop, "none", &[]);
+    let none = lab_run_on(Server::Lab, &shop, "none", &[]);
     assert_eq!(none.code(), 1);
     assert!(none.count("not-enforced") > 10, "{:#?}", none.with_verdict("not-enforced"));
     assert_eq!(none.count("over-blocked"), 0);
-    let enforcing = lab_run_on(&shop, "enforcing", &[]);
+    let enforcing = lab_run_on(Server::Lab, &shop, "enforcing", &[]);
     let failed =
         enforcing.count("not-enforced") + enforcing.count("over-blocked") + enforcing.count("intent-gap");
     assert_eq!(failed, 0, "{:#?}", enforcing.json["counts"]);
@@ -533,7 +593,7 @@ spec:
 #[test]
 fn checks_an_unmodelled_policy_may_touch_are_never_confident() {
     let objects = format!("{}{CILIUM}", cluster());
-    let run = lab_run_on(&objects, "enforcing", &["-s", "matrix"]);
+    let run = lab_run_on(Server::Lab, &objects, "enforcing", &["-s", "matrix"]);
     let touching_x = |c: &&Value| c["from_namespace"] == "x" || c["to_namespace"] == "x";
     let (touching, others): (Vec<&Value>, Vec<&Value>) = run.checks().into_iter().partition(touching_x);
     assert_eq!(touching.len(), 10, "x to x, y, z and y, z to x, TCP and UDP");
@@ -579,7 +639,7 @@ fn workload_doubles_are_selected_by_the_workloads_own_policies() {
             })
             .collect()
     };
-    let run = lab_run_on(&objects, "enforcing", &["-s", "matrix", "--mimic-workloads"]);
+    let run = lab_run_on(Server::Lab, &objects, "enforcing", &["-s", "matrix", "--mimic-workloads"]);
     assert_eq!(
         on_the_double(&run),
         [
@@ -588,7 +648,7 @@ fn workload_doubles_are_selected_by_the_workloads_own_policies() {
             "\"z\":8080/\"TCP\" \"deny\" \"pass\"",
         ]
     );
-    let run = lab_run_on(&objects, "none", &["-s", "matrix", "--mimic-workloads"]);
+    let run = lab_run_on(Server::Lab, &objects, "none", &["-s", "matrix", "--mimic-workloads"]);
     assert_eq!(on_the_double(&run)[2], "\"z\":8080/\"TCP\" \"deny\" \"not-enforced\"");
 }
 
@@ -627,7 +687,7 @@ fn gitops_namespaces_are_probed_into_and_out_of_as_their_policies_say() {
             })
             .collect()
     };
-    let run = lab_run_on(&objects, "enforcing", &["-s", "gitops"]);
+    let run = lab_run_on(Server::Lab, &objects, "enforcing", &["-s", "gitops"]);
     let sources = ["flux-system", "x", "y", "z"];
     assert_eq!(into_argocd(&run), sources.iter().map(|s| format!("{s}→argocd deny pass")).collect());
     // Out of them, and into flux-system, is as the other namespaces' policies say.
@@ -637,6 +697,6 @@ fn gitops_namespaces_are_probed_into_and_out_of_as_their_policies_say() {
         run.checks()
     );
     assert_eq!(run.count("over-blocked") + run.count("not-enforced"), 0, "{:#?}", run.json["counts"]);
-    let run = lab_run_on(&objects, "none", &["-s", "gitops"]);
+    let run = lab_run_on(Server::Lab, &objects, "none", &["-s", "gitops"]);
     assert_eq!(into_argocd(&run), sources.iter().map(|s| format!("{s}→argocd deny not-enforced")).collect());
 }

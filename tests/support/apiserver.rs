@@ -6,7 +6,9 @@
 //! It is set up as a kubeadm cluster is, in what the tool meets: TLS with a certificate
 //! authority made here, a service-account issuer and signing key, `--authorization-mode=Node,RBAC`
 //! (the controllers and the scheduler as their own users, bound by the bootstrap roles), and the
-//! PodSecurity admission enforcing `restricted` in every namespace but kube-system.
+//! PodSecurity admission as kubeadm and kind leave it: `privileged` unless a namespace's label
+//! says otherwise (the tool labels its own `restricted`), with `restricted` audited and
+//! warned everywhere but kube-system.
 //!
 //! The processes die with the test binary however it ends: each is started under
 //! `setpriv --pdeathsig KILL` by a thread that lives as long as the process. What they leave on
@@ -96,6 +98,71 @@ impl ControlPlane {
     /// The end of a process's log, for a failure message.
     pub fn log_tail(&self, process: &str) -> String {
         log_tail(&self.dir, process)
+    }
+
+    /// What the cluster holds beyond a fresh one's: nodes, node Leases, namespaces but the four
+    /// kube-apiserver makes, pods, NetworkPolicies, Services but `default/kubernetes`, as
+    /// `kind ns/name` (a sync call: it runs its own runtime in a thread of its own).
+    pub fn left_behind(&self) -> Vec<String> {
+        let admin = self.admin.clone();
+        let look = async move {
+            let client = client_of(&admin).await;
+            let mut found = Vec::new();
+            macro_rules! all {
+                ($kind:ty, $label:expr, $keep:expr) => {
+                    for object in
+                        Api::<$kind>::all(client.clone()).list(&Default::default()).await.expect("listed")
+                    {
+                        let meta = &object.metadata;
+                        let name = format!(
+                            "{}/{}",
+                            meta.namespace.clone().unwrap_or_default(),
+                            meta.name.clone().unwrap_or_default()
+                        );
+                        let keep: &[&str] = $keep;
+                        if !keep.contains(&name.as_str()) {
+                            found.push(format!("{} {name}", $label));
+                        }
+                    }
+                };
+            }
+            use k8s_openapi::api::core::v1::{Node, Pod, Service};
+            all!(Node, "node", &[]);
+            all!(Namespace, "namespace", &["/default", "/kube-node-lease", "/kube-public", "/kube-system"]);
+            all!(Pod, "pod", &[]);
+            all!(Service, "service", &["default/kubernetes"]);
+            all!(k8s_openapi::api::networking::v1::NetworkPolicy, "networkpolicy", &[]);
+            let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+                Api::namespaced(client.clone(), "kube-node-lease");
+            for lease in leases.list(&Default::default()).await.expect("listed") {
+                found.push(format!("lease kube-node-lease/{}", lease.metadata.name.unwrap_or_default()));
+            }
+            found
+        };
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(look)
+        })
+        .join()
+        .expect("listed what is left")
+    }
+
+    /// What [`ControlPlane::left_behind`] finds that `of` picks, once deletions under way are
+    /// done (a namespace is finalized after the request that deleted it returns): polled for up
+    /// to 30 s.
+    pub fn left_behind_once_settled(&self, of: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut left = self.left_behind();
+            left.retain(|l| of(l));
+            if left.is_empty() || Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Panics, with its log, if a process of the control plane has exited.
@@ -441,8 +508,10 @@ impl Files {
     }
 }
 
-/// Pod Security "restricted", enforced (and audited and warned) in every namespace by default,
-/// as a hardened cluster has it; kube-system is exempt, as it is on kubeadm clusters.
+/// Pod Security as kubeadm and kind configure it, `privileged` enforced by default (so the
+/// workload pods a lab attached here publishes are admitted as a user's cluster admits them;
+/// the tool's namespaces carry their own `restricted` label, which the tests check is what
+/// admits its pods), with `restricted` audited and warned; kube-system exempt.
 const ADMISSION: &str = "\
 apiVersion: apiserver.config.k8s.io/v1
 kind: AdmissionConfiguration
@@ -452,7 +521,7 @@ plugins:
     apiVersion: pod-security.admission.config.k8s.io/v1
     kind: PodSecurityConfiguration
     defaults:
-      enforce: restricted
+      enforce: privileged
       enforce-version: latest
       audit: restricted
       audit-version: latest
