@@ -139,6 +139,14 @@ pub enum ClusterError {
     Api { what: String, code: u16, message: String, fix: String },
 }
 
+impl ClusterError {
+    /// The API server's authorizer refused the call (RBAC: `User "x" cannot VERB resource`),
+    /// not admission: the same call fails every time until someone grants it.
+    pub fn refused_permission(&self) -> bool {
+        matches!(self, ClusterError::Api { code: 403, message, .. } if message.contains(" cannot "))
+    }
+}
+
 /// A cluster netpol-verify can read, change (only its own objects) and probe from.
 pub trait Cluster {
     /// Reads the cluster's Namespaces, Pods, NetworkPolicies and Services.

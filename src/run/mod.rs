@@ -156,6 +156,9 @@ pub enum RunError {
     /// `--namespace` names a namespace the cluster does not have.
     #[error("namespace {0} does not exist (namespaces: {1})")]
     NoSuchNamespace(String, String),
+    /// The run's probes were made, but it may not remove what it created.
+    #[error("{0}")]
+    LeftBehind(String),
     /// The run failed, and so did its cleanup.
     #[error("{error}; also, {cleanup}")]
     CleanupFailed { error: Box<RunError>, cleanup: String },
@@ -224,15 +227,20 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
             id = options.run_id
         )
     };
-    let (cleaned, cleanup_failure) = match cleaned {
-        Ok(Ok(cleaned)) => (cleaned, None),
-        Ok(Err(e)) => (Cleaned::default(), Some(left_behind(format!("failed ({e})")))),
-        Err(_) => (Cleaned::default(), Some(left_behind("took over 60 s".into()))),
+    let (cleaned, cleanup_failure, refused) = match cleaned {
+        Ok(Ok(cleaned)) => (cleaned, None, false),
+        Ok(Err(e)) => {
+            (Cleaned::default(), Some(left_behind(format!("failed ({e})"))), e.refused_permission())
+        }
+        Err(_) => (Cleaned::default(), Some(left_behind("took over 60 s".into())), false),
     };
     report.cleaned = cleaned.clone();
     let error = match outcome {
         None => RunError::Interrupted { run_id: options.run_id.clone(), cleaned },
         Some(Err(e)) => e,
+        // A run that may not remove what it made fails, whatever it found: the next one would
+        // fail the same way and leave as much.
+        Some(Ok(())) if refused => RunError::LeftBehind(cleanup_failure.clone().unwrap_or_default()),
         Some(Ok(())) => {
             report.notes.extend(cleanup_failure.map(Note));
             if report.all_checks().next().is_none() {
@@ -243,6 +251,7 @@ pub async fn run<C: Cluster + Clone + Send + Sync + 'static>(
     };
     // A failed run's report is lost, so a failed cleanup and the notes travel with its error.
     let error = match cleanup_failure {
+        Some(_) if matches!(error, RunError::LeftBehind(_)) => error,
         Some(cleanup) => RunError::CleanupFailed { error: Box::new(error), cleanup },
         None => error,
     };
@@ -353,6 +362,7 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
         report.phases.push(("canary (alongside probe)".into(), canary_time));
         match canary_report {
             Ok(canary_report) => report.canary = Some(canary_report),
+            Err(e) if e.refused_permission() => return Err(step("running the canary")(e)),
             // The scenarios' results stand; the run is at best inconclusive.
             Err(e) => report.incomplete.push(format!("the canary could not finish: {e}")),
         }
@@ -472,12 +482,19 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
                     }
                 }
             }
+            // A permission the tool lacks fails every batch alike: the run cannot be made.
+            Err(e) if e.refused_permission() => {
+                return Err(step(&format!("running the batch in {client}"))(e));
+            }
             Err(e) => notes.push(Note(format!("the batch in {client} failed ({e}): its probes did not run"))),
         }
     }
     match node.join_next().await {
         Some(Ok(Ok(output))) => {
             results.extend(output.results.into_iter().filter_map(|r| Some((r.id.clone()?, r))))
+        }
+        Some(Ok(Err(e))) if e.refused_permission() => {
+            return Err(step("running the node's control probes")(e));
         }
         Some(Ok(Err(e))) => notes.push(Note(format!("the node's control probes failed ({e})"))),
         _ => notes.push(Note("the node's control probes did not run".into())),

@@ -88,11 +88,27 @@ mod fake {
         pub fail_create: Option<String>,
         /// `wait_running` never returns (pods that never start).
         pub hang: bool,
+        /// The API server's authorizer refuses this verb and resource (`get pods/log`, say):
+        /// batches or cleanup fail with its 403.
+        pub refuse: Option<(&'static str, &'static str)>,
         pub calls: Vec<String>,
     }
 
     #[derive(Debug, Clone, Default)]
     pub struct FakeCluster(pub Arc<Mutex<State>>);
+
+    /// kube-apiserver's RBAC refusal, as the Kubernetes backend reports it.
+    fn refused(verb: &str, resource: &str, key: &ObjectKey) -> ClusterError {
+        ClusterError::Api {
+            what: format!("{verb} {resource} {key}"),
+            code: 403,
+            message: format!(
+                "User \"ci\" cannot {verb} resource \"{resource}\" in API group \"\" in the namespace \"{}\"",
+                key.namespace
+            ),
+            fix: format!("grant the tool `{verb}` on `{resource}`"),
+        }
+    }
 
     impl FakeCluster {
         pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -216,6 +232,9 @@ mod fake {
         ) -> Result<BatchOutput, ClusterError> {
             let key = &client.key;
             self.state().calls.push(format!("batch {key} ({} probes)", plan.probes.len()));
+            if let Some(("get", "pods/log")) = self.state().refuse {
+                return Err(refused("get", "pods/log", key));
+            }
             // Like a Kubernetes client pod: it exists from its first batch on.
             if !self.state().pods.iter().any(|p| key_of(&p.metadata) == *key) {
                 self.create_probe_pod(client).await?;
@@ -248,6 +267,9 @@ mod fake {
         async fn cleanup(&self, run_id: &str) -> Result<Cleaned, ClusterError> {
             let mut state = self.state();
             state.calls.push(format!("cleanup {run_id}"));
+            if let Some(("delete", "pods")) = state.refuse {
+                return Err(refused("delete", "pods", &ObjectKey::new("a", "nv-server-t1")));
+            }
             let ours = |meta: &ObjectMeta| {
                 meta.labels.as_ref().and_then(|l| l.get(RUN_LABEL)).is_some_and(|r| r == run_id)
             };
@@ -350,6 +372,37 @@ async fn lost_results_are_inconclusive_never_passes() {
         report.notes
     );
     assert_eq!(report.exit(), crate::error::Exit::Inconclusive);
+}
+
+#[tokio::test]
+async fn a_permission_the_batches_lack_stops_the_run_naming_the_grant() {
+    let cluster = fake_cluster();
+    cluster.state().refuse = Some(("get", "pods/log"));
+    let error = run(&cluster, &options(), &progress::Quiet, &CancellationToken::new())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(error.starts_with("running the batch in "), "{error}");
+    assert!(error.ends_with("(HTTP 403): grant the tool `get` on `pods/log`"), "{error}");
+    assert_eq!(cluster.state().calls.last().map(String::as_str), Some("cleanup t1"));
+}
+
+#[tokio::test]
+async fn a_run_that_may_not_remove_what_it_made_fails_naming_the_grant_and_the_label() {
+    let cluster = fake_cluster();
+    cluster.state().refuse = Some(("delete", "pods"));
+    let error = run(&cluster, &options(), &progress::Quiet, &CancellationToken::new())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("cleanup of run t1 failed (delete pods a/nv-server-t1: User \"ci\" cannot delete"),
+        "{error}"
+    );
+    assert!(error.contains("grant the tool `delete` on `pods`"), "{error}");
+    assert!(error.contains("netpol-verify cleanup --run t1"), "{error}");
 }
 
 #[tokio::test]
