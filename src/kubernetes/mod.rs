@@ -248,7 +248,10 @@ async fn unmodelled(client: &Client, notes: &mut Vec<Note>) -> Vec<Unmodelled> {
                 namespace: if cluster_wide { None } else { object.metadata.namespace.clone() },
                 name: object.metadata.name.clone().unwrap_or_default(),
             })),
-            Err(e) => found.push(unreadable(&version.group_version, kind, e.to_string(), notes)),
+            Err(e) => {
+                let why = api_error("list", &format!("{}.{group}", resource.plural), "(all namespaces)", e);
+                found.push(unreadable(&version.group_version, kind, why.to_string(), notes));
+            }
         }
     }
     found
