@@ -60,7 +60,7 @@ const NAMESPACES_GONE_LIMIT: Duration = Duration::from_secs(30);
 /// What a lab made in the API server, for `lab down` to remove.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Made {
-    /// The server, as the kubeconfig names it.
+    /// The server's version, for whoever reads the file.
     pub server: String,
     pub nodes: Vec<String>,
     /// Namespaces the lab created (those that were there already are left).
