@@ -922,3 +922,56 @@ async fn run_as_the_documented_role_needs_each_permission_of_it() {
     });
     assert_eq!(left, Vec::<String>::new(), "what the lab left");
 }
+
+/// `lab down` removes what an attached lab made only from the server it attached to: with the
+/// kubeconfig's context pointed at another server it removes nothing there or here, says so and
+/// keeps the lab's record; pointed back, a second `lab down` removes everything.
+#[tokio::test]
+async fn lab_down_removes_only_from_the_server_the_lab_attached_to() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let plane = control_plane();
+    fresh(plane).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::copy(&plane.admin, &kubeconfig).expect("a copy of the kubeconfig");
+    let input = dir.path().join("lab.yaml");
+    std::fs::write(&input, "apiVersion: v1\nkind: Namespace\nmetadata: {name: attached-here}\n")
+        .expect("input");
+    let lab = format!("moved{:x}", std::process::id());
+    let _down = support::DownOnDrop(lab.clone());
+    let up = Command::new(verify())
+        .args(["lab", "up", "--name", &lab, "--api-server"])
+        .arg(&kubeconfig)
+        .arg("--from-file")
+        .arg(&input)
+        .output()
+        .expect("lab up");
+    assert_eq!(up.status.code(), Some(0), "{}", words(&up));
+    let ours = |l: &str| l.contains(&lab) || l.contains("attached-here");
+    let made = |left: Vec<String>| left.into_iter().filter(|l| ours(l)).collect::<BTreeSet<_>>();
+    let node = &lab;
+    let expected = BTreeSet::from([
+        format!("node /{node}"),
+        format!("lease kube-node-lease/{node}"),
+        "namespace /attached-here".to_string(),
+    ]);
+    assert_eq!(made(plane.left_behind()), expected);
+
+    // The same context, another server (never contacted: the lab refuses before connecting).
+    let text = std::fs::read_to_string(&kubeconfig).expect("the kubeconfig");
+    let parsed = kube::config::Kubeconfig::from_yaml(&text).expect("a kubeconfig");
+    let url = parsed.clusters[0].cluster.as_ref().and_then(|c| c.server.clone()).expect("a server");
+    let elsewhere = "https://127.0.0.1:1";
+    std::fs::write(&kubeconfig, text.replace(&url, elsewhere)).expect("kubeconfig moved");
+    let down = Command::new(verify()).args(["lab", "down", &lab]).output().expect("lab down");
+    let said = words(&down);
+    assert_eq!(down.status.code(), Some(2), "{said}");
+    assert!(said.contains(&format!("now names {elsewhere}, not {url}")), "{said}");
+    assert!(said.contains(&format!("netpol-verify lab down {lab}")), "{said}");
+    assert_eq!(made(plane.left_behind()), expected, "nothing removed: {said}");
+
+    std::fs::write(&kubeconfig, &text).expect("kubeconfig back");
+    let down = Command::new(verify()).args(["lab", "down", &lab]).output().expect("lab down");
+    assert_eq!(down.status.code(), Some(0), "{}", words(&down));
+    assert_eq!(plane.left_behind_once_settled(ours), Vec::<String>::new());
+}

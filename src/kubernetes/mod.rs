@@ -966,7 +966,7 @@ pub fn node_results(pods: &[Pod], plan: &Plan) -> Vec<netpol_probe::wire::ProbeR
 }
 
 /// An answer worth asking again: too many requests, a server error, no answer at all.
-fn transient(error: &kube::Error) -> bool {
+pub(crate) fn transient(error: &kube::Error) -> bool {
     match error {
         kube::Error::Api(response) => response.code == 429 || response.code >= 500,
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,

@@ -54,14 +54,25 @@ const PUBLISH_LIMIT: Duration = Duration::from_secs(30);
 /// server puts on every new node.
 const TAINT_LIMIT: Duration = Duration::from_secs(20);
 const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+/// How long a write back the server failed to take waits to be tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long `lab down` waits for the namespaces the lab created to be finalized.
 const NAMESPACES_GONE_LIMIT: Duration = Duration::from_secs(30);
+/// How long attaching may take in all: registering, publishing (with its waits) and the first
+/// lists. `lab up` waits a little longer, so the daemon's own error is what it reports.
+pub const ATTACH_LIMIT: Duration = Duration::from_secs(75);
 
 /// What a lab made in the API server, for `lab down` to remove.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Made {
     /// The server's version, for whoever reads the file.
     pub server: String,
+    /// The kubeconfig's context the lab attached through, and that context's server URL:
+    /// `lab down` removes through that context, and only while it still names that server.
+    #[serde(default)]
+    pub context: String,
+    #[serde(default)]
+    pub url: String,
     pub nodes: Vec<String>,
     /// Namespaces the lab created (those that were there already are left).
     pub namespaces: Vec<String>,
@@ -82,13 +93,44 @@ pub fn ready_path(name: &str) -> PathBuf {
 
 fn save(name: &str, made: &Made) -> Result<(), String> {
     let text = serde_json::to_string_pretty(made).map_err(|e| e.to_string())?;
-    std::fs::write(made_path(name), text)
+    super::api::write_private(&made_path(name), &text)
         .map_err(|e| format!("cannot write {}: {e}", made_path(name).display()))
 }
 
-/// A client for the kubeconfig's current context.
-pub async fn connect(kubeconfig: &Path) -> Result<Client, String> {
-    let connection = crate::kubernetes::Connection { kubeconfig: Some(kubeconfig), context: None };
+/// The context `context` of `kubeconfig` (its current one when `None`): its name and its
+/// cluster's server URL.
+fn target(kubeconfig: &Path, context: Option<&str>) -> Result<(String, String), String> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| format!("cannot read {}: {e}", kubeconfig.display()))?;
+    let name = match context {
+        Some(name) => name.to_string(),
+        None => config
+            .current_context
+            .clone()
+            .ok_or_else(|| format!("{} sets no current-context", kubeconfig.display()))?,
+    };
+    let cluster = config
+        .contexts
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .ok_or_else(|| format!("{} has no context {name}", kubeconfig.display()))?;
+    let url = config
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .ok_or_else(|| {
+            format!("{} has no server for cluster {cluster} (context {name})", kubeconfig.display())
+        })?;
+    Ok((name, url))
+}
+
+/// A client for `context` of `kubeconfig` (its current one when `None`).
+pub async fn connect(kubeconfig: &Path, context: Option<&str>) -> Result<Client, String> {
+    let connection = crate::kubernetes::Connection { kubeconfig: Some(kubeconfig), context };
     crate::kubernetes::client(&connection).await.map_err(|e| e.to_string())
 }
 
@@ -198,8 +240,10 @@ async fn heartbeat(client: Client, nodes: Vec<Value>, stop: CancellationToken) {
                 ready["lastHeartbeatTime"] = Value::from(super::api::store::now());
             }
             let status = json!({"conditions": conditions});
-            if let Err(e) = renew(&client, name).await.and(patch_node_status(&client, name, &status).await) {
-                eprintln!("netpol-verify lab: {e}");
+            for result in [renew(&client, name).await, patch_node_status(&client, name, &status).await] {
+                if let Err(e) = result {
+                    eprintln!("netpol-verify lab: {e}");
+                }
             }
         }
     }
@@ -234,11 +278,23 @@ async fn wait_schedulable(client: &Client, nodes: &[String]) {
     }
 }
 
-/// An object of the store as it is sent to the server: without what the server assigns.
+/// An object of the store as it is sent to the server: without what the server assigns, and
+/// without owners (a pod copied from another cluster names a ReplicaSet this server does not
+/// have, and its garbage collector would delete the pod).
 fn outgoing(object: &Value) -> Value {
     let mut object = object.clone();
     if let Some(meta) = object["metadata"].as_object_mut() {
-        for field in ["uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"] {
+        for field in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+            "ownerReferences",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             meta.remove(field);
         }
     }
@@ -471,9 +527,10 @@ impl Bridge {
     }
 
     /// Writes back what the kubelet decided about pod `id`: its status, or (once its object is
-    /// gone from the store) its removal from the server.
-    async fn write_back(&self, id: (String, String)) {
-        let Some(m) = lock(&self.pods).get(&id).cloned() else { return };
+    /// gone from the store) its removal from the server. `false` when the server failed in a
+    /// way worth trying again.
+    async fn write_back(&self, id: (String, String)) -> bool {
+        let Some(m) = lock(&self.pods).get(&id).cloned() else { return true };
         let key = self.api.key(KindId::PODS, Some(&id.0), &id.1);
         let pods: KubeApi<Pod> = KubeApi::namespaced(self.client.clone(), &id.0);
         let current = self.api.store.get(&key).filter(|o| uid_of(o) == m.store_uid);
@@ -488,18 +545,24 @@ impl Bridge {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
                 Err(e) => {
-                    eprintln!("netpol-verify lab: {}", failed(&format!("removing pod {}/{}", id.0, id.1), &e))
+                    eprintln!(
+                        "netpol-verify lab: {}",
+                        failed(&format!("removing pod {}/{}", id.0, id.1), &e)
+                    );
+                    if crate::kubernetes::transient(&e) {
+                        return false;
+                    }
                 }
             }
             let mut all = lock(&self.pods);
             if all.get(&id).is_some_and(|now| now.real_uid == m.real_uid) {
                 all.remove(&id);
             }
-            return;
+            return true;
         };
         let status = current["status"].clone();
         if status == m.written {
-            return;
+            return true;
         }
         // A merge patch: what the status no longer has is removed (null), lists are replaced.
         let mut patch = status.clone();
@@ -508,18 +571,29 @@ impl Bridge {
                 new.entry(field.clone()).or_insert(Value::Null);
             }
         }
-        match pods.patch_status(&id.1, &PatchParams::default(), &Patch::Merge(json!({"status": patch}))).await
-        {
+        // With the uid, a new pod of the same name refuses the patch (its uid is immutable:
+        // 422) rather than taking the old one's status.
+        let patch = json!({"metadata": {"uid": m.real_uid}, "status": patch});
+        match pods.patch_status(&id.1, &PatchParams::default(), &Patch::Merge(patch)).await {
             Ok(_) => {
                 if let Some(now) = lock(&self.pods).get_mut(&id).filter(|now| now.real_uid == m.real_uid) {
                     now.written = status;
                 }
+                true
             }
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => eprintln!(
-                "netpol-verify lab: {}",
-                failed(&format!("writing the status of pod {}/{}", id.0, id.1), &e)
-            ),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => true,
+            Err(kube::Error::Api(status))
+                if status.code == 422 && status.message.contains("metadata.uid") =>
+            {
+                true
+            }
+            Err(e) => {
+                eprintln!(
+                    "netpol-verify lab: {}",
+                    failed(&format!("writing the status of pod {}/{}", id.0, id.1), &e)
+                );
+                !crate::kubernetes::transient(&e)
+            }
         }
     }
 }
@@ -561,13 +635,16 @@ async fn follow<K>(
                 continue;
             }
         };
-        let value = |object: &K| serde_json::to_value(object).unwrap_or_default();
+        // NB: a typed object always serializes; one that did not would be skipped, not stored
+        // without a name.
+        let value = |object: &K| serde_json::to_value(object).ok();
         match event {
             watcher::Event::Init => listed.clear(),
             watcher::Event::InitApply(object) => {
-                let object = value(&object);
-                listed.insert(name_of(&object));
-                apply(&bridge, kind, &object);
+                if let Some(object) = value(&object) {
+                    listed.insert(name_of(&object));
+                    apply(&bridge, kind, &object);
+                }
             }
             watcher::Event::InitDone => {
                 // What the store has and the server no longer does went while nobody watched.
@@ -576,8 +653,12 @@ async fn follow<K>(
                         match kind {
                             KindId::PODS => {
                                 let mirrored = lock(&bridge.pods).remove(&name_of(&object));
-                                if mirrored.is_some() {
-                                    let _ = bridge.api.store.delete(&bridge.key(kind, &object), "pods");
+                                if let Some(m) = mirrored {
+                                    let key = bridge.key(kind, &object);
+                                    let _ = bridge
+                                        .api
+                                        .store
+                                        .delete_if(&key, "pods", |o| uid_of(o) == m.store_uid);
                                 }
                             }
                             _ => bridge.remove(kind, &object),
@@ -586,14 +667,16 @@ async fn follow<K>(
                 }
                 let _ = ready.send(kind);
             }
-            watcher::Event::Apply(object) => apply(&bridge, kind, &value(&object)),
-            watcher::Event::Delete(object) => {
-                let object = value(&object);
-                match kind {
-                    KindId::PODS => bridge.remove_pod(&object),
-                    _ => bridge.remove(kind, &object),
+            watcher::Event::Apply(object) => {
+                if let Some(object) = value(&object) {
+                    apply(&bridge, kind, &object);
                 }
             }
+            watcher::Event::Delete(object) => match (kind, value(&object)) {
+                (_, None) => {}
+                (KindId::PODS, Some(object)) => bridge.remove_pod(&object),
+                (_, Some(object)) => bridge.remove(kind, &object),
+            },
         }
     }
 }
@@ -625,7 +708,8 @@ async fn watch_store(bridge: Arc<Bridge>, mut events: super::api::store::Events,
 }
 
 /// Writes back, one pod at a time, in the order changes came (each write reads the store as
-/// it is then: several changes become one write).
+/// it is then: several changes become one write). What the server failed to take for a
+/// passing reason (429, 5xx, no answer) is written again a second later.
 async fn write_back(
     bridge: Arc<Bridge>,
     mut dirty: mpsc::UnboundedReceiver<(String, String)>,
@@ -637,14 +721,20 @@ async fn write_back(
             id = dirty.recv() => id,
         };
         let Some(id) = id else { return };
-        bridge.write_back(id).await;
+        if !bridge.write_back(id.clone()).await {
+            let again = bridge.dirty.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RETRY_AFTER).await;
+                let _ = again.send(id);
+            });
+        }
     }
 }
 
-/// Attaches lab `lab` to the API server of `kubeconfig`: registers its nodes, publishes its
-/// input, mirrors the server into `api`'s store and writes the kubelet's decisions back, and
-/// serves the kubelet's logs on `kubelet` (bound on 127.0.0.1). Returns once the lab serves
-/// as the server's node; the tasks run until `stop`.
+/// Attaches lab `lab` to the API server of `kubeconfig`'s current context: registers its
+/// nodes, publishes its input, mirrors the server into `api`'s store and writes the kubelet's
+/// decisions back. Returns once the lab serves as the server's node, within [`ATTACH_LIMIT`];
+/// the tasks run until `stop`.
 pub async fn attach(
     lab: &Lab,
     kubeconfig: &Path,
@@ -652,13 +742,33 @@ pub async fn attach(
     nodes: Vec<Value>,
     stop: CancellationToken,
 ) -> Result<(), String> {
+    match tokio::time::timeout(ATTACH_LIMIT, attach_now(lab, kubeconfig, api, nodes, stop)).await {
+        Ok(done) => done,
+        Err(_) => Err(format!(
+            "becoming a node of the API server of {} took longer than {ATTACH_LIMIT:?} (registering, \
+             publishing the input, listing): is the server slow, or is kube-controller-manager not \
+             running (it makes the default ServiceAccount new namespaces need)?",
+            kubeconfig.display()
+        )),
+    }
+}
+
+async fn attach_now(
+    lab: &Lab,
+    kubeconfig: &Path,
+    api: Arc<Api>,
+    nodes: Vec<Value>,
+    stop: CancellationToken,
+) -> Result<(), String> {
     let name = lab.state.name.clone();
-    let client = connect(kubeconfig).await?;
+    let (context, url) = target(kubeconfig, None)?;
+    let client = connect(kubeconfig, Some(&context)).await?;
     let server = client
         .apiserver_version()
         .await
         .map_err(|e| failed(&format!("reaching the API server of {}", kubeconfig.display()), &e))?;
-    let mut made = Made { server: format!("Kubernetes {}", server.git_version), ..Made::default() };
+    let mut made =
+        Made { server: format!("Kubernetes {}", server.git_version), context, url, ..Made::default() };
     save(&name, &made)?;
     register(&client, &nodes, &mut made, &name).await?;
     tokio::spawn(heartbeat(client.clone(), nodes.clone(), stop.clone()));
@@ -723,7 +833,7 @@ pub async fn attach(
         tokio::select! {
             kind = listed.recv() => match kind {
                 Some(kind) => { waiting.remove(&kind); }
-                None => break,
+                None => return Err("the lab's watches of the API server ended before their first lists".to_string()),
             },
             () = &mut deadline => {
                 let names: Vec<String> = waiting.iter().map(|k| api.catalog.get(*k).resource()).collect();
@@ -737,7 +847,8 @@ pub async fn attach(
 
 /// Removes from the API server what lab `name` made there (recorded in [`Made`]): the pods
 /// bound to its nodes (at once: no kubelet runs them now), the objects and namespaces it
-/// published, its Leases and Nodes. Bounded; what fails is reported, not fatal.
+/// published, its Leases and Nodes. Through the context it attached through, and only while
+/// that context still names the same server. Bounded; returns what it could not remove.
 pub fn detach(name: &str, kubeconfig: &Path) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(made_path(name)) else { return Vec::new() };
     let Ok(made) = serde_json::from_str::<Made>(&text) else {
@@ -790,7 +901,21 @@ async fn namespaces_gone(client: &Client, names: &[String], limit: Duration) -> 
 
 async fn remove_made(kubeconfig: &Path, made: &Made) -> Vec<String> {
     let mut problems = Vec::new();
-    let client = match connect(kubeconfig).await {
+    // A record without a context (none is written so now) means the current one.
+    let context = Some(made.context.as_str()).filter(|c| !c.is_empty());
+    match target(kubeconfig, context) {
+        Ok((context, url)) if !made.url.is_empty() && url != made.url => {
+            return vec![format!(
+                "context {context} of {} now names {url}, not {} that the lab attached to: nothing \
+                 removed from either (point the context back and run `lab down` again)",
+                kubeconfig.display(),
+                made.url
+            )];
+        }
+        Ok(_) => {}
+        Err(e) => return vec![e],
+    }
+    let client = match connect(kubeconfig, context).await {
         Ok(client) => client,
         Err(e) => return vec![e],
     };
@@ -831,14 +956,6 @@ async fn remove_made(kubeconfig: &Path, made: &Made) -> Vec<String> {
             KubeApi::<Namespace>::all(client.clone()).delete(namespace, &DeleteParams::default()).await;
         gone(result.map(|_| ()), format!("namespace {namespace}"), &mut problems);
     }
-    // As `kubectl delete namespace` does, wait for them to be gone (the namespace controller
-    // empties them; no pod waits for a kubelet now).
-    for namespace in namespaces_gone(&client, &made.namespaces, NAMESPACES_GONE_LIMIT).await {
-        problems.push(format!(
-            "namespace {namespace} is still being deleted after {NAMESPACES_GONE_LIMIT:?}: \
-             `kubectl get namespace {namespace} -o yaml` says what it waits for"
-        ));
-    }
     for node in &made.nodes {
         let leases: KubeApi<Lease> = KubeApi::namespaced(client.clone(), LEASE_NAMESPACE);
         gone(
@@ -852,6 +969,14 @@ async fn remove_made(kubeconfig: &Path, made: &Made) -> Vec<String> {
             format!("node {node}"),
             &mut problems,
         );
+    }
+    // As `kubectl delete namespace` does, wait for them to be gone (the namespace controller
+    // empties them; their pods went at once above, so none waits for a kubelet).
+    for namespace in namespaces_gone(&client, &made.namespaces, NAMESPACES_GONE_LIMIT).await {
+        problems.push(format!(
+            "namespace {namespace} is still being deleted after {NAMESPACES_GONE_LIMIT:?}: \
+             `kubectl get namespace {namespace} -o yaml` says what it waits for"
+        ));
     }
     problems
 }

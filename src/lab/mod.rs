@@ -44,9 +44,9 @@ pub const EMULATED: &str = "lab.netpol-verify.io/emulated";
 /// How long the lab's API may take to start.
 const API_LIMIT: Duration = Duration::from_secs(30);
 
-/// How long a lab attached to an API server may take to become its node (publishing its
-/// input included).
-const ATTACH_LIMIT: Duration = Duration::from_secs(90);
+/// How long `lab up` waits for a lab attached to an API server to become its node: a little
+/// longer than the daemon's own bound, so a slow attach ends with the daemon's words.
+const ATTACH_LIMIT: Duration = attach::ATTACH_LIMIT.saturating_add(Duration::from_secs(15));
 
 /// How long processes get to say they are listening.
 const READY_LIMIT: Duration = Duration::from_secs(15);
@@ -240,9 +240,19 @@ impl Lab {
     /// besides the project's that the kubelet runs as the probe (`--image`).
     pub fn start_api(&self, images: &[String]) -> Result<PathBuf, LabError> {
         let name = &self.state.name;
-        let (ready, kubeconfig, limit) = match &self.state.api_server {
-            Some(kubeconfig) => (attach::ready_path(name), kubeconfig.clone(), ATTACH_LIMIT),
-            None => (daemon::kubeconfig_path(name), daemon::kubeconfig_path(name), API_LIMIT),
+        let (ready, kubeconfig, limit, what) = match &self.state.api_server {
+            Some(kubeconfig) => (
+                attach::ready_path(name),
+                kubeconfig.clone(),
+                ATTACH_LIMIT,
+                format!("lab {name}, as a node of the API server of {},", kubeconfig.display()),
+            ),
+            None => (
+                daemon::kubeconfig_path(name),
+                daemon::kubeconfig_path(name),
+                API_LIMIT,
+                format!("the API of lab {name}"),
+            ),
         };
         let log = self.state.dir().join("logs").join("api.log");
         let mut args = vec!["lab".to_string(), "serve".to_string(), name.clone()];
@@ -257,19 +267,8 @@ impl Lab {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 if text.trim().is_empty() { "(no output)".to_string() } else { text.trim().to_string() }
             };
-            if !host::alive(pid) || host::zombie(pid) {
-                return Err(LabError::NotReady {
-                    what: format!("the API of lab {name}"),
-                    limit,
-                    log: tail(),
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(LabError::NotReady {
-                    what: format!("the API of lab {name}"),
-                    limit,
-                    log: tail(),
-                });
+            if !host::alive(pid) || host::zombie(pid) || Instant::now() > deadline {
+                return Err(LabError::NotReady { what, limit, log: tail() });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -614,10 +613,20 @@ impl Lab {
         for config in of_lab(host::netns_config_dirs()) {
             host::remove_namespace(&config);
         }
-        // With its kubelet gone, what the lab made in the API server it was attached to.
+        // With its kubelet gone, what the lab made in the API server it was attached to. What
+        // cannot be removed keeps the record, so `lab down` can try again.
         if let Some(kubeconfig) = attached {
-            for problem in attach::detach(name, &kubeconfig) {
-                eprintln!("netpol-verify lab: {problem}");
+            let problems = attach::detach(name, &kubeconfig);
+            if !problems.is_empty() {
+                return Err(LabError::Command {
+                    command: format!("removing lab {name} from the API server of {}", kubeconfig.display()),
+                    output: format!(
+                        "{}; its network namespaces and processes are gone; run `netpol-verify lab down {name}` \
+                         again to retry (or remove {} to forget what it made there)",
+                        problems.join("; "),
+                        state::lab_dir(name).display()
+                    ),
+                });
             }
         }
         let _ = std::fs::remove_dir_all(state::lab_dir(name));

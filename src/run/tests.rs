@@ -200,6 +200,9 @@ mod fake {
         }
 
         async fn create_policy(&self, policy: &NetworkPolicy, _: &str) -> Result<(), ClusterError> {
+            if let Some(("create", "networkpolicies")) = self.state().refuse {
+                return Err(refused("create", "networkpolicies", &key_of(&policy.metadata)));
+            }
             self.state().policies.push(policy.clone());
             Ok(())
         }
@@ -250,6 +253,10 @@ mod fake {
         }
 
         async fn run_node_batch(&self, plan: &Plan, _: Duration) -> Result<BatchOutput, ClusterError> {
+            // The node's view comes from the pods' readiness, read with `list pods`.
+            if let Some(("list", "pods")) = self.state().refuse {
+                return Err(refused("list", "pods", &ObjectKey::new("", "node")));
+            }
             Ok(self.answer(plan, None))
         }
 
@@ -522,4 +529,24 @@ async fn a_canary_whose_pollers_never_report_says_so_and_is_never_a_pass() {
     );
     assert!(canary.checks.iter().all(|j| j.verdict == check::Verdict::Inconclusive), "{:?}", canary.checks);
     assert_eq!(report.exit(), crate::error::Exit::Inconclusive);
+}
+
+#[tokio::test]
+async fn a_permission_the_node_probes_or_the_canary_lack_stops_the_run_naming_the_grant() {
+    for (refuse, step, options) in [
+        (("list", "pods"), "running the node's control probes", options()),
+        (("create", "networkpolicies"), "running the canary", canary_options()),
+    ] {
+        let cluster = fake_cluster();
+        cluster.state().refuse = Some(refuse);
+        let error = run(&cluster, &options, &progress::Quiet, &CancellationToken::new())
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.starts_with(step), "{error}");
+        let grant = format!("(HTTP 403): grant the tool `{}` on `{}`", refuse.0, refuse.1);
+        assert!(error.ends_with(&grant), "{error}");
+        assert_eq!(cluster.state().calls.last().map(String::as_str), Some("cleanup t1"));
+    }
 }
