@@ -13,6 +13,9 @@ pub fn upstream_cluster_yaml() -> String {
     Grid::upstream().to_yaml()
 }
 
+/// The image kubeadm's cluster DNS runs.
+pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.12.0";
+
 /// Cluster DNS as kubeadm sets it up: a `coredns` pod in kube-system at `pod_ip` serving
 /// `dns` (53/UDP) and `dns-tcp` (53/TCP), behind the kube-dns Service at 10.96.0.10. Ends with
 /// a document separator, so more objects can follow.
@@ -24,7 +27,7 @@ metadata: {{name: coredns, namespace: kube-system, labels: {{k8s-app: kube-dns}}
 spec:
   containers:
   - name: coredns
-    image: registry.k8s.io/coredns/coredns:v1.12.0
+    image: {COREDNS_IMAGE}
     ports: [{{name: dns, containerPort: 53, protocol: UDP}}, {{name: dns-tcp, containerPort: 53}}]
 status: {{phase: Running, podIP: {pod_ip}}}
 ---

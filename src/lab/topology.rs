@@ -463,9 +463,6 @@ fn namespace(name: &str) -> Namespace {
     }
 }
 
-/// The image kubeadm's cluster DNS runs, named by the coredns pod the lab adds.
-const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.12.0";
-
 fn coredns_pod() -> Pod {
     let port = |name: &str, protocol: &str| ContainerPort {
         name: Some(name.into()),
@@ -484,7 +481,7 @@ fn coredns_pod() -> Pod {
             containers: vec![Container {
                 name: "coredns".into(),
                 // A real API server requires one (the lab runs its own DNS server instead).
-                image: Some(COREDNS_IMAGE.into()),
+                image: Some(crate::fixtures::COREDNS_IMAGE.into()),
                 ports: Some(vec![port("dns", "UDP"), port("dns-tcp", "TCP")]),
                 ..Container::default()
             }],
