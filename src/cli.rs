@@ -39,12 +39,17 @@ pub enum Command {
     /// A cluster emulated in Linux network namespaces, with a CNI you choose (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
-    /// Remove what runs left on a Kubernetes cluster (every object labelled
-    /// app.kubernetes.io/name=netpol-verify, or one run's).
+    /// Remove what runs left on a Kubernetes cluster: the objects of runs (labelled
+    /// app.kubernetes.io/name=netpol-verify and with a run id) older than `--older-than`, or
+    /// every object of one run.
     Cleanup {
-        /// Only this run's objects (its id is in every report).
-        #[arg(long, value_name = "ID")]
+        /// Only this run's objects (its id is in every report), whatever their age.
+        #[arg(long, value_name = "ID", conflicts_with = "older_than")]
         run: Option<String>,
+
+        /// Only objects older than this (a run still going is younger); 0s removes every run's.
+        #[arg(long, value_name = "AGE", default_value = "1h", value_parser = parse_age)]
+        older_than: Duration,
 
         #[command(flatten)]
         kube: KubeArgs,
@@ -349,6 +354,16 @@ pub enum Output {
 }
 
 /// An age: a whole number with `s`, `m`, `h` or `d` (`90m`, `1h`, `2d`).
+/// An age as [`parse_age`] reads it: the largest unit that divides it.
+pub fn age(age: Duration) -> String {
+    let seconds = age.as_secs();
+    let (unit, size) = [("d", 86_400), ("h", 3600), ("m", 60)]
+        .into_iter()
+        .find(|(_, size)| seconds > 0 && seconds.is_multiple_of(*size))
+        .unwrap_or(("s", 1));
+    format!("{}{unit}", seconds / size)
+}
+
 pub fn parse_age(text: &str) -> Result<Duration, String> {
     let bad = || format!("invalid age {text:?}: write a whole number with s, m, h or d, e.g. 90m, 1h, 2d");
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
@@ -374,6 +389,9 @@ mod tests {
         assert_eq!(parse_age("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_age("2d"), Ok(Duration::from_secs(172_800)));
         assert!(parse_age("1y").is_err() && parse_age("h").is_err() && parse_age("").is_err());
+        for text in ["90m", "1h", "2d", "45s", "0s"] {
+            assert_eq!(parse_age(text).map(age).as_deref(), Ok(text), "read back as written");
+        }
     }
 
     #[test]

@@ -352,21 +352,25 @@ async fn connect(
 }
 
 /// `netpol-verify cleanup`.
+/// `netpol-verify cleanup`: one run's objects, or every run's older than `older_than` (what a
+/// crashed run, a CronJob's killed pod say, left).
 pub async fn cleanup(
     run: Option<&str>,
+    older_than: std::time::Duration,
     kube: &crate::cli::KubeArgs,
     out: &mut dyn Write,
 ) -> Result<Exit, Error> {
     use crate::cluster::Cluster;
     let cluster = connect(kube, crate::manifest::PodOptions::default()).await?;
-    let cleaned = match run {
-        Some(run) => cluster.cleanup(run).await,
-        None => cluster.cleanup_all().await,
-    }
-    .map_err(|e| Error::Usage(e.to_string()))?;
+    let (cleaned, which) = match run {
+        Some(run) => (cluster.cleanup(run).await, format!("of run {run}")),
+        None if older_than.is_zero() => (cluster.cleanup_all().await, "of every run".into()),
+        None => (cluster.sweep(older_than).await, format!("older than {}", crate::cli::age(older_than))),
+    };
+    let cleaned = cleaned.map_err(|e| Error::Usage(e.to_string()))?;
     writeln!(
         out,
-        "removed {} pods, {} policies and {} namespaces",
+        "removed {} pods, {} policies and {} namespaces {which}",
         cleaned.pods, cleaned.policies, cleaned.namespaces
     )?;
     Ok(Exit::Pass)
@@ -529,6 +533,8 @@ fn run_options(args: &RunOptionArgs) -> Result<RunOptions, Error> {
         sweep_after: args.sweep_older_than,
         mimic_workloads: args.mimic_workloads,
         spread: None,
+        control_policies: !args.no_control_policies,
+        control_settle: args.control_settle,
     })
 }
 

@@ -26,7 +26,9 @@ fn main() -> ExitCode {
             with_runtime(|cancel| commands::lab_run(args, cli.quiet, &mut out, &mut err, cancel))
         }
         Command::Lab(command) => commands::lab(command, cli.quiet, &mut out, &mut err).map(|()| Exit::Pass),
-        Command::Cleanup { run, kube } => with_runtime(|_| commands::cleanup(run.as_deref(), kube, &mut out)),
+        Command::Cleanup { run, older_than, kube } => {
+            with_runtime(|_| commands::cleanup(run.as_deref(), *older_than, kube, &mut out))
+        }
         Command::Images { image } => commands::images(image.as_deref(), &mut out).map(|()| Exit::Pass),
     };
     let result = result.and_then(|exit| match out.flush() {

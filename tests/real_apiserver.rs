@@ -77,7 +77,7 @@ fn netpol_verify(kubeconfig: &std::path::Path, args: &[&str]) -> Output {
 async fn fresh(plane: &ControlPlane) -> kube::Client {
     plane.assert_running();
     let client = plane.admin_client().await;
-    let output = netpol_verify(&plane.admin, &["cleanup"]);
+    let output = netpol_verify(&plane.admin, &["cleanup", "--older-than", "0s"]);
     assert_eq!(output.status.code(), Some(0), "{}", words(&output));
     assert_eq!(labelled_once_settled(&client).await, BTreeSet::new(), "what an earlier test left");
     client
@@ -186,7 +186,7 @@ async fn every_object_a_run_creates_is_admitted_as_restricted_and_stored_as_writ
     }
     assert!(differences.is_empty(), "the server did not store what we wrote:\n{}", differences.join("\n"));
     // The tool removes what it made: its cleanup, against the real server, leaves none of it.
-    let output = netpol_verify(&plane.admin, &["cleanup"]);
+    let output = netpol_verify(&plane.admin, &["cleanup", "--older-than", "0s"]);
     assert_eq!(output.status.code(), Some(0), "{}", words(&output));
     assert_eq!(labelled_once_settled(&client).await, BTreeSet::new());
 }
@@ -404,8 +404,21 @@ async fn cleanup_needs_exactly_the_documented_rules_it_uses() {
     let rules = documented_rules();
     let kubeconfig = account_with(plane, &dir, "cleaner", rules.clone()).await;
     leftovers(plane, "c0ffee", "crashed").await;
+    // By default only what is over an hour old goes: a run still going keeps its objects.
+    let before = labelled_once_settled(&client).await;
     let output = netpol_verify(&kubeconfig, &["cleanup"]);
     assert_eq!(output.status.code(), Some(0), "{}", words(&output));
+    assert!(
+        words(&output).contains("removed 0 pods, 0 policies and 0 namespaces older than 1h"),
+        "{}",
+        words(&output)
+    );
+    assert_eq!(labelled_once_settled(&client).await, before);
+    // Once they are older than asked (the server's creation timestamps have whole seconds).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let output = netpol_verify(&kubeconfig, &["cleanup", "--older-than", "1s"]);
+    assert_eq!(output.status.code(), Some(0), "{}", words(&output));
+    assert!(words(&output).contains("older than 1s"), "{}", words(&output));
     assert_eq!(labelled_once_settled(&client).await, BTreeSet::new());
 
     // The rules cleanup uses: listing and deleting the four kinds it makes.
@@ -425,7 +438,7 @@ async fn cleanup_needs_exactly_the_documented_rules_it_uses() {
         let kubeconfig = account_with(plane, &dir, &name, without).await;
         let run = format!("dead{i:02x}");
         leftovers(plane, &run, "crashed").await;
-        let output = netpol_verify(&kubeconfig, &["cleanup"]);
+        let output = netpol_verify(&kubeconfig, &["cleanup", "--older-than", "0s"]);
         let said = words(&output);
         assert_eq!(output.status.code(), Some(2), "without {verb} {resource}: {said}");
         assert!(
@@ -437,7 +450,7 @@ async fn cleanup_needs_exactly_the_documented_rules_it_uses() {
             "without {verb} {resource}: {said}"
         );
         // What the documented role may do, the administrator finishes.
-        let output = netpol_verify(&plane.admin, &["cleanup"]);
+        let output = netpol_verify(&plane.admin, &["cleanup", "--older-than", "0s"]);
         assert_eq!(output.status.code(), Some(0), "{}", words(&output));
         assert_eq!(labelled_once_settled(&client).await, BTreeSet::new());
     }
@@ -844,7 +857,7 @@ async fn run_as_the_documented_role_needs_each_permission_of_it() {
         )
     };
     let settle = || async {
-        let output = netpol_verify(&plane.admin, &["cleanup"]);
+        let output = netpol_verify(&plane.admin, &["cleanup", "--older-than", "0s"]);
         assert_eq!(output.status.code(), Some(0), "{}", words(&output));
         assert_eq!(labelled_once_settled(&client).await, BTreeSet::new());
     };
