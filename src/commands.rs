@@ -177,6 +177,8 @@ fn bring_up(
     let sources = read_sources(&args.from_file)?;
     let loaded = load(&sources)?;
     Engine::new(&loaded.snapshot)?;
+    // What killed runs and dead labs left, before this lab takes its share of the host.
+    let swept: Vec<Note> = Lab::sweep_abandoned().into_iter().map(Note).collect();
     let exe =
         std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
     let (probe, verify) = crate::lab::binaries_next_to(exe)?;
@@ -190,9 +192,16 @@ fn bring_up(
         verify,
         api_server: args.api_server.as_deref().map(absolute).transpose()?,
     };
-    let (lab, notes) = Lab::up(&spec, &loaded.snapshot)?;
-    match lab.start_api(images) {
-        Ok(kubeconfig) => Ok((lab, kubeconfig, loaded.notes.into_iter().chain(notes).collect())),
+    let (mut lab, notes) = Lab::up(&spec, &loaded.snapshot)?;
+    let started = lab.start_api(images).and_then(|kubeconfig| {
+        // `lab up`'s lab outlives it: it lives as long as its API process. `lab run`'s is its own.
+        if run_id.is_none() {
+            lab.hand_over_to_api()?;
+        }
+        Ok(kubeconfig)
+    });
+    match started {
+        Ok(kubeconfig) => Ok((lab, kubeconfig, swept.into_iter().chain(loaded.notes).chain(notes).collect())),
         Err(e) => {
             let _ = Lab::down(&lab.state.name);
             Err(e.into())

@@ -598,3 +598,45 @@ fn lab_run_interrupted_or_with_its_api_killed_leaves_nothing() {
         assert!(!netpol_verify::lab::state::lab_dir(&name).exists(), "the lab's record is gone");
     }
 }
+
+/// `kill -9` of `lab run` leaves its whole lab (nothing of the run gets to clean up); the next
+/// `lab run` sees the lab's owner is gone, removes it, and says so.
+#[test]
+fn a_lab_run_killed_with_sigkill_is_removed_by_the_next_lab_run() {
+    let objects = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/examples/shop.yaml");
+    let (dead, next) = (unique_name(), unique_name());
+    let _guards = (DownOnDrop(dead.clone()), DownOnDrop(next.clone()));
+    let mut child = verify_command(&["lab", "run", "-f"])
+        .arg(&objects)
+        .args(["--name", &dead, "-s", "matrix", "-q"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runs");
+    let audit = daemon::audit_log_path(&dead);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&audit)
+        .is_ok_and(|t| t.contains("\"verb\":\"create\"") && t.contains("\"resource\":\"pods\""))
+    {
+        assert!(Instant::now() < deadline, "the run never created a pod");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let left = lab_traces(&dead);
+    assert!(
+        left.len() > 5 && left.iter().any(|t| t.starts_with("process")),
+        "a killed run leaves its lab: {left:?}"
+    );
+
+    let output = verify_command(&["lab", "run", "-f"])
+        .arg(&objects)
+        .args(["--name", &next, "-s", "dns"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(matches!(output.status.code(), Some(0 | 1 | 3)), "the run was made: {stderr}");
+    assert!(stderr.contains(&format!("removed abandoned lab {dead} (")), "{stderr}");
+    assert!(stderr.contains("the process it was for (pid "), "{stderr}");
+    assert_eq!(lab_traces(&dead), Vec::<String>::new(), "nothing of the dead run is left");
+    assert!(!netpol_verify::lab::state::lab_dir(&dead).exists(), "nor its record");
+}

@@ -133,6 +133,15 @@ pub fn zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
+/// When process `pid` started (clock ticks after boot, field 22 of `/proc/PID/stat`), if it
+/// exists.
+pub fn started(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's `)`: field 3 (state) onwards, so field 22 is the 20th.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Every network namespace, by name.
 pub fn namespaces() -> Vec<String> {
     let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return Vec::new() };

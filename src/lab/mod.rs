@@ -179,6 +179,7 @@ impl Lab {
                 nodes: spec.nodes.clamp(1, 10),
                 created_unix: now_unix(),
                 creator_pid: std::process::id(),
+                owner: state::Owner::me(),
                 probe: spec.probe.clone(),
                 verify: spec.verify.clone(),
                 pod_cidrs: topology.pod_cidrs.clone(),
@@ -639,6 +640,51 @@ impl Lab {
         Ok(removed)
     }
 
+    /// Removes the labs no one uses any more: those whose owner (the `lab run` they were made
+    /// for, or the API process of a `lab up`) is gone, those whose creator died before
+    /// recording them, and namespaces left without a record. What each was, and why it went;
+    /// a lab that fails to go is said too, and does not stop the others.
+    pub fn sweep_abandoned() -> Vec<String> {
+        let recorded = state::recorded_labs();
+        let mut said = Vec::new();
+        let mut dead: Vec<(String, String)> =
+            recorded.iter().filter_map(|name| Some((name.clone(), abandoned(name)?))).collect();
+        for name in every_lab(Vec::new(), host::namespaces().into_iter().chain(host::netns_config_dirs())) {
+            if !recorded.contains(&name) && !state::lab_dir(&name).exists() {
+                dead.push((name, "its network namespaces were left without a record".into()));
+            }
+        }
+        for (name, why) in dead {
+            match Lab::down(&name) {
+                Ok(removed) => {
+                    said.push(format!("removed abandoned lab {name} ({removed} network namespaces): {why}"))
+                }
+                // NB: another sweep (or `lab down`) may have removed it first.
+                Err(LabError::NotFound { .. }) => {}
+                Err(e) => said.push(format!("could not remove abandoned lab {name} ({why}): {e}")),
+            }
+        }
+        said
+    }
+
+    /// Hands the lab to its API process: once `lab up` returns, the lab lives as long as that
+    /// process does.
+    pub fn hand_over_to_api(&mut self) -> Result<(), LabError> {
+        let pid = std::fs::read_to_string(daemon::pid_path(&self.state.name))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        let owner = pid.and_then(state::Owner::of).ok_or_else(|| {
+            LabError::State(format!(
+                "the API process of lab {} is not running (see {})",
+                self.state.name,
+                self.state.dir().join("logs").join("api.log").display()
+            ))
+        })?;
+        let _lock = self.lock_fresh()?;
+        self.state.owner = Some(owner);
+        self.save()
+    }
+
     /// Removes every lab, and whatever any lab left behind. One lab failing to go does not
     /// stop the others; the error names every one that failed.
     pub fn down_all() -> Result<Vec<String>, LabError> {
@@ -816,6 +862,22 @@ fn wait_ready(started: &[(String, PathBuf)]) -> Result<(), LabError> {
 }
 
 /// The labs with a record, and those whose namespaces or resolv.conf directories remain.
+/// Why recorded lab `name` serves no one any more; `None` while it may (a lab whose record
+/// predates owners, or is damaged, is left to `lab down`).
+fn abandoned(name: &str) -> Option<String> {
+    match LabState::load(name) {
+        Ok(state) => {
+            let owner = state.owner?;
+            (!owner.alive()).then(|| format!("the process it was for (pid {}) is gone", owner.pid))
+        }
+        // Claimed, not yet recorded: `lab up` holds the lock until it has written it.
+        Err(_) if !state::lab_dir(name).join("state.json").exists() && !state::lock_held(name) => {
+            Some("the `lab up` that claimed it died before recording it".into())
+        }
+        Err(_) => None,
+    }
+}
+
 fn every_lab(recorded: Vec<String>, netns: impl Iterator<Item = String>) -> Vec<String> {
     let mut names = recorded;
     for netns in netns {

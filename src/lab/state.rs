@@ -154,6 +154,11 @@ pub struct LabState {
     pub nodes: usize,
     pub created_unix: u64,
     pub creator_pid: u32,
+    /// The process the lab lives for: `lab run`'s own, or the lab's API process (`lab up`).
+    /// Once it is gone the lab serves no one, and the next `lab up` or `lab run` removes it.
+    /// `None` in records written before owners were kept: such labs are never swept.
+    #[serde(default)]
+    pub owner: Option<Owner>,
     pub probe: PathBuf,
     pub verify: PathBuf,
     pub pod_cidrs: Vec<Ipv4Net>,
@@ -177,6 +182,31 @@ pub struct LabState {
     /// none: the lab serves its own API.
     #[serde(default)]
     pub api_server: Option<PathBuf>,
+}
+
+/// A process, told apart from a later one that got its pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    /// Clock ticks after boot (`/proc/PID/stat`, field 22).
+    pub started: u64,
+}
+
+impl Owner {
+    /// Process `pid`, if it runs.
+    pub fn of(pid: u32) -> Option<Owner> {
+        Some(Owner { pid, started: super::host::started(pid)? })
+    }
+
+    /// This process.
+    pub fn me() -> Option<Owner> {
+        Owner::of(std::process::id())
+    }
+
+    /// Whether the process still runs (not a zombie, not another with its pid).
+    pub fn alive(&self) -> bool {
+        super::host::started(self.pid) == Some(self.started) && !super::host::zombie(self.pid)
+    }
 }
 
 fn one() -> usize {
