@@ -64,6 +64,8 @@ fn main() {
             sweep_after: Duration::from_secs(3600),
             mimic_workloads: false,
             spread: None,
+            control_policies: true,
+            control_settle: Duration::from_secs(2),
         };
         let spec = LabSpec {
             name: Some(format!("bench-run-{attempt}")),

@@ -189,6 +189,18 @@ pub struct RunOptionArgs {
     #[arg(long)]
     pub mimic_workloads: bool,
 
+    /// Add no control policies: checks that lack a positive control stay inconclusive. By
+    /// default the run adds, for its duration, NetworkPolicies selecting only its own probe pods
+    /// that let its control pod reach servers no policy lets any probe reach, and clients whose
+    /// egress is denied everywhere reach the control pod.
+    #[arg(long)]
+    pub no_control_policies: bool,
+
+    /// How long to wait after adding control policies before probing (the CNI enforces them
+    /// asynchronously; the canary's enforcement latency says how long yours takes).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = netpol_probe::text::parse_duration)]
+    pub control_settle: Duration,
+
     /// Also print truth tables (text output).
     #[arg(short, long)]
     pub verbose: bool,

@@ -26,8 +26,10 @@ pub const APP_LABEL: &str = "app.kubernetes.io/name";
 pub const APP_VALUE: &str = "netpol-verify";
 /// ...and the id of the run that created it...
 pub const RUN_LABEL: &str = "netpol-verify.io/run";
-/// ...and, for pods, what the pod is for.
+/// ...and, for pods, what the pod is for...
 pub const ROLE_LABEL: &str = "netpol-verify.io/role";
+/// ...and its name, so a control policy of the run can select exactly that pod.
+pub const POD_LABEL: &str = "netpol-verify.io/pod";
 
 /// What a probe pod is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,6 +81,7 @@ impl ProbePod {
         labels.insert(APP_LABEL.into(), APP_VALUE.into());
         labels.insert(RUN_LABEL.into(), self.run_id.clone());
         labels.insert(ROLE_LABEL.into(), self.role.as_str().into());
+        labels.insert(POD_LABEL.into(), self.key.name.clone());
         labels
     }
 }

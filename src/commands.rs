@@ -528,6 +528,9 @@ fn run_options(args: &RunOptionArgs) -> Result<RunOptions, Error> {
     if args.probe_timeout.is_zero() || args.probe_timeout > std::time::Duration::from_secs(300) {
         return Err(Error::Usage("--probe-timeout must be more than 0 and at most 5m".into()));
     }
+    if args.control_settle > std::time::Duration::from_secs(600) {
+        return Err(Error::Usage("--control-settle must be at most 10m".into()));
+    }
     Ok(RunOptions {
         run_id: crate::run::new_run_id(),
         scenarios,

@@ -274,7 +274,23 @@ impl Snapshot {
             .cloned()
             .collect();
         pods.extend(extra);
-        let (snapshot, _) = Snapshot::new(self.namespaces.clone(), pods, self.policies.clone());
+        self.rebuilt(pods, self.policies.clone())
+    }
+
+    /// The same cluster with `extra` NetworkPolicies added (or replacing policies of the same
+    /// key): the run's control policies.
+    pub fn with_policies(&self, extra: Vec<NetworkPolicy>) -> Snapshot {
+        let keys: Vec<ObjectKey> = extra.iter().map(|p| key_of(&p.metadata)).collect();
+        let mut policies: Vec<NetworkPolicy> =
+            self.policies.iter().filter(|p| !keys.contains(&key_of(&p.metadata))).cloned().collect();
+        policies.extend(extra);
+        let pods = self.pods.iter().chain(&self.terminated).cloned().collect();
+        self.rebuilt(pods, policies)
+    }
+
+    /// This cluster's other objects with `pods` and `policies`.
+    fn rebuilt(&self, pods: Vec<Pod>, policies: Vec<NetworkPolicy>) -> Snapshot {
+        let (snapshot, _) = Snapshot::new(self.namespaces.clone(), pods, policies);
         snapshot
             .with_services(self.services.clone())
             .with_endpoint_slices(self.endpoint_slices.clone())

@@ -76,6 +76,8 @@ fn matrix_options(run_id: &str) -> RunOptions {
         sweep_after: Duration::from_secs(3600),
         mimic_workloads: false,
         spread: None,
+        control_policies: true,
+        control_settle: Duration::from_secs(2),
     }
 }
 

@@ -56,9 +56,10 @@ fn dry_run_manifests_pass_the_kubernetes_schemas() {
     // client; the control pod, and its batch with its plan. The canary: 2 namespaces, 7 pods
     // that serve (6 servers and its control pod), a first poller pod with its plan for each of
     // its 6 probers (5 clients, the pod-start one among them, and the control pod), and its 7
-    // policies.
-    assert_eq!(yaml.matches("\n---\n").count() + 1, 1 + 2 * 3 + 3 + 2 + 7 + 6 * 2 + 7, "{yaml}");
-    assert_eq!(yaml.matches("kind: NetworkPolicy").count(), 7, "{yaml}");
+    // policies. And one control policy: nothing may reach shop's server over UDP.
+    assert_eq!(yaml.matches("\n---\n").count() + 1, 1 + 2 * 3 + 3 + 2 + 7 + 6 * 2 + 7 + 1, "{yaml}");
+    assert_eq!(yaml.matches("kind: NetworkPolicy").count(), 7 + 1, "{yaml}");
+    assert!(yaml.contains("name: nv-control-in-nv-server-"), "{yaml}");
     assert_eq!(yaml.matches("kind: ConfigMap").count(), 2 + 1 + 6, "{yaml}");
     assert!(yaml.contains("name: nv-canary-late-") && yaml.contains("-p0-plan"), "{yaml}");
     assert_eq!(yaml.matches("- --every").count(), 6, "the canary's pollers repeat their plan: {yaml}");

@@ -551,23 +551,46 @@ fn a_namespace_that_does_not_exist_is_an_error() {
     assert!(stderr.contains("namespace typo does not exist (namespaces: kube-system, x, y, z)"), "{stderr}");
 }
 
-/// The README's quick start: the shop example fails on a CNI that enforces nothing; on one that
-/// enforces, nothing fails, and what stays inconclusive is exactly what a Kubernetes node cannot
-/// show alive: UDP to a server no policy lets anything reach (readiness probes are TCP).
-#[test]
-fn the_quick_start_example_fails_without_enforcement_and_passes_with_it() {
-    let shop = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/examples/shop.yaml"))
-        .expect("the example");
-    let none = lab_run_on(Server::Lab, &shop, "none", &[]);
+/// An example cluster of scenarios/examples.
+fn example(name: &str) -> String {
+    let path = format!("{}/scenarios/examples/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+// The quick start: the shop fails without enforcement; with it, every check is conclusive
+// and passes. The two checks no stored policy gives a positive control (80/UDP into shop's
+// default-deny, which the node's TCP readiness probe cannot show alive) get one from a
+// control policy, and without control policies stay inconclusive, as a dead target would.
+on_both_apis!(the_quick_start_example_fails_without_enforcement_and_passes_with_it);
+fn the_quick_start_example_fails_without_enforcement_and_passes_with_it(server: Server) {
+    let shop = example("shop");
+    let none = lab_run_on(server, &shop, "none", &[]);
     assert_eq!(none.code(), 1);
     assert!(none.count("not-enforced") > 10, "{:#?}", none.with_verdict("not-enforced"));
     assert_eq!(none.count("over-blocked"), 0);
-    let enforcing = lab_run_on(Server::Lab, &shop, "enforcing", &[]);
+
+    let enforcing = lab_run_on(server, &shop, "enforcing", &[]);
     let failed =
         enforcing.count("not-enforced") + enforcing.count("over-blocked") + enforcing.count("intent-gap");
-    assert_eq!(failed, 0, "{:#?}", enforcing.json["counts"]);
+    assert_eq!(failed + enforcing.count("inconclusive"), 0, "{:#?}", enforcing.json["counts"]);
+    assert_eq!(enforcing.code(), 0, "{:#?}", enforcing.json["counts"]);
+    let controls = &enforcing.json["control_policies"];
+    let run = enforcing.json["run"]["id"].as_str().unwrap_or("?");
+    assert_eq!(controls.as_array().map(Vec::len), Some(1), "{controls:#}");
+    assert_eq!(controls[0]["policy"], format!("shop/nv-control-in-nv-server-{run}"));
+    assert_eq!(controls[0]["selects"], format!("shop/nv-server-{run}"));
+    assert_eq!(controls[0]["ports"], serde_json::json!(["80/UDP"]));
+    // Removed with the run, with the canary's own.
+    assert!(enforcing.json["run"]["cleaned"]["policies"].as_u64() >= Some(8), "{}", enforcing.json["run"]);
+    // The checks it backs are explained by the stored policies alone.
+    for check in enforcing.checks() {
+        let policies = check["policies"].as_array().into_iter().flatten();
+        assert!(policies.clone().all(|p| !p.as_str().unwrap_or("").contains("nv-control-")), "{check}");
+    }
+
+    let without = lab_run_on(server, &shop, "enforcing", &["--no-control-policies"]);
     let inconclusive: Vec<&Value> =
-        enforcing.checks().into_iter().filter(|c| c["verdict"] == "inconclusive").collect();
+        without.checks().into_iter().filter(|c| c["verdict"] == "inconclusive").collect();
     assert_eq!(
         inconclusive.iter().map(|c| cell(c)).collect::<BTreeSet<_>>(),
         ["pod-to-pod monitoring→shop 80/UDP", "pod-to-pod shop→shop 80/UDP"].map(String::from).into(),
@@ -578,7 +601,48 @@ fn the_quick_start_example_fails_without_enforcement_and_passes_with_it() {
             "{check}"
         );
     }
-    assert_eq!(enforcing.code(), 3, "only inconclusive checks besides passes");
+    assert_eq!(without.json["control_policies"], serde_json::json!([]));
+    assert_eq!(without.code(), 3, "only inconclusive checks besides passes");
+}
+
+// The GitOps example: payments may send nothing at all, and four servers admit nothing over
+// UDP. Without control policies 20 checks are inconclusive; with them none is, and every
+// verdict but the stored policies' own intent gaps (payments may not reach DNS; argocd may
+// reach the metadata service) is a pass.
+on_both_apis!(the_gitops_example_is_conclusive_under_an_enforcing_cni);
+fn the_gitops_example_is_conclusive_under_an_enforcing_cni(server: Server) {
+    let gitops = example("gitops");
+    let args = ["-s", "canary", "-s", "matrix", "-s", "dns", "-s", "metadata", "-s", "gitops"];
+    let run = lab_run_on(server, &gitops, "enforcing", &args);
+    assert_eq!(run.count("inconclusive"), 0, "{:#?}", run.with_verdict("inconclusive"));
+    assert_eq!(run.count("not-enforced") + run.count("over-blocked"), 0, "{:#?}", run.json["counts"]);
+    let gaps = run.with_verdict("intent-gap");
+    assert!(
+        gaps.iter().all(|g| g.contains("payments→kube-system") || g.contains("argocd→169.254")),
+        "{gaps:#?}"
+    );
+    let controls: BTreeSet<String> = run.json["control_policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!("{} {}", c["selects"].as_str().unwrap_or("?"), c["direction"].as_str().unwrap_or("?"))
+        })
+        .map(|c| c.replace(run.json["run"]["id"].as_str().unwrap_or("?"), "RUN"))
+        .collect();
+    assert_eq!(
+        controls,
+        [
+            "apps/nv-server-RUN ingress",
+            "flux-system/nv-server-RUN ingress",
+            "payments/nv-server-RUN ingress",
+            "payments/nv-client-RUN egress",
+        ]
+        .map(String::from)
+        .into()
+    );
+    let without = lab_run_on(server, &gitops, "enforcing", &[&args[..], &["--no-control-policies"]].concat());
+    assert_eq!(without.count("inconclusive"), 20, "{:#?}", without.with_verdict("inconclusive"));
 }
 
 /// A CiliumNetworkPolicy in x: the engine does not model it, so nothing touching x is settled.

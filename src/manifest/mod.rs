@@ -170,7 +170,7 @@ pub fn plan_name(pod: &str) -> String {
     format!("{pod}-plan")
 }
 
-fn labels(run_id: &str) -> BTreeMap<String, String> {
+pub fn labels(run_id: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(APP_LABEL.into(), APP_VALUE.into()), (RUN_LABEL.into(), run_id.into())])
 }
 

@@ -91,6 +91,24 @@ pub fn render(report: &RunReport) -> String {
                 writeln!(out, "\n… and {} more (see the JSON or JUnit report).", findings.len() - MAX_ROWS);
         }
     }
+    if !report.controls.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n<details><summary>Control policies added for this run ({})</summary>\n",
+            report.controls.len()
+        );
+        for control in &report.controls {
+            let _ = writeln!(
+                out,
+                "- `{}` ({}, {}): {}",
+                control.key(),
+                control.direction.field(),
+                control.ports.join(", "),
+                escape(&control.why)
+            );
+        }
+        let _ = writeln!(out, "\n</details>");
+    }
     if !report.notes.is_empty() {
         let _ = writeln!(out, "\n<details><summary>Notes ({})</summary>\n", report.notes.len());
         for note in &report.notes {

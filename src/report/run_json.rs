@@ -19,8 +19,19 @@ struct Document<'a> {
     cluster: Option<&'a crate::detect::Detection>,
     canary: Option<Canary<'a>>,
     checks: Vec<CheckJson<'a>>,
+    control_policies: Vec<ControlJson<'a>>,
     incomplete: &'a [String],
     notes: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ControlJson<'a> {
+    policy: String,
+    selects: String,
+    direction: &'static str,
+    peer: String,
+    ports: &'a [String],
+    why: &'a str,
 }
 
 #[derive(Serialize)]
@@ -151,6 +162,18 @@ pub fn write<W: std::io::Write>(out: W, report: &RunReport) -> serde_json::Resul
                 .collect(),
         }),
         checks: report.all_checks().map(check).collect(),
+        control_policies: report
+            .controls
+            .iter()
+            .map(|c| ControlJson {
+                policy: c.key().to_string(),
+                selects: c.selects.to_string(),
+                direction: c.direction.field(),
+                peer: c.peer.to_string(),
+                ports: &c.ports,
+                why: &c.why,
+            })
+            .collect(),
         incomplete: &report.incomplete,
         notes: report.notes.iter().map(|n| n.0.as_str()).collect(),
     };

@@ -117,6 +117,21 @@ fn report() -> RunReport {
         ],
         cleaned: Cleaned { pods: 5, policies: 0, namespaces: 1 },
         incomplete: vec![],
+        controls: vec![crate::run::controls::ControlPolicy {
+            policy: k8s_openapi::api::networking::v1::NetworkPolicy {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some("nv-control-in-nv-server-r1".into()),
+                    namespace: Some("b".into()),
+                    ..Default::default()
+                },
+                spec: None,
+            },
+            selects: crate::model::ObjectKey::new("b", "nv-server-r1"),
+            direction: crate::engine::Direction::Ingress,
+            peer: crate::model::ObjectKey::new("netpol-verify-r1", "nv-control-r1"),
+            ports: vec!["80/UDP".into()],
+            why: "no stored policy lets any probe reach b/nv-server-r1 on 80/UDP".into(),
+        }],
         detection: Some(crate::detect::Detection {
             provider: Some("EKS".into()),
             cni: vec!["AWS VPC CNI (network policy agent not enabled: does not enforce)".into()],

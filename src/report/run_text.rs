@@ -119,6 +119,24 @@ pub fn render(report: &RunReport, style: Style) -> String {
     if style.verbose {
         truth_tables(&mut out, report);
     }
+    if !report.controls.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nControl policies added for this run ({}, removed with it)",
+            report.controls.len()
+        );
+        for control in &report.controls {
+            let _ = writeln!(
+                out,
+                "  {}: {} {} {} on {}",
+                control.key(),
+                control.selects,
+                if control.direction == crate::engine::Direction::Ingress { "admits" } else { "may reach" },
+                control.peer,
+                control.ports.join(", ")
+            );
+        }
+    }
     if !report.notes.is_empty() {
         let _ = writeln!(out, "\nNotes");
         for note in &report.notes {

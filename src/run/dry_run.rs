@@ -114,5 +114,35 @@ pub fn manifests(
             policies.push(Manifest::new(comment, &policy(&p, run_id)));
         }
     }
+    if options.control_policies {
+        for control in control_policies(snapshot, &layout, options) {
+            let comment = format!("control policy, selecting only {}: {}", control.selects, control.why);
+            policies.push(Manifest::new(comment, &policy(&control.policy, run_id)));
+        }
+    }
     Ok(namespaces.into_iter().chain(config_maps).chain(servers).chain(probe_pods).chain(policies).collect())
+}
+
+/// The control policies the run would add, planned as the run plans them, with documentation
+/// addresses (RFC 5737) standing in for the probe pods' (only ipBlock rules, whose match of pod
+/// addresses the spec leaves to the CNI anyway, could decide otherwise at run time).
+fn control_policies(
+    snapshot: &Snapshot,
+    layout: &layout::Layout,
+    options: &RunOptions,
+) -> Vec<super::controls::ControlPolicy> {
+    let documentation = [[192, 0, 2], [198, 51, 100], [203, 0, 113]];
+    let addresses =
+        documentation.iter().flat_map(|&[a, b, c]| (1..=254).map(move |d| Ipv4Addr::new(a, b, c, d)));
+    let mut addresses = addresses.map(IpAddr::V4);
+    let pods: Vec<_> = layout
+        .pods
+        .iter()
+        .chain(&layout.clients)
+        .map(|pod| super::pod_object(pod, &addresses.next().into_iter().collect::<Vec<_>>()))
+        .collect();
+    let with_pods = snapshot.with_pods(pods);
+    let Ok(engine) = crate::engine::Engine::new(&with_pods) else { return Vec::new() };
+    let planned = super::plan::plan(&engine, &options.scenarios, &layout.deployment);
+    super::controls::needed(&engine, &planned, &layout.deployment, &options.run_id)
 }

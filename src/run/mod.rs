@@ -6,6 +6,7 @@
 
 pub mod canary;
 pub mod check;
+pub mod controls;
 pub mod dry_run;
 pub mod judge;
 pub mod layout;
@@ -84,6 +85,12 @@ pub struct RunOptions {
     /// `Some(true)`: nodes with NoSchedule/NoExecute taints may be chosen (the pods tolerate
     /// every taint).
     pub spread: Option<bool>,
+    /// Add control policies where a check would lack a positive control (`--no-control-policies`
+    /// turns them off).
+    pub control_policies: bool,
+    /// How long the run waits after storing its control policies before it probes: the CNI
+    /// enforces them asynchronously.
+    pub control_settle: Duration,
 }
 
 /// Everything a run found: the input of every report.
@@ -106,6 +113,8 @@ pub struct RunReport {
     pub incomplete: Vec<String>,
     /// The cluster's CNI and provider, as far as they can be recognised.
     pub detection: Option<crate::detect::Detection>,
+    /// The NetworkPolicies the run added for its own positive controls (removed with it).
+    pub controls: Vec<controls::ControlPolicy>,
 }
 
 impl RunReport {
@@ -354,9 +363,10 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
         }
     };
     let ((probed, probe_time), canary_report) = tokio::join!(probing, canary_run);
-    let (judged, notes) = probed?;
+    let Probed { judged, notes, controls } = probed?;
     report.judged = judged;
     report.notes.extend(notes);
+    report.controls = controls;
     report.phases.push(("probe".into(), probe_time));
     if let Some((canary_report, canary_time)) = canary_report {
         report.phases.push(("canary (alongside probe)".into(), canary_time));
@@ -408,9 +418,17 @@ pub fn pod_object(pod: &ProbePod, ips: &[std::net::IpAddr]) -> k8s_openapi::api:
     object
 }
 
+/// What the probing found.
+#[derive(Default)]
+struct Probed {
+    judged: Vec<Judged>,
+    notes: Vec<Note>,
+    controls: Vec<controls::ControlPolicy>,
+}
+
 /// Plans against the cluster as it is now (servers and the control pod included, clients as
-/// they will be), runs one batch per prober, answers again with the clients' addresses, and
-/// judges.
+/// they will be), adds the control policies the plan needs, runs one batch per prober,
+/// answers again with the clients' addresses, and judges.
 async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     cluster: &C,
     options: &RunOptions,
@@ -418,9 +436,9 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     probers: &[ProbePod],
     progress: &dyn Progress,
     label: &str,
-) -> Result<(Vec<Judged>, Vec<Note>), RunError> {
+) -> Result<Probed, RunError> {
     if deployment.clients.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(Probed::default());
     }
     let discovery = cluster.discover().await.map_err(step("reading the cluster with the probe pods"))?;
     let absent: Vec<_> = probers
@@ -430,7 +448,39 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
         .collect();
     let snapshot = discovery.snapshot.with_pods(absent);
     let engine = Engine::new(&snapshot)?;
-    let mut planned = plan::plan(&engine, &options.scenarios, deployment);
+    let checks = plan::plan_checks(&engine, &options.scenarios, deployment);
+    let mut planned = plan::with_controls(&engine, deployment, checks.clone());
+    let mut added = Vec::new();
+    if options.control_policies {
+        let needed = controls::needed(&engine, &planned, deployment, &options.run_id);
+        if !needed.is_empty() {
+            let with = snapshot.with_policies(needed.iter().map(|c| c.policy.clone()).collect());
+            let engine = Engine::new(&with)?;
+            let mut again = checks.checks.clone();
+            plan::reanswer(&engine, &mut again);
+            // NB: by construction they change no check; should one ever, the run goes without
+            // them rather than judge on other policies than the stored ones.
+            match controls::unchanged(&checks.checks, &again) {
+                Ok(()) => {
+                    for control in &needed {
+                        cluster
+                            .create_policy(&control.policy, &options.run_id)
+                            .await
+                            .map_err(step(&format!("creating control policy {}", control.key())))?;
+                    }
+                    let mut with_controls = plan::with_controls(&engine, deployment, checks);
+                    // The checks' explanations are the stored policies' alone.
+                    with_controls.checks = planned.checks;
+                    planned = with_controls;
+                    added = needed;
+                    tokio::time::sleep(options.control_settle).await;
+                }
+                Err(change) => planned.notes.push(Note(format!(
+                    "control policies left out: they would change a check ({change}); please report this"
+                ))),
+            }
+        }
+    }
     let timeout_ms = options.probe_timeout.as_millis().clamp(1, 300_000) as u64;
     let batches = plan::batches(&planned, timeout_ms);
     // A client may first have to start (on Kubernetes, a pod created with its plan).
@@ -510,7 +560,7 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
         plan::reanswer(&engine, &mut planned.checks);
     }
     let controls: Vec<_> = planned.controls.iter().chain(&planned.node_controls).cloned().collect();
-    Ok((judge::judge(planned.checks, &controls, &results), notes))
+    Ok(Probed { judged: judge::judge(planned.checks, &controls, &results), notes, controls: added })
 }
 
 /// `--mimic-workloads`: a probe server per distinct workload label set of `namespace`, wearing

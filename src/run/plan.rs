@@ -103,6 +103,11 @@ impl Destination {
 
 /// Plans every group of every scenario.
 pub fn plan(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment) -> Planned {
+    with_controls(engine, deployment, plan_checks(engine, scenarios, deployment))
+}
+
+/// The checks alone (with the notes on what was skipped), no controls yet.
+pub fn plan_checks(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment) -> Planned {
     let mut planned = Planned::default();
     for scenario in scenarios {
         let Body::Groups(groups) = &scenario.body else { continue };
@@ -113,6 +118,12 @@ pub fn plan(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment
     for (i, check) in planned.checks.iter_mut().enumerate() {
         check.probe.id = format!("c{}", i + 1);
     }
+    planned
+}
+
+/// `planned`'s checks with their positive controls, as `engine`'s policies allow them (the
+/// stored policies, or those and the run's control policies).
+pub fn with_controls(engine: &Engine<'_>, deployment: &Deployment, mut planned: Planned) -> Planned {
     add_controls(engine, deployment, &mut planned);
     add_source_controls(engine, deployment, &mut planned);
     let mut seen = BTreeSet::new();
@@ -125,54 +136,104 @@ pub fn plan(engine: &Engine<'_>, scenarios: &[Scenario], deployment: &Deployment
 /// server, another server, the control pod, or a cluster DNS pod, whichever the policies let
 /// it reach.
 fn add_source_controls(engine: &Engine<'_>, deployment: &Deployment, planned: &mut Planned) {
-    let snapshot = engine.snapshot();
-    let dns_pods: Vec<(PodId, u16)> = cluster_dns(engine, DnsVia::Pods, &mut Vec::new())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|d| d.protocol == Protocol::Udp)
-        .flat_map(|d| d.endpoints)
-        .collect();
+    let dns_pods = dns_pods(engine);
     for (namespace, client) in &deployment.clients {
-        let mine: Vec<&Check> = planned.checks.iter().filter(|c| c.probe.client == *client).collect();
-        // Only the run's own listeners are sure to answer: an allowed check to an address
-        // (a metadata service that may not exist) shows nothing about the source.
-        let answers = |c: &&Check| {
-            c.policy == PolicyAnswer::Allow
-                && c.implementation_defined.is_empty()
-                && c.probe.expect_name.is_some()
-        };
-        if !mine.iter().any(|c| c.policy == PolicyAnswer::Deny) || mine.iter().any(answers) {
-            continue;
-        }
-        let Some(client_id) = snapshot.find_pod(client) else { continue };
-        let own = deployment.servers.get(namespace).into_iter();
-        let others = deployment.servers.values().filter(|s| s.namespace != *namespace);
-        let pods = own.chain(others).chain(deployment.control.as_ref());
-        let candidates = pods
-            .filter_map(|key| Some((snapshot.find_pod(key)?, 80, Protocol::Tcp, Some(key.to_string()))))
-            .chain(dns_pods.iter().map(|&(pod, port)| (pod, port, Protocol::Udp, None)));
-        let found = candidates.into_iter().find(|&(pod, port, protocol, _)| {
-            let verdict = engine.verdict(client_id, pod, port, protocol);
-            verdict.allowed && !verdict.implementation_defined.any()
-        });
-        match found.and_then(|(pod, port, protocol, name)| Some((engine.pod_ip(pod)?, port, protocol, name)))
-        {
-            Some((address, port, protocol, expect_name)) => {
-                let dns = expect_name.is_none();
-                planned.controls.push(Probe {
-                    id: format!("s{}", planned.controls.len() + 1),
-                    client: client.clone(),
-                    target: TargetKey { address, port, protocol, dns },
-                    expect_name,
-                    query: dns.then(|| DNS_QUERY.to_string()),
-                });
-            }
-            None => planned.notes.push(Note(format!(
+        match source_control(engine, deployment, &planned.checks, &dns_pods, namespace, client) {
+            SourceControl::NotNeeded => {}
+            SourceControl::Probe(target, expect_name) => planned.controls.push(Probe {
+                id: format!("s{}", planned.controls.len() + 1),
+                client: client.clone(),
+                query: target.dns.then(|| DNS_QUERY.to_string()),
+                target,
+                expect_name,
+            }),
+            SourceControl::Unreachable => planned.notes.push(Note(format!(
                 "{client} may reach none of the run's pods or cluster DNS: its denied checks cannot \
                  show that it can send at all, and are inconclusive"
             ))),
         }
     }
+}
+
+/// The cluster DNS pods (and their UDP port), for source controls.
+fn dns_pods(engine: &Engine<'_>) -> Vec<(PodId, u16)> {
+    cluster_dns(engine, DnsVia::Pods, &mut Vec::new())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.protocol == Protocol::Udp)
+        .flat_map(|d| d.endpoints)
+        .collect()
+}
+
+/// What a client needs so that its denials count.
+enum SourceControl {
+    /// Some check of its own is allowed to a listener of the run (or it has no denied check).
+    NotNeeded,
+    /// This probe, which the policies allow.
+    Probe(TargetKey, Option<String>),
+    /// The policies let it reach none of the candidates.
+    Unreachable,
+}
+
+fn source_control(
+    engine: &Engine<'_>,
+    deployment: &Deployment,
+    checks: &[Check],
+    dns_pods: &[(PodId, u16)],
+    namespace: &str,
+    client: &ObjectKey,
+) -> SourceControl {
+    let snapshot = engine.snapshot();
+    let mine: Vec<&Check> = checks.iter().filter(|c| c.probe.client == *client).collect();
+    // Only the run's own listeners are sure to answer: an allowed check to an address
+    // (a metadata service that may not exist) shows nothing about the source.
+    let answers = |c: &&Check| {
+        c.policy == PolicyAnswer::Allow
+            && c.implementation_defined.is_empty()
+            && c.probe.expect_name.is_some()
+    };
+    if !mine.iter().any(|c| c.policy == PolicyAnswer::Deny) || mine.iter().any(answers) {
+        return SourceControl::NotNeeded;
+    }
+    let Some(client_id) = snapshot.find_pod(client) else { return SourceControl::NotNeeded };
+    let own = deployment.servers.get(namespace).into_iter();
+    let others = deployment.servers.values().filter(|s| s.namespace != namespace);
+    let pods = own.chain(others).chain(deployment.control.as_ref());
+    let candidates = pods
+        .filter_map(|key| Some((snapshot.find_pod(key)?, 80, Protocol::Tcp, Some(key.to_string()))))
+        .chain(dns_pods.iter().map(|&(pod, port)| (pod, port, Protocol::Udp, None)));
+    let found = candidates.into_iter().find(|&(pod, port, protocol, _)| {
+        let verdict = engine.verdict(client_id, pod, port, protocol);
+        verdict.allowed && !verdict.implementation_defined.any()
+    });
+    match found.and_then(|(pod, port, protocol, name)| Some((engine.pod_ip(pod)?, port, protocol, name))) {
+        Some((address, port, protocol, expect_name)) => {
+            let dns = expect_name.is_none();
+            SourceControl::Probe(TargetKey { address, port, protocol, dns }, expect_name)
+        }
+        None => SourceControl::Unreachable,
+    }
+}
+
+/// The clients whose denials nothing the policies allow can back (see
+/// [`add_source_controls`]): those a control policy must let reach the control pod.
+pub fn unbacked_clients<'d>(
+    engine: &Engine<'_>,
+    deployment: &'d Deployment,
+    checks: &[Check],
+) -> Vec<&'d ObjectKey> {
+    let dns_pods = dns_pods(engine);
+    deployment
+        .clients
+        .iter()
+        .filter(|(namespace, client)| {
+            matches!(
+                source_control(engine, deployment, checks, &dns_pods, namespace, client),
+                SourceControl::Unreachable
+            )
+        })
+        .map(|(_, client)| client)
+        .collect()
 }
 
 /// Labels the API server or controllers put on each pod of a workload; a double leaves them off.

@@ -321,6 +321,8 @@ fn options() -> RunOptions {
         sweep_after: Duration::from_secs(3600),
         mimic_workloads: false,
         spread: None,
+        control_policies: true,
+        control_settle: Duration::ZERO,
     }
 }
 
