@@ -420,6 +420,71 @@ fn the_canary_finds_nothing_enforced_without_a_cni_that_enforces(server: Server)
     assert_eq!(run.code(), 1);
 }
 
+/// A CNI that gets one part of the API wrong: the canary's table names that part, and only it;
+/// the matrix (which uses none of them) still passes, and no check is inconclusive.
+#[test]
+fn the_canary_names_the_part_of_the_api_a_faulty_cni_gets_wrong() {
+    for (cni, capability, status) in [
+        ("ignores-except", "ipBlock except", "not enforced"),
+        ("ignores-named-ports", "named port", "not enforced"),
+        ("ignores-end-port", "endPort", "over-blocked"),
+    ] {
+        let run = canary(Server::Lab, cni, &["-s", "matrix"], "{enforceTimeout: 5s, podStartWindow: 1s}");
+        let expected: Vec<(String, String)> = CAPABILITIES
+            .iter()
+            .map(|c| (c.to_string(), if *c == capability { status } else { "enforced" }.to_string()))
+            .collect();
+        assert_eq!(capabilities(&run), expected, "{cni}: {:#}", run.json["canary"]);
+        assert_eq!(run.count("inconclusive"), 0, "{cni}: {:#?}", run.with_verdict("inconclusive"));
+        let matrix: Vec<&Value> = run.checks().into_iter().filter(|c| c["scenario"] == "matrix").collect();
+        assert!(matrix.len() == 18 && matrix.iter().all(|c| c["verdict"] == "pass"), "{cni}: {matrix:#?}");
+        assert_eq!(run.code(), 1, "{cni}: the canary's finding fails the run");
+    }
+}
+
+/// A node pool without the policy agent: with --spread, exactly the egress denials of the
+/// clients on the node that does not enforce get through (ingress is enforced where the
+/// servers run), the same checks pass from the node that does, and a note names the node.
+#[test]
+fn a_cni_that_enforces_on_one_node_only_is_found_with_spread() {
+    let run = lab_run("one-node", &[&SCENARIOS[..], &["--nodes", "2", "--spread"]].concat());
+    let other = |c: &Value| c["from"].as_str().is_some_and(|f| f.contains("/nv-client-othernode-"));
+    let expected: BTreeSet<String> = run
+        .checks()
+        .into_iter()
+        .filter(|c| other(c) && c["egress"] == "deny" && c["ingress"] != "deny")
+        .map(cell)
+        .collect();
+    assert_eq!(expected.len(), 3, "y→z over TCP and UDP, y→metadata: {expected:#?}");
+    assert_eq!(run.with_verdict("not-enforced"), expected);
+    assert!(run.checks().into_iter().filter(|c| !other(c)).all(|c| c["verdict"] != "not-enforced"));
+    assert_eq!(run.count("inconclusive") + run.count("over-blocked"), 0, "{:#?}", run.json["counts"]);
+    let notes = run.json["notes"].to_string();
+    assert!(notes.contains("enforcement differs between nodes: 3 checks not enforced from node "), "{notes}");
+}
+
+/// A CNI slower than the canary waits: the canary finds nothing enforced within its bound and
+/// says so (no latency); the run's own pods, younger than the delay, are not isolated yet, so
+/// their denials are not enforced — and not one denied check passes.
+#[test]
+fn a_cni_slower_than_the_canarys_wait_gives_no_pass_for_a_denial() {
+    let run = canary(
+        Server::Lab,
+        "enforcing",
+        &["--enforce-delay", "4s", "-s", "matrix"],
+        "{enforceTimeout: 1s, podStartWindow: 500ms}",
+    );
+    assert_eq!(run.json["canary"]["enforce_latency_ms"], Value::Null, "{:#}", run.json["canary"]);
+    let statuses = capabilities(&run);
+    assert!(statuses.contains(&("ingress deny".to_string(), "not enforced".to_string())), "{statuses:?}");
+    let denied: Vec<&Value> = run.checks().into_iter().filter(|c| c["policy"] == "deny").collect();
+    assert!(!denied.is_empty());
+    for check in denied {
+        assert!(check["verdict"] != "pass" || check["observed"] == "deny", "{check}");
+    }
+    assert_eq!(run.code(), 1);
+}
+
 #[test]
 fn the_canary_measures_a_slow_cni_and_its_pod_start_window() {
     let run = canary(

@@ -31,6 +31,15 @@ pub enum CniMode {
     TcpOnly,
     /// The full semantics, but denied packets are answered: TCP RST, ICMP port unreachable.
     Reject,
+    /// A fault: ipBlock `except` is ignored (the whole CIDR is allowed).
+    IgnoresExcept,
+    /// A fault: a port given by name matches every port of its protocol.
+    IgnoresNamedPorts,
+    /// A fault: `endPort` is ignored (a range allows its first port only).
+    IgnoresEndPort,
+    /// A fault: only pods on the lab's first node are enforced (a node pool without the policy
+    /// agent); pods on the others pass everything.
+    OneNode,
 }
 
 impl CniMode {
@@ -42,7 +51,20 @@ impl CniMode {
             CniMode::EgressOnly => "egress-only",
             CniMode::TcpOnly => "tcp-only",
             CniMode::Reject => "reject",
+            CniMode::IgnoresExcept => "ignores-except",
+            CniMode::IgnoresNamedPorts => "ignores-named-ports",
+            CniMode::IgnoresEndPort => "ignores-end-port",
+            CniMode::OneNode => "one-node",
         }
+    }
+
+    /// Whether this mode is a fault injected on purpose (a CNI that gets part of the API
+    /// wrong), rather than one a real CNI is configured to be.
+    pub fn is_fault(self) -> bool {
+        matches!(
+            self,
+            CniMode::IgnoresExcept | CniMode::IgnoresNamedPorts | CniMode::IgnoresEndPort | CniMode::OneNode
+        )
     }
 
     fn enforces(self, direction: Direction) -> bool {
@@ -50,7 +72,13 @@ impl CniMode {
             CniMode::None => false,
             CniMode::IngressOnly => direction == Direction::Ingress,
             CniMode::EgressOnly => direction == Direction::Egress,
-            CniMode::Enforcing | CniMode::TcpOnly | CniMode::Reject => true,
+            CniMode::Enforcing
+            | CniMode::TcpOnly
+            | CniMode::Reject
+            | CniMode::IgnoresExcept
+            | CniMode::IgnoresNamedPorts
+            | CniMode::IgnoresEndPort
+            | CniMode::OneNode => true,
         }
     }
 }
@@ -62,6 +90,8 @@ pub struct Link {
     /// The node end of the pod's veth.
     pub interface: String,
     pub ip: Ipv4Addr,
+    /// Whether the pod runs on the lab's first node (`one-node` enforces only those).
+    pub first_node: bool,
 }
 
 /// The `inet netpol` table for the node: a forward chain that sends each packet through the
@@ -76,7 +106,7 @@ pub fn policy_ruleset(engine: &Engine<'_>, links: &[Link], mode: CniMode) -> Str
             continue;
         }
         let mut map = Vec::new();
-        for link in links {
+        for link in links.iter().filter(|l| mode != CniMode::OneNode || l.first_node) {
             let Some(rules) = engine.enforced_rules(link.pod, direction) else { continue };
             let chain = format!("{}_{}", direction.field(), link.interface);
             map.push(format!("\"{}\" : jump {chain}", link.interface));
@@ -91,8 +121,8 @@ pub fn policy_ruleset(engine: &Engine<'_>, links: &[Link], mode: CniMode) -> Str
                     .take(100)
                     .collect();
                 let comment = format!("comment \"{policy} rule {}\"", rule.index);
-                for peer in peer_matches(rule.peers.as_deref(), direction, links) {
-                    for port in port_matches(engine, rule.ports, direction, link.pod, links) {
+                for peer in peer_matches(rule.peers.as_deref(), direction, links, mode) {
+                    for port in port_matches(engine, rule.ports, direction, link.pod, links, mode) {
                         let matched = [peer.as_str(), port.as_str()].join(" ");
                         let _ = writeln!(chains, "    {} return {comment}", matched.trim());
                     }
@@ -137,7 +167,12 @@ fn deny(chains: &mut String, mode: CniMode) {
 
 /// The alternatives a rule's peers allow, each an nft match ("" = anything). A peer that can
 /// match nothing in the lab (no pods, an IPv6 block) yields no alternative.
-fn peer_matches(peers: Option<&[EnforcedPeer<'_>]>, direction: Direction, links: &[Link]) -> Vec<String> {
+fn peer_matches(
+    peers: Option<&[EnforcedPeer<'_>]>,
+    direction: Direction,
+    links: &[Link],
+    mode: CniMode,
+) -> Vec<String> {
     let field = match direction {
         Direction::Egress => "ip daddr",
         Direction::Ingress => "ip saddr",
@@ -161,7 +196,7 @@ fn peer_matches(peers: Option<&[EnforcedPeer<'_>]>, direction: Direction, links:
                         IpNet::V6(_) => None,
                     })
                     .collect();
-                if except.is_empty() {
+                if except.is_empty() || mode == CniMode::IgnoresExcept {
                     alternatives.push(format!("{field} {cidr}"));
                 } else {
                     alternatives.push(format!("{field} {cidr} {field} != {{ {} }}", except.join(", ")));
@@ -182,13 +217,17 @@ fn port_matches(
     direction: Direction,
     pod: PodId,
     links: &[Link],
+    mode: CniMode,
 ) -> Vec<String> {
     let Some(ports) = ports else { return vec![String::new()] };
     let mut alternatives = Vec::new();
     for port in ports {
         match port {
             PortRule::AnyPort(protocol) => alternatives.push(format!("meta l4proto {}", nft(*protocol))),
-            PortRule::Range { protocol, start, end } if start == end => {
+            PortRule::Named { protocol, .. } if mode == CniMode::IgnoresNamedPorts => {
+                alternatives.push(format!("meta l4proto {}", nft(*protocol)));
+            }
+            PortRule::Range { protocol, start, end } if start == end || mode == CniMode::IgnoresEndPort => {
                 alternatives.push(format!("{} dport {start}", nft(*protocol)));
             }
             PortRule::Range { protocol, start, end } => {
@@ -314,6 +353,7 @@ mod tests {
                     Some(IpAddr::V4(ip)) => ip,
                     _ => Ipv4Addr::UNSPECIFIED,
                 },
+                first_node: pod.0 % 2 == 0,
             })
             .collect()
     }
@@ -374,6 +414,53 @@ spec:
         assert!(policy_ruleset(&engine, &links, CniMode::TcpOnly).contains("meta l4proto != tcp accept"));
         let reject = policy_ruleset(&engine, &links, CniMode::Reject);
         assert!(reject.contains("reject with tcp reset") && !reject.contains("    drop\n"));
+    }
+
+    #[test]
+    fn faults_get_exactly_their_part_of_the_api_wrong() {
+        let s = snapshot(POLICIES);
+        let engine = Engine::new(&s).expect("valid");
+        let links = links(&s, &engine);
+        let faithful = policy_ruleset(&engine, &links, CniMode::Enforcing);
+        let differs = |mode: CniMode| -> Vec<String> {
+            let faulty = policy_ruleset(&engine, &links, mode);
+            faithful
+                .lines()
+                .zip(faulty.lines())
+                .filter(|(a, b)| a != b)
+                .map(|(a, b)| format!("{} => {}", a.trim(), b.trim()))
+                .collect()
+        };
+        let except = differs(CniMode::IgnoresExcept);
+        assert!(
+            !except.is_empty()
+                && except.iter().all(|d| d.contains("!= { 10.244.3.0/24 }") && !d.ends_with("}\"")),
+            "{except:#?}"
+        );
+        assert!(
+            except.iter().all(|d| d.split(" => ").nth(1).is_some_and(|b| !b.contains("!="))),
+            "{except:#?}"
+        );
+        let named = differs(CniMode::IgnoresNamedPorts);
+        assert!(
+            !named.is_empty() && named.iter().all(|d| d.contains("dport") && d.contains("meta l4proto")),
+            "{named:#?}"
+        );
+        let range = differs(CniMode::IgnoresEndPort);
+        assert!(
+            !range.is_empty()
+                && range.iter().all(|d| d.contains("udp dport 81-90")
+                    && d.contains("=> ")
+                    && d.split(" => ").nth(1).is_some_and(|b| b.contains("udp dport 81 "))),
+            "{range:#?}"
+        );
+        // One node: the other node's pods have no chains.
+        let one = policy_ruleset(&engine, &links, CniMode::OneNode);
+        for link in &links {
+            let has = one.contains(&format!("\"{}\" : jump", link.interface));
+            let had = faithful.contains(&format!("\"{}\" : jump", link.interface));
+            assert_eq!(has, had && link.first_node, "{}", link.interface);
+        }
     }
 
     #[test]

@@ -756,15 +756,21 @@ impl Lab {
         let (snapshot, _) =
             Snapshot::new(self.state.namespaces.clone(), self.state.pod_objects.clone(), policies.to_vec());
         let engine = Engine::new(&snapshot)?;
+        let others: Vec<String> = self.state.node_names().into_iter().skip(1).collect();
         let links: Vec<Link> = self
             .state
             .pods
             .iter()
             .filter_map(|pod| {
+                let id = snapshot.find_pod(&pod.key)?;
+                let node = snapshot.pod(id).spec.as_ref().and_then(|s| s.node_name.clone());
                 Some(Link {
-                    pod: snapshot.find_pod(&pod.key)?,
+                    pod: id,
                     interface: state::pod_interface(pod.index),
                     ip: pod.ip,
+                    // A pod bound to none of the others (or to a node the lab does not
+                    // have, as the input may say) runs on the first.
+                    first_node: node.is_none_or(|n| !others.contains(&n)),
                 })
             })
             .collect();

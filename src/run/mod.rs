@@ -25,7 +25,7 @@ use crate::cluster::{Cleaned, Cluster, ClusterError, ProbePod, RUN_LABEL, Role};
 use crate::engine::Engine;
 use crate::model::{Note, ObjectKey, name_of};
 use crate::scenario::{Body, Scenario};
-use check::Judged;
+use check::{Judged, Verdict};
 use plan::Deployment;
 use progress::Progress;
 
@@ -364,8 +364,11 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     };
     let ((probed, probe_time), canary_report) = tokio::join!(probing, canary_run);
     let Probed { judged, notes, controls } = probed?;
-    report.judged = judged;
     report.notes.extend(notes);
+    if let Some((same, other)) = &spread {
+        report.notes.extend(node_differences(&judged, same, other));
+    }
+    report.judged = judged;
     report.controls = controls;
     report.phases.push(("probe".into(), probe_time));
     if let Some((canary_report, canary_time)) = canary_report {
@@ -379,6 +382,40 @@ async fn run_steps<C: Cluster + Clone + Send + Sync + 'static>(
     }
     lap(report, "probe and canary");
     Ok(())
+}
+
+/// `--spread`: where a namespace's two clients, one on each node, got different verdicts for
+/// the same probe — enforced from one node, not from the other — a note naming the node that
+/// does not enforce (a node pool whose policy agent does not run, say).
+fn node_differences(judged: &[Judged], same: &str, other: &str) -> Vec<Note> {
+    let on = |j: &Judged, node: &str| j.check.probe.client.name.starts_with(&format!("nv-client-{node}-"));
+    let key = |j: &Judged| {
+        (
+            j.check.from_namespace.clone(),
+            j.check.scenario.clone(),
+            j.check.group.clone(),
+            j.check.probe.target.clone(),
+        )
+    };
+    let mut notes = Vec::new();
+    for (node, here, there) in [(other, "othernode", "samenode"), (same, "samenode", "othernode")] {
+        let failing: Vec<&Judged> = judged
+            .iter()
+            .filter(|j| on(j, here) && j.verdict == Verdict::NotEnforced)
+            .filter(|j| judged.iter().any(|k| on(k, there) && key(k) == key(j) && k.verdict == Verdict::Pass))
+            .collect();
+        if let Some(first) = failing.first() {
+            notes.push(Note(format!(
+                "enforcement differs between nodes: {} checks not enforced from node {node} pass from the other                  node (e.g. {} → {} {}/{}); is NetworkPolicy enforced on node {node} (its CNI's policy agent)?",
+                failing.len(),
+                first.check.probe.client,
+                first.check.to,
+                first.check.probe.target.port,
+                first.check.probe.target.protocol
+            )));
+        }
+    }
+    notes
 }
 
 /// How many probe pods are created at once: a few requests in flight, not a burst.
