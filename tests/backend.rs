@@ -432,8 +432,18 @@ fn a_probe_image_that_cannot_be_pulled_is_named_with_the_fix_and_nothing_is_left
     assert!(lab_pods_of_the_tool(&lab).is_empty(), "left: {:?}", lab_pods_of_the_tool(&lab));
 }
 
+/// One `lab run` at a time among the tests that kill one: each `lab run` first removes labs
+/// whose owner is gone, so a concurrent one could remove the killed run's lab before the test
+/// looks at it.
+static LAB_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_lab_run() -> std::sync::MutexGuard<'static, ()> {
+    LAB_RUNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn servers_listen_on_low_ports_through_the_sysctl_or_the_capability() {
+    let _one = one_lab_run();
     let objects = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/examples/shop.yaml");
     for way in ["sysctl", "capability"] {
         let output = verify_command(&["lab", "run", "-f"])
@@ -554,6 +564,7 @@ fn lab_traces(name: &str) -> Vec<String> {
 
 #[test]
 fn lab_run_interrupted_or_with_its_api_killed_leaves_nothing() {
+    let _one = one_lab_run();
     let objects = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/examples/shop.yaml");
     for kill_the_api in [false, true] {
         let name = unique_name();
@@ -605,6 +616,7 @@ fn lab_run_interrupted_or_with_its_api_killed_leaves_nothing() {
 /// `lab run` sees the lab's owner is gone, removes it, and says so.
 #[test]
 fn a_lab_run_killed_with_sigkill_is_removed_by_the_next_lab_run() {
+    let _one = one_lab_run();
     let objects = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/examples/shop.yaml");
     let (dead, next) = (unique_name(), unique_name());
     let _guards = (DownOnDrop(dead.clone()), DownOnDrop(next.clone()));

@@ -355,8 +355,13 @@ fn a_failed_build_removes_what_it_made() {
     assert_eq!(leftovers(name), Vec::<String>::new());
 }
 
+/// The tests that leave a lab abandoned on purpose, one at a time: the `lab up` of one would
+/// remove what the other left before it looks.
+static ABANDONING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_lab_whose_creator_was_killed_is_removed_by_down() {
+    let _one = ABANDONING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let name = unique_name();
     let dir = tempfile::tempdir().expect("temp dir");
     let grid = netpol_verify::fixtures::grid_yaml(
@@ -1000,6 +1005,7 @@ fn changes_from_two_handles_are_both_kept_and_indexes_never_reused() {
 
 #[test]
 fn down_sweeps_resolv_conf_directories_whose_namespace_is_gone() {
+    let _one = ABANDONING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let name = unique_name();
     let orphan = std::path::Path::new("/etc/netns").join(state::pod_netns(&name, 3));
     std::fs::create_dir_all(&orphan).expect("mkdir");

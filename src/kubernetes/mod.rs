@@ -151,7 +151,7 @@ fn api_error(verb: &str, resource: &str, object: &str, error: kube::Error) -> Cl
         }
         404 => "it does not exist (any more)".to_string(),
         409 => "it already exists: a run with this id is still there, or another tool owns the name; \
-                `netpol-verify cleanup` removes what crashed runs left"
+                `netpol-verify cleanup --run ID` (or `--older-than 0s`) removes what crashed runs left"
             .to_string(),
         422 => "the API server or an admission policy rejected a field: the message names it".to_string(),
         _ => "the API server refused it".to_string(),
@@ -554,7 +554,11 @@ impl Cluster for KubeCluster {
 
     async fn sweep(&self, older_than: Duration) -> Result<Cleaned, ClusterError> {
         let cutoff = k8s_openapi::jiff::Timestamp::now()
-            .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(older_than).unwrap_or_default())
+            .checked_sub(
+                k8s_openapi::jiff::SignedDuration::try_from(older_than)
+                    .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX),
+            )
+            // NB: older than the calendar reaches: nothing is that old.
             .unwrap_or(k8s_openapi::jiff::Timestamp::MIN);
         let old =
             |meta: &kube::api::ObjectMeta| meta.creation_timestamp.as_ref().is_some_and(|t| t.0 < cutoff);

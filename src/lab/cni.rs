@@ -40,6 +40,10 @@ pub enum CniMode {
     /// A fault: only pods on the lab's first node are enforced (a node pool without the policy
     /// agent); pods on the others pass everything.
     OneNode,
+    /// A fault: only netpol-verify's own policies (the canary's, the run's control policies)
+    /// are enforced; every other stored policy is ignored, as by a CNI that drops policies it
+    /// cannot program while it enforces simple ones.
+    OnlyToolPolicies,
 }
 
 impl CniMode {
@@ -55,6 +59,7 @@ impl CniMode {
             CniMode::IgnoresNamedPorts => "ignores-named-ports",
             CniMode::IgnoresEndPort => "ignores-end-port",
             CniMode::OneNode => "one-node",
+            CniMode::OnlyToolPolicies => "only-tool-policies",
         }
     }
 
@@ -63,7 +68,11 @@ impl CniMode {
     pub fn is_fault(self) -> bool {
         matches!(
             self,
-            CniMode::IgnoresExcept | CniMode::IgnoresNamedPorts | CniMode::IgnoresEndPort | CniMode::OneNode
+            CniMode::IgnoresExcept
+                | CniMode::IgnoresNamedPorts
+                | CniMode::IgnoresEndPort
+                | CniMode::OneNode
+                | CniMode::OnlyToolPolicies
         )
     }
 
@@ -78,7 +87,8 @@ impl CniMode {
             | CniMode::IgnoresExcept
             | CniMode::IgnoresNamedPorts
             | CniMode::IgnoresEndPort
-            | CniMode::OneNode => true,
+            | CniMode::OneNode
+            | CniMode::OnlyToolPolicies => true,
         }
     }
 }

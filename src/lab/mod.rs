@@ -577,6 +577,11 @@ impl Lab {
     /// Removes lab `name`: its processes, namespaces and record. Works from the namespaces'
     /// names alone, so a lab whose creator was killed is removed too.
     pub fn down(name: &str) -> Result<usize, LabError> {
+        Lab::down_holding(name, None)
+    }
+
+    /// [`Lab::down`], with the lab's lock already held (`None`: taken here, for at most 10 s).
+    fn down_holding(name: &str, held: Option<std::fs::File>) -> Result<usize, LabError> {
         state::validate_name(name).map_err(LabError::Name)?;
         host::require_tools()?;
         let of_lab = |names: Vec<String>| -> Vec<String> {
@@ -586,7 +591,7 @@ impl Lab {
         let attached = LabState::load(name).ok().and_then(|s| s.api_server);
         // A change in progress finishes first (its namespaces would appear after our sweep);
         // bounded: a hung holder does not keep a lab from going.
-        let _lock = state::lock_within(name, Duration::from_secs(10));
+        let _lock = held.or_else(|| state::lock_within(name, Duration::from_secs(10)));
         let mut namespaces = of_lab(host::namespaces());
         let configs = of_lab(host::netns_config_dirs());
         if namespaces.is_empty() && configs.is_empty() && !recorded {
@@ -645,17 +650,28 @@ impl Lab {
     /// recording them, and namespaces left without a record. What each was, and why it went;
     /// a lab that fails to go is said too, and does not stop the others.
     pub fn sweep_abandoned() -> Vec<String> {
+        // Without root nothing can be removed; `Lab::up` says so.
+        if host::require_tools().is_err() {
+            return Vec::new();
+        }
         let recorded = state::recorded_labs();
         let mut said = Vec::new();
         let mut dead: Vec<(String, String)> =
-            recorded.iter().filter_map(|name| Some((name.clone(), abandoned(name)?))).collect();
+            recorded.iter().filter_map(|name| Some((name.clone(), abandoned(name, false)?))).collect();
         for name in every_lab(Vec::new(), host::namespaces().into_iter().chain(host::netns_config_dirs())) {
             if !recorded.contains(&name) && !state::lab_dir(&name).exists() {
                 dead.push((name, "its network namespaces were left without a record".into()));
             }
         }
         for (name, why) in dead {
-            match Lab::down(&name) {
+            // Decided, then looked at again under the lab's lock: meanwhile another process may
+            // have removed it and made a new lab of the same name, which is not to be touched.
+            let lock = state::lock_within(&name, Duration::ZERO);
+            let recorded = state::lab_dir(&name).exists();
+            if recorded && (lock.is_none() || abandoned(&name, true).is_none()) {
+                continue;
+            }
+            match Lab::down_holding(&name, lock) {
                 Ok(removed) => {
                     said.push(format!("removed abandoned lab {name} ({removed} network namespaces): {why}"))
                 }
@@ -753,8 +769,16 @@ impl Lab {
 
     /// Enforces `policies` (with the lab's pods and CNI mode), replacing what was enforced.
     pub fn apply_policies(&self, policies: &[NetworkPolicy]) -> Result<(), LabError> {
+        let enforced = policies
+            .iter()
+            .filter(|p| {
+                self.state.cni != CniMode::OnlyToolPolicies
+                    || crate::cluster::is_tools(p.metadata.labels.as_ref())
+            })
+            .cloned()
+            .collect();
         let (snapshot, _) =
-            Snapshot::new(self.state.namespaces.clone(), self.state.pod_objects.clone(), policies.to_vec());
+            Snapshot::new(self.state.namespaces.clone(), self.state.pod_objects.clone(), enforced);
         let engine = Engine::new(&snapshot)?;
         let others: Vec<String> = self.state.node_names().into_iter().skip(1).collect();
         let links: Vec<Link> = self
@@ -868,17 +892,26 @@ fn wait_ready(started: &[(String, PathBuf)]) -> Result<(), LabError> {
 }
 
 /// The labs with a record, and those whose namespaces or resolv.conf directories remain.
+/// How long a claimed lab without a record may be on its way to one: `lab up` writes it
+/// moments after the claim, under the lock it takes right after.
+const CLAIM_GRACE: Duration = Duration::from_secs(60);
+
 /// Why recorded lab `name` serves no one any more; `None` while it may (a lab whose record
-/// predates owners, or is damaged, is left to `lab down`).
-fn abandoned(name: &str) -> Option<String> {
+/// predates owners, or is damaged, is left to `lab down`). `locked`: the caller holds the
+/// lab's lock.
+fn abandoned(name: &str, locked: bool) -> Option<String> {
     match LabState::load(name) {
         Ok(state) => {
             let owner = state.owner?;
             (!owner.alive()).then(|| format!("the process it was for (pid {}) is gone", owner.pid))
         }
-        // Claimed, not yet recorded: `lab up` holds the lock until it has written it.
-        Err(_) if !state::lab_dir(name).join("state.json").exists() && !state::lock_held(name) => {
-            Some("the `lab up` that claimed it died before recording it".into())
+        // Claimed, not yet recorded: `lab up` holds the lock until it has written it (and a
+        // fresh claim may not have taken it yet).
+        Err(_) if !state::lab_dir(name).join("state.json").exists() => {
+            let age =
+                std::fs::metadata(state::lab_dir(name)).and_then(|m| m.modified()).ok()?.elapsed().ok()?;
+            (age > CLAIM_GRACE && (locked || !state::lock_held(name)))
+                .then(|| "the `lab up` that claimed it died before recording it".into())
         }
         Err(_) => None,
     }

@@ -8,11 +8,14 @@
 //! cannot show it can send at all; an egress policy selecting only that client lets it reach
 //! the control pod on 80/TCP.
 //!
-//! Each policy's podSelector requires the run's id and the pod's own name
-//! ([`crate::cluster::POD_LABEL`]), labels only that probe pod carries, so no workload pod is
-//! ever selected. A policy is added only to a pod the stored policies already isolate in its
-//! direction, so it only adds the control path: every other verdict stays as stored
-//! ([`unchanged`] checks the run's own, the tests every workload pair).
+//! Each policy's podSelector requires the run's id, which only the run's probe pods carry, so
+//! no workload pod is ever selected: an ingress policy selects the one server by its name
+//! ([`crate::cluster::POD_LABEL`]), an egress one the namespace's clients of the run. A policy
+//! is added only to a pod the stored policies already isolate in its direction, so it only
+//! adds the control path: every other verdict stays as stored ([`unchanged`] checks the run's
+//! own, the tests every workload pair). And they exist only after every check has been made
+//! (see `run::control_phase`): a policy of the tool's that isolated a pod whose stored policy
+//! the network ignores would otherwise make that pod's denials look enforced.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,7 +61,9 @@ pub fn needed(
 ) -> Vec<ControlPolicy> {
     let Some(control) = deployment.control.as_ref() else { return Vec::new() };
     let snapshot = engine.snapshot();
-    let Some(control_id) = snapshot.find_pod(control) else { return Vec::new() };
+    if snapshot.find_pod(control).is_none() {
+        return Vec::new();
+    }
     let mut policies = Vec::new();
 
     // Targets: the run's servers no planned probe may reach, on ports the node does not show.
@@ -89,9 +94,9 @@ pub fn needed(
         policies.push(ingress_policy(&key, control, run_id, &ports, why));
     }
 
-    // Clients: those whose every probe the policies deny.
-    let control_port =
-        engine.declared_ports(control_id).iter().find(|p| p.protocol == Protocol::Tcp).map_or(80, |p| p.port);
+    // Clients: those whose every probe the policies deny; to the control pod's 80/TCP, the
+    // port a source control tries.
+    let control_port = 80;
     for client in plan::unbacked_clients(engine, deployment, &planned.checks) {
         let Some(id) = snapshot.find_pod(client) else { continue };
         if engine.isolated_by(id, Direction::Egress).is_empty() || !is_run_pod(engine, id, run_id) {
@@ -257,10 +262,21 @@ fn egress_policy(
     ports: &[(u16, Protocol)],
     why: String,
 ) -> ControlPolicy {
+    // The run's clients in the namespace: the client, and the pods its later batches run in
+    // (on Kubernetes each batch is a pod of its own, `NAME-b1`, ...), since the controls run
+    // after the checks. NB: the namespace's clients share their labels, so the stored policies
+    // isolate them alike.
+    let clients = LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            (RUN_LABEL.to_string(), run_id.to_string()),
+            (ROLE_LABEL.to_string(), Role::Client.as_str().to_string()),
+        ])),
+        match_expressions: None,
+    };
     let policy = NetworkPolicy {
         metadata: metadata(format!("nv-control-out-{}", pod.name), &pod.namespace, run_id),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(only(pod, run_id)),
+            pod_selector: Some(clients),
             policy_types: Some(vec!["Egress".into()]),
             egress: Some(vec![NetworkPolicyEgressRule {
                 to: Some(vec![control_peer(control, run_id)]),

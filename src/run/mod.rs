@@ -406,7 +406,7 @@ fn node_differences(judged: &[Judged], same: &str, other: &str) -> Vec<Note> {
             .collect();
         if let Some(first) = failing.first() {
             notes.push(Note(format!(
-                "enforcement differs between nodes: {} checks not enforced from node {node} pass from the other                  node (e.g. {} → {} {}/{}); is NetworkPolicy enforced on node {node} (its CNI's policy agent)?",
+                "enforcement differs between nodes: {} checks not enforced from node {node} pass from the other node (e.g. {} → {} {}/{}); is NetworkPolicy enforced on node {node} (its CNI's policy agent)?",
                 failing.len(),
                 first.check.probe.client,
                 first.check.to,
@@ -487,37 +487,11 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     let engine = Engine::new(&snapshot)?;
     let checks = plan::plan_checks(&engine, &options.scenarios, deployment);
     let mut planned = plan::with_controls(&engine, deployment, checks.clone());
-    let mut added = Vec::new();
-    if options.control_policies {
-        let needed = controls::needed(&engine, &planned, deployment, &options.run_id);
-        if !needed.is_empty() {
-            let with = snapshot.with_policies(needed.iter().map(|c| c.policy.clone()).collect());
-            let engine = Engine::new(&with)?;
-            let mut again = checks.checks.clone();
-            plan::reanswer(&engine, &mut again);
-            // NB: by construction they change no check; should one ever, the run goes without
-            // them rather than judge on other policies than the stored ones.
-            match controls::unchanged(&checks.checks, &again) {
-                Ok(()) => {
-                    for control in &needed {
-                        cluster
-                            .create_policy(&control.policy, &options.run_id)
-                            .await
-                            .map_err(step(&format!("creating control policy {}", control.key())))?;
-                    }
-                    let mut with_controls = plan::with_controls(&engine, deployment, checks);
-                    // The checks' explanations are the stored policies' alone.
-                    with_controls.checks = planned.checks;
-                    planned = with_controls;
-                    added = needed;
-                    tokio::time::sleep(options.control_settle).await;
-                }
-                Err(change) => planned.notes.push(Note(format!(
-                    "control policies left out: they would change a check ({change}); please report this"
-                ))),
-            }
-        }
-    }
+    let needed = if options.control_policies {
+        controls::needed(&engine, &planned, deployment, &options.run_id)
+    } else {
+        Vec::new()
+    };
     let timeout_ms = options.probe_timeout.as_millis().clamp(1, 300_000) as u64;
     let batches = plan::batches(&planned, timeout_ms);
     // A client may first have to start (on Kubernetes, a pod created with its plan).
@@ -525,8 +499,88 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
     let total: usize = batches.values().map(|b| b.probes.len()).sum();
     progress.phase(label, total as u64);
 
-    let mut tasks = tokio::task::JoinSet::new();
     let mut notes = planned.notes.clone();
+    let mut got = Batches::default();
+    let mut node = tokio::task::JoinSet::new();
+    {
+        let cluster = cluster.clone();
+        let plan = plan::node_batch(&planned, timeout_ms);
+        node.spawn(async move { cluster.run_node_batch(&plan, limit).await });
+    }
+    run_batches(cluster, probers, batches, limit, progress, &mut got, &mut notes).await?;
+    match node.join_next().await {
+        Some(Ok(Ok(output))) => {
+            got.results.extend(output.results.into_iter().filter_map(|r| Some((r.id.clone()?, r))))
+        }
+        Some(Ok(Err(e))) if e.refused_permission() => {
+            return Err(step("running the node's control probes")(e));
+        }
+        Some(Ok(Err(e))) => notes.push(Note(format!("the node's control probes failed ({e})"))),
+        _ => notes.push(Note("the node's control probes did not run".into())),
+    }
+    // Only now, every check made, the control policies and the controls they allow: while a
+    // check runs, no policy of the tool's selects any pod (one that isolated a pod the network
+    // leaves a stored policy unenforced on would make its denials look enforced).
+    let mut late = Vec::new();
+    let mut added = Vec::new();
+    if !needed.is_empty() {
+        let phase = ControlPhase {
+            options,
+            deployment,
+            probers,
+            snapshot: &snapshot,
+            checks: &checks,
+            planned: &planned,
+            timeout_ms,
+            limit,
+        };
+        let phased = control_phase(cluster, progress, &phase, &needed, &mut got, &mut notes);
+        match phased.await {
+            Ok(probes) => {
+                late = probes;
+                added = needed;
+            }
+            Err(ControlFailure::Fatal(e)) => return Err(e),
+            Err(ControlFailure::LeftOut(why)) => notes.push(Note(format!(
+                "control policies left out ({why}): the checks that needed them stay inconclusive"
+            ))),
+        }
+    }
+    let Batches { results, addresses } = got;
+    // With the clients' addresses known, ipBlock rules see them as the network did.
+    let placed: Vec<_> = probers
+        .iter()
+        .filter_map(|p| addresses.iter().find(|(key, _)| *key == p.key).map(|(_, ips)| pod_object(p, ips)))
+        .collect();
+    if !placed.is_empty() {
+        let snapshot = snapshot.with_pods(placed);
+        let engine = Engine::new(&snapshot)?;
+        plan::reanswer(&engine, &mut planned.checks);
+    }
+    let controls: Vec<_> =
+        planned.controls.iter().chain(&late).chain(&planned.node_controls).cloned().collect();
+    Ok(Probed { judged: judge::judge(planned.checks, &controls, &results), notes, controls: added })
+}
+
+/// What batches brought back: results by probe id, and each client's addresses.
+#[derive(Default)]
+struct Batches {
+    results: HashMap<String, ProbeResult>,
+    addresses: Vec<(ObjectKey, Vec<std::net::IpAddr>)>,
+}
+
+/// Runs one batch per client, all at once; what each brought back goes into `got`, what went
+/// wrong into `notes`. Only a permission the tool lacks stops the run.
+async fn run_batches<C: Cluster + Clone + Send + Sync + 'static>(
+    cluster: &C,
+    probers: &[ProbePod],
+    batches: BTreeMap<ObjectKey, netpol_probe::wire::Plan>,
+    limit: Duration,
+    progress: &dyn Progress,
+    got: &mut Batches,
+    notes: &mut Vec<Note>,
+) -> Result<(), RunError> {
+    let mut tasks = tokio::task::JoinSet::new();
     for (client, batch) in batches {
         let Some(prober) = probers.iter().find(|p| p.key == client).cloned() else {
             notes.push(Note(format!("{client} is not one of the run's probe pods: its probes did not run")));
@@ -538,14 +592,6 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
             (client, batch.probes.len(), output)
         });
     }
-    let mut node = tokio::task::JoinSet::new();
-    {
-        let cluster = cluster.clone();
-        let plan = plan::node_batch(&planned, timeout_ms);
-        node.spawn(async move { cluster.run_node_batch(&plan, limit).await });
-    }
-    let mut results: HashMap<String, ProbeResult> = HashMap::new();
-    let mut addresses = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let Ok((client, count, output)) = joined else {
             notes.push(Note("a probe batch task failed; its probes did not run".into()));
@@ -560,12 +606,12 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
                         output.results.len()
                     )));
                 }
-                if !output.client_ips.is_empty() {
-                    addresses.push((client.clone(), output.client_ips));
+                if !output.client_ips.is_empty() && !got.addresses.iter().any(|(k, _)| *k == client) {
+                    got.addresses.push((client.clone(), output.client_ips));
                 }
                 for result in output.results {
                     if let Some(id) = result.id.clone() {
-                        results.insert(id, result);
+                        got.results.insert(id, result);
                     }
                 }
             }
@@ -576,28 +622,93 @@ async fn probe<C: Cluster + Clone + Send + Sync + 'static>(
             Err(e) => notes.push(Note(format!("the batch in {client} failed ({e}): its probes did not run"))),
         }
     }
-    match node.join_next().await {
-        Some(Ok(Ok(output))) => {
-            results.extend(output.results.into_iter().filter_map(|r| Some((r.id.clone()?, r))))
+    Ok(())
+}
+
+/// Why the control phase did not happen: the run cannot go on, or it goes on without them.
+enum ControlFailure {
+    Fatal(RunError),
+    LeftOut(String),
+}
+
+/// What the control phase works from.
+struct ControlPhase<'a> {
+    options: &'a RunOptions,
+    deployment: &'a Deployment,
+    probers: &'a [ProbePod],
+    snapshot: &'a crate::model::Snapshot,
+    checks: &'a plan::Planned,
+    planned: &'a plan::Planned,
+    timeout_ms: u64,
+    limit: Duration,
+}
+
+/// After the checks: stores the control policies, waits `--control-settle`, runs the controls
+/// they allow that the first batches did not make (ids `q1`, `q2`, ...), and removes them
+/// again (cleanup would too). The controls made.
+async fn control_phase<C: Cluster + Clone + Send + Sync + 'static>(
+    cluster: &C,
+    progress: &dyn Progress,
+    phase: &ControlPhase<'_>,
+    needed: &[controls::ControlPolicy],
+    got: &mut Batches,
+    notes: &mut Vec<Note>,
+) -> Result<Vec<check::Probe>, ControlFailure> {
+    let ControlPhase { options, deployment, probers, .. } = *phase;
+    let with = phase.snapshot.with_policies(needed.iter().map(|c| c.policy.clone()).collect());
+    let engine = Engine::new(&with).map_err(|e| ControlFailure::Fatal(e.into()))?;
+    let mut again = phase.checks.checks.clone();
+    plan::reanswer(&engine, &mut again);
+    // NB: by construction they change no check's answer (and no check runs while they exist);
+    // should one ever, they are left out rather than judged on.
+    controls::unchanged(&phase.checks.checks, &again).map_err(|change| {
+        ControlFailure::LeftOut(format!("they would change a check: {change}; please report this"))
+    })?;
+    let mut created = Vec::new();
+    let mut outcome = Ok(());
+    for control in needed {
+        match cluster.create_policy(&control.policy, &options.run_id).await {
+            Ok(()) => created.push(control.key()),
+            // A quota or an admission webhook may refuse them: the run goes on without. A
+            // permission the tool lacks stops it, as everywhere.
+            Err(e) if e.refused_permission() => {
+                outcome = Err(ControlFailure::Fatal(step(&format!(
+                    "creating control policy {}",
+                    control.key()
+                ))(e)));
+                break;
+            }
+            Err(e) => {
+                outcome = Err(ControlFailure::LeftOut(format!("creating {}: {e}", control.key())));
+                break;
+            }
         }
-        Some(Ok(Err(e))) if e.refused_permission() => {
-            return Err(step("running the node's control probes")(e));
-        }
-        Some(Ok(Err(e))) => notes.push(Note(format!("the node's control probes failed ({e})"))),
-        _ => notes.push(Note("the node's control probes did not run".into())),
     }
-    // With the clients' addresses known, ipBlock rules see them as the network did.
-    let placed: Vec<_> = probers
-        .iter()
-        .filter_map(|p| addresses.iter().find(|(key, _)| *key == p.key).map(|(_, ips)| pod_object(p, ips)))
-        .collect();
-    if !placed.is_empty() {
-        let snapshot = snapshot.with_pods(placed);
-        let engine = Engine::new(&snapshot)?;
-        plan::reanswer(&engine, &mut planned.checks);
+    let mut late = Vec::new();
+    if outcome.is_ok() {
+        tokio::time::sleep(options.control_settle).await;
+        let replanned = plan::with_controls(&engine, deployment, phase.checks.clone());
+        let made = |p: &check::Probe| {
+            phase.planned.controls.iter().any(|c| c.client == p.client && c.target == p.target)
+        };
+        late = replanned
+            .controls
+            .into_iter()
+            .filter(|p| !made(p))
+            .enumerate()
+            .map(|(i, p)| check::Probe { id: format!("q{}", i + 1), ..p })
+            .collect();
+        let batches = plan::batches_of(late.iter(), phase.timeout_ms);
+        progress.phase("probing (controls)", late.len() as u64);
+        outcome = run_batches(cluster, probers, batches, phase.limit, progress, got, notes)
+            .await
+            .map_err(ControlFailure::Fatal);
     }
-    let controls: Vec<_> = planned.controls.iter().chain(&planned.node_controls).cloned().collect();
-    Ok(Probed { judged: judge::judge(planned.checks, &controls, &results), notes, controls: added })
+    for key in created {
+        // NB: what cannot be removed now, the run's cleanup removes (it is labelled with the run).
+        let _ = cluster.delete_policy(&key).await;
+    }
+    outcome.map(|()| late)
 }
 
 /// `--mimic-workloads`: a probe server per distinct workload label set of `namespace`, wearing
