@@ -666,9 +666,15 @@ impl Lab {
         for (name, why) in dead {
             // Decided, then looked at again under the lab's lock: meanwhile another process may
             // have removed it and made a new lab of the same name, which is not to be touched.
-            let lock = state::lock_within(&name, Duration::ZERO);
+            // NB: a dead owner's lab may still have its API process, which takes the lock for
+            // each change it makes: wait for a moment between them.
+            let lock = state::lock_within(&name, Duration::from_secs(5));
             let recorded = state::lab_dir(&name).exists();
-            if recorded && (lock.is_none() || abandoned(&name, true).is_none()) {
+            if recorded && lock.is_none() {
+                said.push(format!("lab {name} looks abandoned ({why}) but is busy: left for now"));
+                continue;
+            }
+            if recorded && abandoned(&name, true).is_none() {
                 continue;
             }
             match Lab::down_holding(&name, lock) {
