@@ -91,7 +91,7 @@ pub fn needed(
              mistaken for a dead server",
             port_list(&ports)
         );
-        policies.push(ingress_policy(&key, control, run_id, &ports, why));
+        policies.push(control_policy(Direction::Ingress, &key, control, run_id, &ports, why));
     }
 
     // Clients: those whose every probe the policies deny; to the control pod's 80/TCP, the
@@ -107,7 +107,7 @@ pub fn needed(
             "the stored policies let {client} reach none of the run's pods or cluster DNS: it may reach the \
              control pod, so its denials are not mistaken for a client that cannot send"
         );
-        policies.push(egress_policy(client, control, run_id, &ports, why));
+        policies.push(control_policy(Direction::Egress, client, control, run_id, &ports, why));
     }
     policies
 }
@@ -194,14 +194,19 @@ fn control_peer(control: &ObjectKey, run_id: &str) -> NetworkPolicyPeer {
             )])),
             match_expressions: None,
         }),
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([
-                (RUN_LABEL.to_string(), run_id.to_string()),
-                (ROLE_LABEL.to_string(), Role::Control.as_str().to_string()),
-            ])),
-            match_expressions: None,
-        }),
+        pod_selector: Some(run_pods(run_id, Role::Control)),
         ip_block: None,
+    }
+}
+
+/// The run's probe pods of `role`.
+fn run_pods(run_id: &str, role: Role) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            (RUN_LABEL.to_string(), run_id.to_string()),
+            (ROLE_LABEL.to_string(), role.as_str().to_string()),
+        ])),
+        match_expressions: None,
     }
 }
 
@@ -226,69 +231,47 @@ fn metadata(name: String, namespace: &str, run_id: &str) -> ObjectMeta {
     }
 }
 
-fn ingress_policy(
+/// The control policy of `direction` for probe pod `pod`: an ingress one selects that server
+/// and admits the control pods; an egress one selects the run's clients in its namespace (the
+/// client, and the pods its later batches run in: on Kubernetes each batch is a pod of its own,
+/// `NAME-b1`, ..., and the controls run after the checks; the namespace's clients share their
+/// labels, so the stored policies isolate them alike) and lets them reach the control pods.
+fn control_policy(
+    direction: Direction,
     pod: &ObjectKey,
     control: &ObjectKey,
     run_id: &str,
     ports: &[(u16, Protocol)],
     why: String,
 ) -> ControlPolicy {
+    let (peers, ports_field) = (Some(vec![control_peer(control, run_id)]), Some(policy_ports(ports)));
+    let (name, selector, ingress, egress) = match direction {
+        Direction::Ingress => (
+            format!("nv-control-in-{}", pod.name),
+            only(pod, run_id),
+            Some(vec![NetworkPolicyIngressRule { from: peers, ports: ports_field }]),
+            None,
+        ),
+        Direction::Egress => (
+            format!("nv-control-out-{}", pod.name),
+            run_pods(run_id, Role::Client),
+            None,
+            Some(vec![NetworkPolicyEgressRule { to: peers, ports: ports_field }]),
+        ),
+    };
     let policy = NetworkPolicy {
-        metadata: metadata(format!("nv-control-in-{}", pod.name), &pod.namespace, run_id),
+        metadata: metadata(name, &pod.namespace, run_id),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(only(pod, run_id)),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![control_peer(control, run_id)]),
-                ports: Some(policy_ports(ports)),
-            }]),
-            egress: None,
+            pod_selector: Some(selector),
+            policy_types: Some(vec![direction.policy_type().into()]),
+            ingress,
+            egress,
         }),
     };
     ControlPolicy {
         policy,
         selects: pod.clone(),
-        direction: Direction::Ingress,
-        peer: control.clone(),
-        ports: ports.iter().map(|(p, proto)| format!("{p}/{proto}")).collect(),
-        why,
-    }
-}
-
-fn egress_policy(
-    pod: &ObjectKey,
-    control: &ObjectKey,
-    run_id: &str,
-    ports: &[(u16, Protocol)],
-    why: String,
-) -> ControlPolicy {
-    // The run's clients in the namespace: the client, and the pods its later batches run in
-    // (on Kubernetes each batch is a pod of its own, `NAME-b1`, ...), since the controls run
-    // after the checks. NB: the namespace's clients share their labels, so the stored policies
-    // isolate them alike.
-    let clients = LabelSelector {
-        match_labels: Some(BTreeMap::from([
-            (RUN_LABEL.to_string(), run_id.to_string()),
-            (ROLE_LABEL.to_string(), Role::Client.as_str().to_string()),
-        ])),
-        match_expressions: None,
-    };
-    let policy = NetworkPolicy {
-        metadata: metadata(format!("nv-control-out-{}", pod.name), &pod.namespace, run_id),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(clients),
-            policy_types: Some(vec!["Egress".into()]),
-            egress: Some(vec![NetworkPolicyEgressRule {
-                to: Some(vec![control_peer(control, run_id)]),
-                ports: Some(policy_ports(ports)),
-            }]),
-            ingress: None,
-        }),
-    };
-    ControlPolicy {
-        policy,
-        selects: pod.clone(),
-        direction: Direction::Egress,
+        direction,
         peer: control.clone(),
         ports: ports.iter().map(|(p, proto)| format!("{p}/{proto}")).collect(),
         why,
